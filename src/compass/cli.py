@@ -1,0 +1,173 @@
+"""The `compass` command: verbs -> stage functions. Nothing else lives here."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from compass.errors import CompassError
+from compass.stages import STAGES, get_stage
+
+MAIN_EXAMPLE = """examples:
+  compass demo                                  # the tiny recipe, offline, on a CPU
+  compass run recipes/tiny.yaml --workdir work  # any recipe, cached stages skipped
+  compass pairs --traces traces.jsonl --out pairs/ --seed 42
+  compass runs leaderboard --metric gsm8k.accuracy
+  compass VERB --help                           # every verb shows an example
+"""
+
+# verbs with their own argument parsers, dispatched with the rest of the command line
+DELEGATED = {
+    "runs": ("compass.ledger.cli", "search, compare and reproduce recorded runs",
+             "compass runs list | show RUN | search QUERY | leaderboard | diff A B | lineage RUN | reproduce RUN | report"),
+}
+
+
+def _is_text(annotation) -> bool:
+    """Fields whose CLI value is taken verbatim (not YAML-parsed): str, Path and their optionals."""
+    if annotation in (str, Path):
+        return True
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return len(args) == 1 and args[0] in (str, Path)
+    return False
+
+
+def _is_bool(annotation) -> bool:
+    return annotation is bool
+
+
+def add_stage_verb(sub, kind: str) -> None:
+    module = get_stage(kind)
+    doc = (module.__doc__ or kind).strip()
+    parser = sub.add_parser(
+        kind, help=doc.splitlines()[0], description=doc,
+        epilog=f"example:\n  {module.EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output directory (manifest.json is written last)")
+    parser.add_argument("--config", type=Path, help="YAML file with this stage's config; flags override it")
+    parser.add_argument("--force", action="store_true", help="run even when a matching completed run exists in --out")
+    inputs = parser.add_argument_group("inputs")
+    for name, port in module.INPUTS.items():
+        inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path,
+                            help=port.help + ("" if port.required else " (optional)"))
+    options = parser.add_argument_group("config (defaults shown)")
+    for field_name, field in module.Config.model_fields.items():
+        flag = f"--{field_name.replace('_', '-')}"
+        text = f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})"
+        if _is_bool(field.annotation):
+            options.add_argument(flag, dest=f"cfg__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            options.add_argument(flag, dest=f"cfg__{field_name}", default=None, metavar="VALUE", help=text)
+    parser.set_defaults(handler=lambda args, kind=kind: run_stage_verb(kind, args))
+
+
+def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
+    from compass.config import load_stage_config
+    from compass.runner import execute_stage
+
+    module = get_stage(kind)
+    overrides = {}
+    for field_name, field in module.Config.model_fields.items():
+        value = getattr(args, f"cfg__{field_name}")
+        if value is None:
+            continue
+        overrides[field_name] = value if _is_text(field.annotation) or _is_bool(field.annotation) else yaml.safe_load(value)
+    config = load_stage_config(module.Config, args.config, overrides)
+    inputs = {name: getattr(args, f"input__{name}") for name in module.INPUTS if getattr(args, f"input__{name}") is not None}
+    result = execute_stage(kind, config, inputs, args.out, force=args.force)
+    state = "cached (matching completed run)" if result.cached else f"done in {result.manifest.wall_time_s:.1f}s"
+    print(f"{kind}: {state} -> {result.out_dir}")
+    for key, value in result.manifest.metrics.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from compass.pipeline import run_recipe
+
+    workdir = args.workdir or Path("runs") / Path(args.recipe).stem
+    run_recipe(args.recipe, workdir, only=args.only)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from compass.demo import run_demo
+
+    run_demo(args.workdir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compass", description="Reproducible recipes for reasoning-enhanced Japanese document VLMs.",
+        epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    demo = sub.add_parser("demo", help="run the tiny recipe offline on a CPU and print where results are",
+                          epilog="example:\n  compass demo --workdir /tmp/demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--workdir", type=Path, help="work directory (default: a fresh compass-demo/<timestamp>)")
+    demo.set_defaults(handler=cmd_demo)
+
+    run = sub.add_parser("run", help="run a recipe end to end; completed stages are skipped (cached)",
+                         epilog="example:\n  compass run recipes/tiny.yaml --workdir work/tiny", formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("recipe", type=Path)
+    run.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>)")
+    run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
+    run.set_defaults(handler=cmd_run)
+
+    for kind in STAGES:
+        if importlib_find(STAGES[kind]):
+            add_stage_verb(sub, kind)
+    for verb, (module, help_text, usage) in DELEGATED.items():
+        if importlib_find(module):
+            sub.add_parser(verb, help=help_text, usage=usage, add_help=False)
+    return parser
+
+
+def importlib_find(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    try:
+        if argv and argv[0] in DELEGATED:
+            import importlib
+
+            return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.verb is None:
+            parser.print_help()
+            return 2
+        return args.handler(args)
+    except CompassError as err:
+        if debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the CLI's last line of defence: one line, traceback on --debug
+        if debug:
+            raise
+        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

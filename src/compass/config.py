@@ -1,0 +1,165 @@
+"""Recipe and stage configs. Defaults live only in the pydantic classes; YAML errors name file, key path and line."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from compass.errors import CompassError
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's config: unknown keys are errors, and every run has an explicit seed."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    seed: int = Field(42, description="seed for every random choice the stage makes")
+
+
+class Launch(BaseModel):
+    """How the runner launches a stage: in-process, or under `accelerate launch` on several processes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accelerate_config: str | None = Field(None, description="path of an accelerate config, e.g. configs/accelerate/zero3.yaml")
+    num_processes: int = Field(1, ge=1)
+    cpu: bool = Field(False, description="pass --cpu to accelerate launch (gloo, no GPU)")
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="unique within the recipe; the stage's output directory is WORKDIR/<name>")
+    stage: str = Field(description="stage kind, e.g. sft, pairs, compose")
+    inputs: dict[str, str] = Field(default_factory=dict, description="input name -> '<stage name>.<output>' or a path")
+    config: dict[str, Any] = Field(default_factory=dict)
+    launch: Launch | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"stage name must be letters, digits, '-' or '_', got {value!r}")
+        return value
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    seed: int | None = Field(None, description="default seed for stages that don't set their own")
+    stages: list[StageEntry] = Field(min_length=1)
+
+
+# --- YAML with line numbers -------------------------------------------------------------------------
+
+
+def _node_lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
+    """Map every key path in a composed YAML tree to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            child = path + (key_node.value,)
+            lines.update(_node_lines(value_node, child))
+            lines[child] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines.update(_node_lines(item, path + (index,)))
+    return lines
+
+
+class YamlDoc:
+    """A parsed YAML file that remembers the line of every key, for error messages."""
+
+    def __init__(self, path: str | Path, text: str | None = None):
+        self.path = Path(path)
+        if text is None:
+            if not self.path.is_file():
+                raise CompassError(f"config file not found: {self.path}")
+            text = self.path.read_text(encoding="utf-8")
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+                raise CompassError(f"{self.path}:{err.problem_mark.line + 1}: not valid YAML: {err.problem}") from None
+            raise CompassError(f"{self.path}: not valid YAML: {err}") from None
+        self.lines = _node_lines(node) if node is not None else {(): 1}
+        if self.data is None:
+            self.data = {}
+
+    def line_of(self, path: tuple) -> int:
+        """Line of the deepest existing prefix of `path` (a missing key reports its parent's line)."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return 1
+
+    def error(self, path: tuple, message: str) -> CompassError:
+        key = ".".join(str(p) for p in path) or "<top level>"
+        return CompassError(f"{self.path}:{self.line_of(path)}: {key}: {message}")
+
+    def validate(self, model: type[BaseModel], data: Any = None, prefix: tuple = ()):
+        data = self.data if data is None else data
+        try:
+            return model.model_validate(data)
+        except ValidationError as err:
+            raise self._from_validation(err, prefix) from None
+
+    def _from_validation(self, err: ValidationError, prefix: tuple) -> CompassError:
+        messages = []
+        for item in err.errors():
+            path = prefix + tuple(item["loc"])
+            messages.append(str(self.error(path, describe_error(item))))
+        return CompassError("; ".join(messages))
+
+
+def describe_error(item: dict) -> str:
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing required value"
+    return f"{item['msg']} (got {item.get('input')!r})"
+
+
+def format_validation_error(err: ValidationError, origin: str) -> str:
+    return "; ".join(
+        f"{origin}: {'.'.join(str(p) for p in item['loc']) or '<config>'}: {describe_error(item)}" for item in err.errors()
+    )
+
+
+def config_hash(config: BaseModel) -> str:
+    """Hash of the resolved config (every field, defaults included): the stage's cache key, with input hashes."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, YamlDoc]:
+    doc = YamlDoc(path)
+    if not isinstance(doc.data, dict):
+        raise doc.error((), f"a recipe must be a mapping with 'name' and 'stages', got {type(doc.data).__name__}")
+    return doc.validate(Recipe), doc
+
+
+def load_stage_config(model: type[StageConfig], path: str | Path | None, overrides: dict[str, Any]) -> StageConfig:
+    """A stage config from an optional YAML file, then CLI overrides; validated once, errors with lines."""
+    data: dict[str, Any] = {}
+    doc = None
+    if path is not None:
+        doc = YamlDoc(path)
+        if not isinstance(doc.data, dict):
+            raise doc.error((), f"a stage config must be a mapping, got {type(doc.data).__name__}")
+        data = dict(doc.data)
+    data.update(overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        if doc is not None and not overrides:
+            raise doc._from_validation(err, ()) from None
+        raise CompassError(format_validation_error(err, str(path) if path else "command line")) from None

@@ -1,0 +1,87 @@
+"""Recipe runner: stages in order, outputs wired to inputs by name, cached stages skipped."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from compass.config import Recipe, YamlDoc, load_recipe
+from compass.errors import CompassError
+from compass.runner import StageResult, execute_stage
+from compass.stages import get_stage
+
+
+def stage_output_path(workdir: Path, stage_name: str, output: str | None, recipe: Recipe, doc: YamlDoc, where: tuple) -> Path:
+    entry = next(e for e in recipe.stages if e.name == stage_name)
+    if output is None:
+        return workdir / stage_name
+    outputs = get_stage(entry.stage).OUTPUTS
+    if output not in outputs:
+        raise doc.error(where, f"stage '{stage_name}' ({entry.stage}) has no output '{output}'; it has {sorted(outputs)}")
+    return workdir / stage_name / outputs[output]
+
+
+def check_recipe(recipe: Recipe, doc: YamlDoc) -> dict[str, dict]:
+    """Validate stage kinds, configs, and input references before anything runs; returns parsed configs."""
+    seen: set[str] = set()
+    configs = {}
+    for index, entry in enumerate(recipe.stages):
+        where = ("stages", index)
+        if entry.name in seen:
+            raise doc.error(where + ("name",), f"duplicate stage name {entry.name!r}")
+        try:
+            module = get_stage(entry.stage)
+        except CompassError as err:
+            raise doc.error(where + ("stage",), str(err)) from None
+        raw = dict(entry.config)
+        if recipe.seed is not None:
+            raw.setdefault("seed", recipe.seed)
+        configs[entry.name] = doc.validate(module.Config, raw, prefix=where + ("config",))
+        for input_name, ref in entry.inputs.items():
+            if input_name not in module.INPUTS:
+                raise doc.error(where + ("inputs", input_name), f"stage {entry.stage} has no input {input_name!r}; it takes {sorted(module.INPUTS)}")
+            head = ref.split(".", 1)[0]
+            if ref.startswith(("/", "./", "../")) or head not in {e.name for e in recipe.stages}:
+                continue  # a path
+            if head not in seen:
+                raise doc.error(where + ("inputs", input_name), f"refers to stage {head!r}, which does not run before {entry.name!r}")
+        missing = [n for n, port in module.INPUTS.items() if port.required and n not in entry.inputs]
+        if missing:
+            raise doc.error(where + ("inputs",), f"stage {entry.stage} needs input(s) {missing}")
+        seen.add(entry.name)
+    return configs
+
+
+def run_recipe(
+    recipe_path: str | Path,
+    workdir: str | Path,
+    *,
+    only: list[str] | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, StageResult]:
+    recipe, doc = load_recipe(recipe_path)
+    configs = check_recipe(recipe, doc)
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    stage_names = {e.name for e in recipe.stages}
+    results: dict[str, StageResult] = {}
+    for index, entry in enumerate(recipe.stages):
+        if only and entry.name not in only:
+            continue
+        inputs = {}
+        for input_name, ref in entry.inputs.items():
+            head, _, output = ref.partition(".")
+            if head in stage_names and not ref.startswith(("/", "./", "../")):
+                inputs[input_name] = stage_output_path(workdir, head, output or None, recipe, doc, ("stages", index, "inputs", input_name))
+            else:
+                inputs[input_name] = Path(ref)
+        t0 = time.perf_counter()
+        log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
+        result = execute_stage(
+            entry.stage, configs[entry.name], inputs, workdir / entry.name,
+            name=entry.name, launch=entry.launch, recipe=str(Path(recipe_path)),
+        )
+        state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
+        log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")
+        results[entry.name] = result
+    return results

@@ -1,0 +1,151 @@
+"""Execute one stage: resolve and hash inputs, skip when a completed manifest matches, run (in-process or
+under `accelerate launch`), hash outputs, write the manifest last. A directory without a manifest is an
+interrupted run: the stage runs again there and may resume from what it finds."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from compass.config import Launch, StageConfig, config_hash
+from compass.errors import CompassError
+from compass.io import hash_tree, write_json_atomic
+from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
+from compass.stages import get_stage
+
+WORKER_METRICS = ".metrics.json"  # written by rank 0 of a launched stage
+
+
+@dataclass
+class StageResult:
+    manifest: Manifest
+    out_dir: Path
+    cached: bool
+
+
+def set_seed(seed: int) -> None:
+    """One explicit seeding per run: python, numpy and torch (if imported by the stage)."""
+    random.seed(seed)
+    import numpy as np
+
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+
+
+def resolve_inputs(kind: str, inputs: dict[str, str | Path]) -> dict[str, Path]:
+    ports = get_stage(kind).INPUTS
+    unknown = sorted(set(inputs) - set(ports))
+    if unknown:
+        raise CompassError(f"stage {kind}: unknown input(s) {unknown}; it takes {sorted(ports)}")
+    resolved: dict[str, Path] = {}
+    for name, port in ports.items():
+        if name not in inputs or inputs[name] is None:
+            if port.required:
+                raise CompassError(f"stage {kind}: missing input '{name}' ({port.help})")
+            continue
+        path = Path(inputs[name]).resolve()
+        if not path.exists():
+            raise CompassError(f"stage {kind}: input '{name}' does not exist: {path}")
+        resolved[name] = path
+    return resolved
+
+
+def cached_manifest(out_dir: Path, cfg_hash: str, input_hashes: dict[str, dict[str, str]]) -> Manifest | None:
+    manifest = read_manifest(out_dir)
+    if manifest is None or manifest.status != "complete":
+        return None
+    if manifest.config_hash != cfg_hash or manifest.input_key() != input_hashes:
+        return None
+    # outputs must still be the bytes the manifest recorded
+    if hash_tree(out_dir, exclude=[MANIFEST_NAME]) != manifest.outputs:
+        return None
+    return manifest
+
+
+def execute_stage(
+    kind: str,
+    config: StageConfig,
+    inputs: dict[str, str | Path],
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    launch: Launch | None = None,
+    recipe: str | None = None,
+    force: bool = False,
+) -> StageResult:
+    module = get_stage(kind)
+    if not isinstance(config, module.Config):
+        raise CompassError(f"stage {kind}: config must be {module.Config.__name__}, got {type(config).__name__}")
+    out_dir = Path(out_dir).resolve()
+    paths = resolve_inputs(kind, inputs)
+    input_hashes = {key: hash_tree(path) for key, path in paths.items()}
+    cfg_hash = config_hash(config)
+    if not force:
+        cached = cached_manifest(out_dir, cfg_hash, input_hashes)
+        if cached is not None:
+            return StageResult(cached, out_dir, cached=True)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / MANIFEST_NAME
+    stale.unlink(missing_ok=True)  # the directory is now an unfinished run until the new manifest lands
+    started_at, t0 = now_iso(), time.perf_counter()
+    if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
+        metrics = _run_launched(kind, config, paths, out_dir, launch)
+    else:
+        set_seed(config.seed)
+        metrics = module.run(config, paths, out_dir)
+    wall = time.perf_counter() - t0
+
+    manifest = Manifest(
+        stage=kind,
+        name=name or kind,
+        run_id=uuid.uuid4().hex,
+        config=config.model_dump(mode="json"),
+        config_hash=cfg_hash,
+        seed=config.seed,
+        code=code_version(),
+        versions=library_versions(),
+        inputs={key: InputRecord(path=str(paths[key]), files=input_hashes[key]) for key in paths},
+        outputs=hash_tree(out_dir, exclude=[MANIFEST_NAME]),
+        started_at=started_at,
+        wall_time_s=round(wall, 3),
+        metrics=metrics,
+        launch=launch.model_dump() if launch else None,
+        recipe=recipe,
+    )
+    write_manifest(out_dir, manifest)
+    return StageResult(manifest, out_dir, cached=False)
+
+
+def _run_launched(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: Path, launch: Launch) -> dict:
+    """Run the stage body under `accelerate launch`; rank 0 leaves its metrics in out_dir."""
+    job = out_dir / ".launch.json"
+    write_json_atomic(job, {"kind": kind, "config": config.model_dump(mode="json"),
+                            "inputs": {k: str(v) for k, v in paths.items()}, "out_dir": str(out_dir)})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launch.accelerate_config:
+        cmd += ["--config_file", launch.accelerate_config]
+    if launch.cpu:
+        cmd += ["--cpu"]
+    cmd += ["--num_processes", str(launch.num_processes), "-m", "compass.worker", str(job)]
+    metrics_file = out_dir / WORKER_METRICS
+    metrics_file.unlink(missing_ok=True)
+    proc = subprocess.run(cmd, env={**os.environ})
+    if proc.returncode != 0:
+        raise CompassError(f"stage {kind}: launched run failed with exit code {proc.returncode}: {shlex.join(cmd)}")
+    if not metrics_file.is_file():
+        raise CompassError(f"stage {kind}: launched run wrote no metrics ({metrics_file})")
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.unlink()
+    job.unlink()
+    return metrics
