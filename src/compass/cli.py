@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import types
 import typing
@@ -135,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
 def importlib_find(module: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # the parent package is not there either
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
