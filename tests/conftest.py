@@ -9,3 +9,37 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["TQDM_DISABLE"] = "1"
+
+
+# --- tiny models (owned by compass.models.tiny) -------------------------------------------------------
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    tokenizer: Path
+    llm: Path
+    vlm: Path
+    vision: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    """Tokenizer, Llama LLM, LLaVA-OneVision VLM and SigLIP vision tower, built once per session (seed 0).
+    Read-only for tests: copy a directory before changing it."""
+    import torch
+
+    from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer, build_tiny_vision, build_tiny_vlm
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("tiny_models")
+    tokenizer = build_tiny_tokenizer(root / "tokenizer", seed=0)
+    return TinyModels(
+        tokenizer=tokenizer,
+        llm=build_tiny_llm(root / "llm", tokenizer, seed=0),
+        vlm=build_tiny_vlm(root / "vlm", tokenizer, seed=0),
+        vision=build_tiny_vision(root / "vision", seed=0),
+    )

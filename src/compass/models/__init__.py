@@ -1,0 +1,1 @@
+"""Models: tiny offline builders (tokenizer, LLM, VLM, vision tower) and VLM composition."""
