@@ -1,0 +1,374 @@
+"""Teacher traces: Problem records -> verified Trace records in the <Problem>/<Thinking>/<Answer> format.
+
+METHOD.md A, step 0. Each problem is sent `n` times to the teacher with the system prompt of its language
+(EN or JA) and the question as the user turn. A reply is parsed and validated, its \\boxed answer compared
+with the reference answer (rejection sampling); verified traces are kept, the rest go to rejects.jsonl with
+a reason: server_error (every retry failed), no_reference (the reference teacher has no solution to
+render), empty, bad_tags, wrong_answer. The stage fails when the reject rate passes `max_reject_rate`.
+
+Resumable: every record is appended to its shard and flushed as soon as its answer arrives, so a killed
+run loses only requests in flight. On restart the ids already in traces/ and rejects.jsonl are skipped
+(a torn last line is cut off first), so nothing is generated twice and nothing is lost. Records are in
+completion order (input order for the reference and transformers teachers).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from compass.config import StageConfig
+from compass.errors import CompassError
+from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
+from compass.stages import Port
+
+EXAMPLE = ("compass distill --problems problems.jsonl --out distill/ --backend openai "
+           "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen3-30B-A3B}' --n 2")
+
+INPUTS = {"problems": Port("Problem records: a JSONL file or a directory of *.jsonl shards")}
+OUTPUTS = {"traces": "traces", "rejects": "rejects.jsonl"}
+
+STATE_FILE = ".distill-state.json"  # hidden: not an artifact, excluded from the manifest's hashes
+SHARD_NAME = "traces-{:05d}.jsonl"
+
+# Told to the teacher only (appended to its system prompt): the Trace's own messages keep the plain METHOD.md
+# system prompt, so the student learns to write the format without being told.
+FORMAT_INSTRUCTIONS = {
+    "en": (
+        "Write your whole reply in exactly this structure, with nothing before or after it:\n"
+        "<Problem>\n(restate the problem)\n</Problem>\n\n<Thinking>\n(step-by-step reasoning)\n</Thinking>\n\n"
+        "<Answer>\n\\boxed{final answer}\n</Answer>"
+    ),
+    "ja": (
+        "回答全体を必ず次の構造だけで書いてください。前後に他の文章を付けないでください：\n"
+        "<Problem>\n（問題の言い換え）\n</Problem>\n\n<Thinking>\n（ステップバイステップの推論）\n</Thinking>\n\n"
+        "<Answer>\n\\boxed{最終回答}\n</Answer>"
+    ),
+}
+
+# Reasoning models (Qwen3 without a server-side reasoning parser) put their scratchpad first.
+_THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+
+REASONS = ("server_error", "no_reference", "empty", "bad_tags", "wrong_answer")
+
+
+class Config(StageConfig):
+    backend: BackendKind = Field("reference", description="teacher: reference (the dataset's own solution), openai "
+                                 "(any OpenAI-compatible server: vLLM, SGLang), transformers (local model)")
+    openai: OpenAISettings = Field(default_factory=OpenAISettings, description="settings of the openai backend")
+    transformers: TransformersSettings = Field(default_factory=TransformersSettings,
+                                               description="settings of the transformers backend")
+    teacher: str | None = Field(None, description="teacher id written into every Trace (default: the backend's name, "
+                                "e.g. openai:Qwen/Qwen3-30B-A3B)")
+    n: int = Field(1, ge=1, description="samples per problem (each its own request and seed)")
+    max_tokens: int = Field(4096, ge=1, description="completion token limit per request")
+    temperature: float = Field(0.6, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass")
+    format_instruction: bool = Field(True, description="append the format instruction to the teacher's system prompt "
+                                     "(the Trace's messages keep the plain system prompt)")
+    strip_think: bool = Field(True, description="drop a leading <think>...</think> block from replies")
+    keep: Literal["verified", "parsed"] = Field("verified", description="verified: keep traces whose answer matches the "
+                                                "reference; parsed: also keep well-formed traces with a wrong answer "
+                                                "(verified=false)")
+    max_reject_rate: float = Field(0.5, ge=0, le=1, description="fail when more than this share of samples is rejected")
+    shard_size: int = Field(10000, ge=1, description="Trace records per shard file in traces/")
+    answer_timeout_s: int = Field(5, ge=1, description="time limit of one answer comparison (math-verify)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.backend == "openai" and not self.openai.model:
+            raise ValueError("backend 'openai' needs openai.model (the name the server serves, e.g. Qwen/Qwen3-30B-A3B)")
+        if self.backend == "transformers" and not self.transformers.model_dir:
+            raise ValueError("backend 'transformers' needs transformers.model_dir (a local model directory)")
+        if self.backend == "reference" and self.n != 1:
+            raise ValueError(f"the reference teacher renders one fixed text per problem; n must be 1, got {self.n}")
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError(f"n={self.n} samples at temperature 0 would be identical; set temperature > 0")
+        return self
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+
+def sample_seed(seed: int, problem_id: str, index: int) -> int:
+    """A per-sample seed that depends only on (run seed, problem id, sample index): stable under resume."""
+    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def teacher_messages(problem, format_instruction: bool) -> list[dict]:
+    from compass.formats import SYSTEM_PROMPTS
+
+    system = SYSTEM_PROMPTS[problem.lang]
+    if format_instruction:
+        system = f"{system}\n\n{FORMAT_INSTRUCTIONS[problem.lang]}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": problem.question}]
+
+
+def repair_torn_tail(path: Path) -> int:
+    """Cut a last line that has no newline (a write interrupted by a kill); returns the bytes removed."""
+    if not path.is_file():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        fh.seek(-1, 2)
+        if fh.read(1) == b"\n":
+            return 0
+        # walk back to the last newline in 64 KiB steps (records can be long)
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - 65536)
+            fh.seek(start)
+            chunk = fh.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        fh.truncate(keep)
+        return size - keep
+
+
+def _ids_in(path: Path) -> Iterator[str]:
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)["id"]
+                except (json.JSONDecodeError, KeyError):
+                    raise CompassError(f"{path}:{lineno}: not a record with an 'id'; the partial run in "
+                                       f"{path.parent} is damaged, delete it to start over") from None
+
+
+class ShardWriter:
+    """Append-only JSONL shards of `size` lines each, flushed per record; continues where a killed run stopped."""
+
+    def __init__(self, directory: Path, size: int, existing: int):
+        self.directory = directory
+        self.size = size
+        self.count = existing
+        self._fh = None
+        self._index = -1
+
+    def write(self, line: str) -> None:
+        index = self.count // self.size
+        if index != self._index:
+            if self._fh is not None:
+                self._fh.close()
+            self._fh = open(self.directory / SHARD_NAME.format(index), "a", encoding="utf-8")
+            self._index = index
+        self._fh.write(line + "\n")
+        self._fh.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def _content_key(config: Config, problems_hash: dict[str, str], teacher: str) -> dict:
+    """What decides the records' content; a partial run with another key cannot be resumed."""
+    return {
+        "problems": problems_hash,
+        "teacher": teacher,
+        "backend": config.backend,
+        "openai_extra_body": config.openai.extra_body if config.backend == "openai" else None,
+        "model_dir": config.transformers.model_dir if config.backend == "transformers" else None,
+        **config.model_dump(mode="json", include={"seed", "n", "max_tokens", "temperature", "top_p",
+                                                  "format_instruction", "strip_think", "keep", "shard_size"}),
+    }
+
+
+def _prepare_out_dir(out_dir: Path, key: dict) -> None:
+    """Resume a partial run with the same content key; wipe one with another key (it cannot be continued)."""
+    state = out_dir / STATE_FILE
+    traces_dir = out_dir / OUTPUTS["traces"]
+    rejects = out_dir / OUTPUTS["rejects"]
+    if state.is_file():
+        if json.loads(state.read_text(encoding="utf-8")) == key:
+            return
+        print(f"distill: {out_dir} holds a run with other settings or inputs; starting over there")
+    elif traces_dir.exists() or rejects.exists():
+        print(f"distill: {out_dir} holds outputs of an unknown run; starting over there")
+    shutil.rmtree(traces_dir, ignore_errors=True)
+    rejects.unlink(missing_ok=True)
+    from compass.io import write_json_atomic
+
+    write_json_atomic(state, key)
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    from tqdm import tqdm
+
+    from compass.generate import GenRequest, make_backend
+    from compass.io import dumps_record, hash_tree, iter_jsonl
+    from compass.records import Problem
+
+    # Pass 1: validate every problem and refuse duplicate ids before any request is sent.
+    ids: set[str] = set()
+    for problem in iter_jsonl(inputs["problems"], Problem):
+        if problem.id in ids:
+            raise CompassError(f"distill: duplicate problem id {problem.id!r} in {inputs['problems']}")
+        ids.add(problem.id)
+    if not ids:
+        raise CompassError(f"distill: no Problem records in {inputs['problems']}")
+
+    backend = make_backend(config.backend, config.openai, config.transformers)
+    teacher = config.teacher or backend.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_out_dir(out_dir, _content_key(config, hash_tree(inputs["problems"]), teacher))
+    traces_dir = out_dir / OUTPUTS["traces"]
+    traces_dir.mkdir(exist_ok=True)
+    rejects_path = out_dir / OUTPUTS["rejects"]
+
+    # Resume: what a killed run already finished (a torn last line is a record that was never finished).
+    done: set[str] = set()
+    shards = sorted(traces_dir.glob("traces-*.jsonl"))
+    existing_traces = 0
+    for shard in shards:
+        repair_torn_tail(shard)
+        for record_id in _ids_in(shard):
+            done.add(record_id)
+            existing_traces += 1
+    repair_torn_tail(rejects_path)
+    if rejects_path.is_file():
+        done.update(_ids_in(rejects_path))
+
+    total = len(ids) * config.n
+    todo = total - len(done)
+    sampling = {"max_tokens": config.max_tokens, "temperature": config.temperature, "top_p": config.top_p, "n": config.n}
+
+    def requests() -> Iterator[GenRequest]:
+        for problem in iter_jsonl(inputs["problems"], Problem):
+            messages = teacher_messages(problem, config.format_instruction)
+            for index in range(config.n):
+                record_id = f"{problem.id}#{index}"
+                if record_id in done:
+                    continue
+                yield GenRequest(
+                    id=record_id, messages=messages, max_tokens=config.max_tokens, temperature=config.temperature,
+                    top_p=config.top_p, seed=sample_seed(config.seed, problem.id, index),
+                    meta={"problem": problem, "index": index},
+                )
+
+    writer = ShardWriter(traces_dir, config.shard_size, existing_traces)
+    counts: Counter[str] = Counter()
+    bar = tqdm(total=todo, desc="distill", unit="req", mininterval=1.0, dynamic_ncols=True)
+    try:
+        with open(rejects_path, "a", encoding="utf-8") as rejects_fh:
+            for result in backend.generate(requests()):
+                outcome, record = judge(result, teacher, sampling, config)
+                if outcome == "kept":
+                    writer.write(dumps_record(record))
+                else:
+                    rejects_fh.write(dumps_record(record) + "\n")
+                    rejects_fh.flush()
+                counts[outcome] += 1
+                bar.update(1)
+                bar.set_postfix(accept=f"{counts['kept'] / sum(counts.values()):.1%}", refresh=False)
+    finally:
+        writer.close()
+        bar.close()
+
+    metrics = count_outputs(out_dir, total)
+    metrics["teacher"] = teacher
+    metrics["backend"] = config.backend
+    metrics["generated_this_run"] = sum(counts.values())
+    metrics["resumed_records"] = len(done)
+    if metrics["reject_rate"] > config.max_reject_rate:
+        raise CompassError(
+            f"distill: {metrics['rejects']} of {total} samples rejected ({metrics['reject_rate']:.1%} > max_reject_rate "
+            f"{config.max_reject_rate:.1%}); reasons {metrics['rejects_by_reason']}; see {rejects_path}"
+        )
+    return metrics
+
+
+def judge(result, teacher: str, sampling: dict, config: Config):
+    """Turn one teacher reply into ("kept", Trace) or (reason, Reject)."""
+    from compass.formats import SYSTEM_PROMPTS, FormatError, answers_match, parse_reasoning
+    from compass.records import Message, Reject, Trace
+
+    problem = result.meta["problem"]
+    index = result.meta["index"]
+    if result.error is not None:
+        reason = "no_reference" if config.backend == "reference" else "server_error"
+        return reason, Reject(id=result.id, reason=reason, detail=result.error,
+                              record={"problem_id": problem.id, "sample": index, "attempts": result.attempts})
+    raw = result.text or ""
+    text = _THINK_BLOCK.sub("", raw, count=1) if config.strip_think else raw
+    text = text.strip()
+    trace = Trace(
+        id=result.id, problem_id=problem.id, source=problem.source, lang=problem.lang,
+        messages=[Message(role="system", content=SYSTEM_PROMPTS[problem.lang]),
+                  Message(role="user", content=problem.question),
+                  Message(role="assistant", content=text)],
+        raw_output=raw, reference_answer=problem.reference_answer, verified=False, teacher=teacher,
+        sampling={**sampling, "seed": sample_seed(config.seed, problem.id, index), "sample_index": index,
+                  "attempts": result.attempts, "output_tokens": result.output_tokens,
+                  "finish_reason": result.finish_reason},
+    )
+    if not text:
+        return "empty", Reject(id=result.id, reason="empty", detail=f"finish_reason={result.finish_reason}",
+                               record=trace.model_dump(mode="json"))
+    try:
+        parts = parse_reasoning(text)
+    except FormatError as err:
+        detail = str(err) + (" (output cut at max_tokens)" if result.finish_reason == "length" else "")
+        return "bad_tags", Reject(id=result.id, reason="bad_tags", detail=detail, record=trace.model_dump(mode="json"))
+    trace.problem_part, trace.thinking, trace.answer_part = parts.problem, parts.thinking, parts.answer
+    trace.extracted_answer = parts.boxed
+    trace.verified = answers_match(parts.boxed, problem.reference_answer, timeout_s=config.answer_timeout_s)
+    if not trace.verified and config.keep == "verified":
+        return "wrong_answer", Reject(id=result.id, reason="wrong_answer",
+                                      detail=f"answer {parts.boxed!r} does not match reference {problem.reference_answer!r}",
+                                      record=trace.model_dump(mode="json"))
+    return "kept", trace
+
+
+def count_outputs(out_dir: Path, total: int) -> dict:
+    """Metrics recounted from the files (so a resumed run reports the whole output, not its last part)."""
+    from compass.io import iter_jsonl
+
+    traces_dir = out_dir / OUTPUTS["traces"]
+    kept = verified = tokens = 0
+    by_source: Counter[str] = Counter()
+    if any(traces_dir.glob("*.jsonl")):
+        for record in iter_jsonl(traces_dir):
+            kept += 1
+            verified += bool(record["verified"])
+            by_source[record["source"]] += 1
+            tokens += record["sampling"]["output_tokens"] or 0
+    reasons: Counter[str] = Counter()
+    rejects_path = out_dir / OUTPUTS["rejects"]
+    if rejects_path.is_file() and rejects_path.stat().st_size:
+        for record in iter_jsonl(rejects_path):
+            reasons[record["reason"]] += 1
+    rejects = sum(reasons.values())
+    if kept + rejects != total:
+        raise CompassError(f"distill: {kept} traces + {rejects} rejects != {total} samples in {out_dir}; "
+                           "the output is incomplete or holds duplicates")
+    return {
+        "samples": total,
+        "traces": kept,
+        "verified": verified,
+        "rejects": rejects,
+        "rejects_by_reason": {reason: reasons[reason] for reason in REASONS if reasons[reason]},
+        "acceptance_rate": round(kept / total, 4),
+        "reject_rate": round(rejects / total, 4),
+        "traces_by_source": dict(sorted(by_source.items())),
+        "output_tokens": tokens,
+    }
