@@ -8,7 +8,7 @@ connection is a socket closed mid-exchange) and serves
     POST /v1/chat/completions    -> {"choices": [{"message": {"content": reply(body)}}], "usage": ...}
 
 Capacity is modelled the way an inference server has it: at most `slots` requests are worked on at once
-(vLLM's max_num_seqs), each takes `latency_s`, the rest wait in line; so the server's limit is
+(vLLM's max_num_seqs), each takes `latency_s` (a number, or a function of the request body), the rest wait in line; so the server's limit is
 slots / latency_s requests per second. `faults` maps the n-th arrival of the same prompt (1-based) to a
 fault, so a test knows exactly which attempt fails how:
 
@@ -49,7 +49,7 @@ class ScriptedServer:
         self,
         reply: Reply | None = None,
         *,
-        latency_s: float = 0.0,
+        latency_s: float | Callable[[dict[str, Any]], float] = 0.0,
         slots: int | None = None,
         faults: dict[int, str] | None = None,
         retry_after_s: float = 0.05,
@@ -121,6 +121,11 @@ class ScriptedServer:
 
     async def _close(self) -> None:
         self._server.close()
+        # end open connections' handlers before the loop closes, so none is left pending
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def serve_forever(self) -> None:
         await self._open()
@@ -145,7 +150,7 @@ class ScriptedServer:
                 keep = await self._dispatch(method, path, headers, body, writer)
                 if not keep or headers.get("connection", "").lower() == "close":
                     return
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             return
         finally:
             writer.close()
@@ -191,10 +196,14 @@ class ScriptedServer:
             await asyncio.sleep(self.slow_s)
         if self._slots is not None:
             async with self._slots:
-                await self._work()
+                await self._work(request)
         else:
-            await self._work()
-        text = self.reply(request)
+            await self._work(request)
+        try:
+            text = self.reply(request)
+        except Exception as err:  # a broken script answers 500 with the reason instead of hanging up
+            await self._send(writer, 500, {"error": {"message": f"reply script failed: {err!r}"}})
+            return True
         payload = {
             "id": f"chatcmpl-{self.completed}", "object": "chat.completion", "created": int(time.time()), "model": self.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
@@ -206,11 +215,11 @@ class ScriptedServer:
         self.completed += 1
         return True
 
-    async def _work(self) -> None:
+    async def _work(self, request: dict[str, Any]) -> None:
         self._active += 1
         self.max_active = max(self.max_active, self._active)
         try:
-            await asyncio.sleep(self.latency_s)
+            await asyncio.sleep(self.latency_s(request) if callable(self.latency_s) else self.latency_s)
         finally:
             self._active -= 1
 
