@@ -1,0 +1,109 @@
+"""LoRA SFT with TRL's SFTTrainer + PEFT on Trace/DocExample records; loss on assistant tokens only.
+
+Text records train an LLM directory (e.g. the LLM taken out of a VLM with `compass decompose`). Records with
+images train a whole VLM directory: `train` picks LoRA on the language model (llm), the projector fully
+(projector) or both; the vision tower stays frozen unless `train_vision`. Writes out_dir/adapter (PEFT
+adapter, plus fully trained parts), out_dir/merged with `merge: true` (safetensors + tokenizer/processor),
+and out_dir/log_history.json. An interrupted run resumes from its latest checkpoint when rerun in the same
+out dir. Under `accelerate launch` every process trains; only the main process writes outputs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from compass.stages import Port
+from compass.train.config import TrainConfig
+
+EXAMPLE = ("compass sft --model work/llm --data distill/traces.jsonl --out sft/ --merge "
+           "--max-steps 50 --global-batch-size 4 --micro-batch-size 2 --lora-r 8")
+
+
+class Config(TrainConfig):
+    learning_rate: float = Field(2e-4, gt=0, description="peak AdamW learning rate")
+    micro_batch_size: int = Field(2, gt=0, description="sequences per device per forward pass")
+    global_batch_size: int = Field(64, gt=0, description="sequences per optimizer step over all devices; "
+                                   "gradient accumulation = global / (micro x processes)")
+    max_length: int = Field(4096, gt=0, description="tokens per sequence; longer ones are cut (start kept)")
+    batching: Literal["auto", "padded", "padding_free", "packing"] = Field(
+        "auto", description="how text batches are formed; auto = per device (padding_free for text, padded for images)")
+    train: Literal["llm", "projector", "both"] = Field(
+        "llm", description="VLM: LoRA on the language model (llm), the projector fully (projector), or both")
+    train_vision: bool = Field(False, description="VLM: also train the vision tower (fully); frozen by default")
+
+
+INPUTS = {
+    "model": Port("model directory: an LLM (text SFT) or a LLaVA-style VLM (SFT with images)"),
+    "data": Port("Trace records (JSONL file or shard directory), or DocExample records with images for a VLM"),
+}
+OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from compass.train import data as D
+    from compass.train import model as M
+    from compass.train.device import choose_batching, plan_device
+    from compass.train.session import common_args, finish, prepare_checkpoints
+
+    plan = plan_device(config)
+    kind = M.model_kind(inputs["model"])
+    parts = M.full_parts(kind, config.train, config.train_vision)
+    use_lora = kind == "llm" or config.train in ("llm", "both")
+    examples = D.read_sft_examples(inputs["data"])
+    batching = choose_batching(config.batching, vision=kind == "vlm")
+    processing_class = M.load_processing_class(inputs["model"], kind)
+
+    data_metrics: dict = {"examples": len(examples)}
+    if kind == "llm":
+        tokenized = D.tokenize_sft(processing_class, examples, config.max_length)
+        dataset = tokenized.dataset
+        data_metrics.update(examples=tokenized.examples, truncated=tokenized.truncated, dropped=tokenized.dropped,
+                            dataset_tokens=tokenized.tokens, assistant_tokens=tokenized.assistant_tokens)
+    else:
+        dataset = D.vision_sft_dataset(examples)
+
+    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
+    peft_config = M.lora_config(config, model, kind, parts) if use_lora else None
+    if not use_lora:
+        M.freeze_all_but(model, parts)
+
+    resume_from = prepare_checkpoints(out_dir, config, inputs, plan)
+    args = SFTConfig(
+        **common_args(config, plan, out_dir),
+        # text: our labels already hold the assistant-only mask; images: TRL's collator masks per batch
+        assistant_only_loss=kind == "vlm",
+        padding_free=batching == "padding_free",
+        packing=batching == "packing",
+        # padding-free takes no max_length (sequences are cut above); packing uses it as the row length
+        max_length=None if batching == "padding_free" else config.max_length,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
+                         peft_config=peft_config)
+    trainable = M.trainable_parameter_count(trainer.model)
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    adapter_dir = out_dir / "adapter"
+    if use_lora:
+        trainer.save_model(str(adapter_dir))  # every process calls it (ZeRO-3 gathers); the main one writes
+        if plan.is_main:
+            M.tidy_adapter_dir(adapter_dir)
+    else:
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered on every process
+        if plan.is_main:
+            from safetensors.torch import save_file
+
+            adapter_dir.mkdir(parents=True, exist_ok=True)
+            save_file(M.trained_parts_state(state, trainer.model, parts), str(adapter_dir / M.TRAINED_PARTS_FILE))
+            processing_class.save_pretrained(str(adapter_dir))
+    trainer.accelerator.wait_for_everyone()
+    metrics = {"model_kind": kind, "train": config.train if kind == "vlm" else "llm", "full_parts": parts,
+               "lora": use_lora, "batching": batching, "trainable_params": trainable, **data_metrics}
+    if config.merge and plan.is_main:
+        metrics.update(M.write_merged(inputs["model"], kind, adapter_dir, out_dir / "merged"))
+    metrics.update(finish(trainer, out_dir, output, resume_from, config, plan))
+    return metrics

@@ -1,0 +1,136 @@
+"""One training session around a TRL trainer: checkpoints and resume, the TrainingArguments both stages
+share, and metrics from the trainer's log history.
+
+Checkpoints go to out_dir/.checkpoints (hidden, so not hashed as outputs). Beside them, run.json holds a
+fingerprint of the config and the input files (path, size, mtime): a rerun in the same out_dir resumes
+from the latest complete checkpoint (trainer_state.json, which the Trainer writes last, parses) only when
+the fingerprint matches; otherwise the old checkpoints are removed and training starts over.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from compass.config import config_hash
+from compass.errors import CompassError
+from compass.io import write_json_atomic
+from compass.train.device import DevicePlan
+
+CHECKPOINTS = ".checkpoints"
+LOG_HISTORY = "log_history.json"
+
+
+def fingerprint(config, inputs: dict[str, Path]) -> dict:
+    files = {}
+    for name, root in sorted(inputs.items()):
+        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        files[name] = [[str(p.relative_to(root) if p != root else p.name), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
+    return {"config_hash": config_hash(config), "inputs": files}
+
+
+def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """checkpoint-N directories whose trainer_state.json (written last) parses, oldest first."""
+    found = []
+    for path in ckpt_dir.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if not suffix.isdigit() or not (path / "trainer_state.json").is_file():
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+        except json.JSONDecodeError:
+            continue  # killed while writing it
+        found.append((int(suffix), path))
+    return [p for _, p in sorted(found)]
+
+
+def prepare_checkpoints(out_dir: Path, config, inputs: dict[str, Path], plan: DevicePlan) -> Path | None:
+    """Create out_dir/.checkpoints and return the checkpoint to resume from (None: start fresh)."""
+    from accelerate import PartialState
+
+    ckpt_dir = out_dir / CHECKPOINTS
+    run_file = ckpt_dir / "run.json"
+    if plan.is_main:
+        current = fingerprint(config, inputs)
+        previous = json.loads(run_file.read_text()) if run_file.is_file() else None
+        if ckpt_dir.exists() and (previous != current or not config.resume):
+            shutil.rmtree(ckpt_dir)  # another config or other inputs: those checkpoints are not this run's
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_file, current)
+    PartialState().wait_for_everyone()
+    found = complete_checkpoints(ckpt_dir) if config.resume else []
+    return found[-1] if found else None
+
+
+def common_args(config, plan: DevicePlan, out_dir: Path) -> dict:
+    """TrainingArguments fields shared by SFTConfig and DPOConfig."""
+    return dict(
+        output_dir=str(out_dir / CHECKPOINTS),
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float below 1 is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        bf16=plan.bf16,
+        fp16=False,
+        use_cpu=plan.device == "cpu",
+        gradient_checkpointing=plan.gradient_checkpointing,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,  # the first loss is a reported metric
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        report_to="none",  # the run ledger records metrics (from log_history.json)
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
+
+
+def checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
+
+
+def tokens_seen_at(checkpoint: Path | None) -> int:
+    if checkpoint is None:
+        return 0
+    return int(json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"])
+
+
+def loss_metrics(log_history: list[dict], loss_key: str = "loss") -> dict:
+    losses = [(entry["step"], entry[loss_key]) for entry in log_history if loss_key in entry]
+    if not losses:
+        raise CompassError("the trainer logged no loss (fewer steps than logging_steps?)")
+    return {"first_loss": losses[0][1], "last_loss": losses[-1][1], "first_loss_step": losses[0][0],
+            "last_loss_step": losses[-1][0]}
+
+
+def finish(trainer, out_dir: Path, train_output, resumed_from: Path | None, config, plan: DevicePlan) -> dict:
+    """Metrics of the run; rank 0 writes the log history and removes the checkpoints unless kept."""
+    from accelerate import PartialState
+
+    state = trainer.state
+    runtime = train_output.metrics["train_runtime"]
+    tokens = state.num_input_tokens_seen - tokens_seen_at(resumed_from)
+    metrics = {
+        **loss_metrics(state.log_history),
+        "train_loss_mean": train_output.training_loss,
+        "steps": state.global_step,
+        "resumed_from_step": checkpoint_step(resumed_from),
+        "train_tokens": tokens,
+        "train_runtime_s": round(runtime, 3),
+        "train_tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
+        **{f"device.{k}": v for k, v in plan.as_metrics().items() if k != "process_index"},
+    }
+    if plan.is_main:
+        write_json_atomic(out_dir / LOG_HISTORY, state.log_history)
+        if not config.keep_checkpoints:
+            shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=False)
+    PartialState().wait_for_everyone()
+    return metrics
