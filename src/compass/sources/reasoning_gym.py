@@ -8,6 +8,9 @@ generators that have none, the expression with its value."""
 from __future__ import annotations
 
 import json
+import numbers
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from compass.errors import CompassError
@@ -19,10 +22,19 @@ NAME = "reasoning_gym"
 def _json_safe(metadata: dict[str, Any], where: str) -> dict[str, Any]:
     """The generator's metadata as plain JSON (tuples become lists); anything else is an error, not a repr."""
 
-    def refuse(value: Any) -> Any:
+    def plain(value: Any) -> Any:
+        # exact numbers keep their exact text ('1/5'); the rest would need a repr, which is not data
+        if isinstance(value, (Fraction, Decimal)):
+            return str(value)
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        if isinstance(value, (set, frozenset)):
+            return sorted(value, key=repr)
         raise CompassError(f"{where}: metadata value {value!r} ({type(value).__name__}) is not JSON-serialisable")
 
-    return json.loads(json.dumps(metadata, default=refuse, sort_keys=True))
+    return json.loads(json.dumps(metadata, default=plain, sort_keys=True))
 
 
 def reference_solution(metadata: dict[str, Any], answer: str) -> str | None:
