@@ -79,7 +79,7 @@ TEXT = {
     "fiscal_year_ja": "第{term}期（自 {start}年4月1日 至 {end}年3月31日）",
     "submitted": "Submitted to the Director-General of the Kanto Local Finance Bureau",
     "submitted_ja": "関東財務局長に提出",
-    "page_footer": "{name} - Annual Securities Report FY{fy}",
+    "page_footer": "{name} / {name_ja} - Annual Securities Report FY{fy}",
     "overview_h": "1. Business Overview / 事業の概況",
     "overview_en": (
         "{name} was founded in {founded} and operates {n_seg} business segments: {segs}. "
@@ -331,7 +331,8 @@ class ReportPDF:
         pdf = self.pdf
         pdf.set_font(FONT_NAME, size=8)
         pdf.set_xy(self.MARGIN, self.PAGE_H - 12)
-        pdf.cell(text=self.check(TEXT["page_footer"].format(name=self.company.name, fy=self.company.fy)))
+        pdf.cell(text=self.check(TEXT["page_footer"].format(name=self.company.name, name_ja=self.company.name_ja,
+                                                                 fy=self.company.fy)))
 
     def new_page(self, heading: str) -> None:
         pdf = self.pdf

@@ -3,7 +3,7 @@
 Every *.pdf under the input directory (recursively) is opened with pypdfium2. A document that is
 encrypted, empty or corrupt, or one of whose pages fails to load, is rejected as a whole with its
 reason into rejects.jsonl and the other documents go on; the stage fails when the rejected share
-passes max_reject_fraction. The doc id is the PDF's path relative to the input, without '.pdf'.
+passes max_reject_rate. The doc id is the PDF's path relative to the input, without '.pdf'.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ EXAMPLE = "compass pages --pdfs work/pdfs/pdfs --out work/pages --dpi 144 --max-
 class Config(StageConfig):
     dpi: float = Field(144.0, gt=0, description="render resolution before the long-side cap")
     max_long_side: int = Field(1400, ge=16, description="cap on the longer side of a rendered page, in pixels")
-    max_reject_fraction: float = Field(0.25, ge=0, le=1, description="fail when more than this share of PDFs is rejected")
+    max_reject_rate: float = Field(0.25, ge=0, le=1, description="fail when more than this share of PDFs is rejected")
 
 
 INPUTS = {"pdfs": Port("directory of PDF files (searched recursively), or one PDF file")}
@@ -137,9 +137,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         for reject in rejects:
             fh.write(dumps_record(reject) + "\n")
     fraction = len(rejects) / len(files)
-    if fraction > config.max_reject_fraction:
+    if fraction > config.max_reject_rate:
         reasons = ", ".join(f"{r.id}: {r.reason}" for r in rejects[:5])
-        raise CompassError(f"{len(rejects)}/{len(files)} PDFs rejected ({fraction:.0%} > max_reject_fraction "
-                           f"{config.max_reject_fraction:.0%}): {reasons}; see {out_dir / OUTPUTS['rejects']}")
+        raise CompassError(f"{len(rejects)}/{len(files)} PDFs rejected ({fraction:.0%} > max_reject_rate "
+                           f"{config.max_reject_rate:.0%}): {reasons}; see {out_dir / OUTPUTS['rejects']}")
     return {"documents": len(files) - len(rejects), "pages": n_pages, "rejected": len(rejects),
             "reject_reasons": {reason: sum(r.reason == reason for r in rejects) for reason in sorted({r.reason for r in rejects})}}

@@ -1,0 +1,303 @@
+"""Top-K evidence traces and <cot> SFT examples for long documents (METHOD.md B.2-B.4).
+
+For each question: pages scoring above `threshold` are sorted high to low and cut to `top_k`; the trace is
+their "Page i:" + evidence blocks (a question with no relevant page is dropped, into rejects.jsonl). The
+answer comes from one of two exclusive branches, drawn per question with `vision_share`: vision (a VLM gets
+the top-K page images and the question, no system prompt) or text (an LLM gets the sorted evidence, the
+question and a system prompt saying the evidence was gathered page by page, top K only). Answerers:
+`openai` (two OpenAI-compatible endpoints, e.g. vLLM serving a VLM and an LLM) or `reference`, the offline
+answerer: it returns the question's recorded answer (the planted fact of a generated PDF, or a dataset's
+reference answer) and calls no model, so both branches then give that same answer.
+
+Each DocExample: user turn = every page image of the document with its "Page N:" label, then the
+question; assistant = <think> trace </think> answer. The <cot> token goes in the system message, before
+or after the user text, or nowhere (then no trace either), with the configured shares, seeded per
+question. Image paths are relative to the output directory, as `compass sft` resolves them.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from compass.config import StageConfig
+from compass.errors import CompassError
+from compass.generate.config import OpenAISettings
+from compass.io import atomic_open, dumps_record, iter_jsonl
+from compass.longdoc.pageindex import PageIndex
+from compass.records import DocExample, DocQuestion, PageEvidence, Reject
+from compass.stages import Port
+
+EXAMPLE = ("compass doc-traces --evidence work/evidence/evidence.jsonl --questions work/pdfs/questions.jsonl "
+           "--pages work/pages/pages.jsonl --out work/doc-traces --top-k 24 --seed 42")
+
+DEFAULT_PLACEMENT = {"system": 0.45, "user_prepend": 0.25, "user_append": 0.25, "none": 0.05}
+
+
+class Config(StageConfig):
+    threshold: float = Field(1.0, ge=0, le=10, description="keep pages whose relevance_score is above this")
+    top_k: int = Field(24, ge=1, description="most pages in a trace (and images sent to the vision branch)")
+    vision_share: float = Field(0.5, ge=0, le=1, description="share of questions answered by the vision branch; "
+                                "the rest by the text branch")
+    cot_placement: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PLACEMENT),
+                                            description="shares of <cot> placements: system, user_prepend, user_append, "
+                                            "none (none: no token and no trace)")
+    no_cot_extra_fraction: float = Field(0.0, ge=0, le=1, description="share of questions that also get a second "
+                                         "example without <cot> and without a trace (beyond the recipe)")
+    answerer: Literal["reference", "openai"] = Field("reference", description="reference (the question's recorded "
+                                                     "answer, no model) or openai (vision_openai / text_openai endpoints)")
+    vision_openai: OpenAISettings = Field(default_factory=OpenAISettings, description="openai answerer: the VLM endpoint")
+    text_openai: OpenAISettings = Field(default_factory=OpenAISettings, description="openai answerer: the LLM endpoint")
+    max_tokens: int = Field(1024, ge=1, description="answer token limit")
+    temperature: float = Field(0.0, ge=0, description="answer sampling temperature")
+    max_reject_rate: float = Field(0.1, ge=0, le=1, description="fail when more than this share of kept questions "
+                                   "gets no answer (server errors, empty answers)")
+
+    @field_validator("cot_placement")
+    @classmethod
+    def _placement(cls, value: dict[str, float]) -> dict[str, float]:
+        from compass.longdoc.traces import check_weights
+
+        try:
+            return check_weights(value)
+        except CompassError as err:
+            raise ValueError(str(err)) from None
+
+
+INPUTS = {
+    "evidence": Port("PageEvidence records in question order (evidence.jsonl of `compass evidence`)"),
+    "questions": Port("DocQuestion records (questions.jsonl), in the order the evidence was made"),
+    "pages": Port("Page records (pages.jsonl of `compass pages`; its images are referenced, not copied)"),
+}
+OUTPUTS = {"examples": "examples.jsonl", "rejects": "rejects.jsonl"}
+
+
+@dataclass
+class Item:
+    position: int  # among kept questions
+    question: DocQuestion
+    selected: list[PageEvidence]
+    branch: Literal["vision", "text"]
+    placement: str
+
+
+def grouped_evidence(path: Path) -> Iterator[tuple[str, list[PageEvidence]]]:
+    """(question id, its evidence) in file order; a question's records must be contiguous."""
+    seen: set[str] = set()  # ids only, for the contiguity check
+    current: str | None = None
+    group: list[PageEvidence] = []
+    for record in iter_jsonl(path, PageEvidence):
+        if record.question_id != current:
+            if current is not None:
+                yield current, group
+            if record.question_id in seen:
+                raise CompassError(f"{path}: evidence of question {record.question_id!r} is not contiguous "
+                                   "(records must be grouped by question, as `compass evidence` writes them)")
+            seen.add(record.question_id)
+            current, group = record.question_id, []
+        group.append(record)
+    if current is not None:
+        yield current, group
+
+
+def kept_items(config: Config, questions: Path, evidence: Path, drops: list[Reject] | None) -> Iterator[Item]:
+    """Questions joined with their evidence (both streamed in the same order); those with no relevant page
+    are dropped (and recorded in `drops` when given)."""
+    from compass.longdoc.traces import draw_branch, draw_placement, select_pages
+
+    groups = grouped_evidence(evidence)
+    pending = next(groups, None)
+    position = 0
+    for question in iter_jsonl(questions, DocQuestion):
+        if pending is None or pending[0] != question.id:
+            if drops is not None:
+                drops.append(Reject(id=question.id, reason="no_evidence", detail="no evidence records (rejected upstream)"))
+            continue
+        group = pending[1]
+        pending = next(groups, None)
+        selected = select_pages(group, config.threshold, config.top_k)
+        if not selected:
+            if drops is not None:
+                best = max((e.relevance_score for e in group), default=0.0)
+                drops.append(Reject(id=question.id, reason="no_relevant_page",
+                                    detail=f"no page scores above {config.threshold} (best {best})"))
+            continue
+        yield Item(position, question, selected, draw_branch(config.seed, question.id, config.vision_share),
+                   draw_placement(config.seed, question.id, config.cot_placement))
+        position += 1
+    if pending is not None:
+        raise CompassError(f"{evidence}: evidence for question {pending[0]!r}, which is not in {questions} "
+                           "(or the two files are in different orders)")
+
+
+# --- answers ---------------------------------------------------------------------------------------------
+
+
+def reference_answers(items: Iterator[Item]) -> Iterator[tuple[int, str | None, str | None]]:
+    for item in items:
+        yield item.position, item.question.answer, None
+
+
+def openai_answers(config: Config, items_factory, images: DocImages, images_root: Path, out_dir: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """One streaming pass per branch through its endpoint, each written as a run sorted by position, then merged."""
+    from compass.generate import GenRequest
+    from compass.generate.config import TransformersSettings, make_backend
+    from compass.longdoc.evidence import image_data_url
+    from compass.longdoc.traces import text_answer_messages, vision_answer_messages
+
+    runs = []
+    for branch, settings in (("vision", config.vision_openai), ("text", config.text_openai)):
+        backend = make_backend("openai", settings, TransformersSettings())
+        order: list[int] = []  # positions of this branch's requests, in send order (ints: small)
+
+        def requests(branch=branch) -> Iterator[GenRequest]:
+            for item in items_factory():
+                if item.branch != branch:
+                    continue
+                if branch == "vision":
+                    # page images of the selected pages; `images_root` is the pages.jsonl directory
+                    paths = images(item.question.doc_id)
+                    urls = [image_data_url(images_root / paths[e.page_index]) for e in item.selected]
+                    messages = vision_answer_messages(item.question, item.selected, urls)
+                else:
+                    messages = text_answer_messages(item.question, item.selected, config.top_k)
+                order.append(item.position)
+                yield GenRequest(id=str(item.position), messages=messages, max_tokens=config.max_tokens,
+                                 temperature=config.temperature, seed=config.seed)
+
+        path = out_dir / f".answers-{branch}.jsonl"
+        buffer: dict[int, dict] = {}
+        cursor = 0
+        with open(path, "w", encoding="utf-8") as fh:
+            for result in backend.generate(requests()):
+                buffer[int(result.id)] = {"p": int(result.id), "a": strip_think(result.text) if result.ok else None,
+                                          "e": result.error}
+                while cursor < len(order) and order[cursor] in buffer:  # flush the answered prefix, in order
+                    fh.write(json.dumps(buffer.pop(order[cursor]), ensure_ascii=False) + "\n")
+                    cursor += 1
+        if buffer:
+            raise CompassError(f"doc-traces: {len(buffer)} {branch} answers left unordered")
+        runs.append(path)
+
+    def read(path: Path) -> Iterator[dict]:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    for row in heapq.merge(*(read(p) for p in runs), key=lambda r: r["p"]):
+        yield row["p"], row["a"], row["e"]
+    for path in runs:
+        path.unlink()
+
+
+class DocImages:
+    """Image paths (relative to the pages.jsonl directory) of one document's pages; one document cached."""
+
+    def __init__(self, index: PageIndex, source: Path):
+        self.index, self.source = index, source
+        self.cached: tuple[str, list[str]] | None = None
+
+    def __call__(self, doc_id: str) -> list[str]:
+        if self.cached is None or self.cached[0] != doc_id:
+            if doc_id not in self.index:
+                raise CompassError(f"{self.source}: no pages for document {doc_id!r} named in the evidence")
+            self.cached = (doc_id, [p.image for p in self.index.pages(doc_id)])
+        return self.cached[1]
+
+
+def strip_think(text: str) -> str:
+    """Drop a reasoning model's leading <think>...</think>: the answer is what follows."""
+    from compass.longdoc.evidence import _THINK
+
+    return _THINK.sub("", text, count=1).strip()
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    from compass.longdoc.traces import build_trace, example_messages, unit_draw
+
+    index = PageIndex(inputs["pages"])
+    images_root = inputs["pages"].parent
+    rel_root = Path(os.path.relpath(images_root, out_dir))  # examples point at the pages stage's images
+
+    doc_images = DocImages(index, inputs["pages"])
+
+    def items() -> Iterator[Item]:
+        return kept_items(config, inputs["questions"], inputs["evidence"], None)
+
+    if config.answerer == "reference":
+        answers = reference_answers(items())
+    else:
+        answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir)
+
+    drops: list[Reject] = []
+    counts: Counter[str] = Counter()
+    trace_pages = gold_total = gold_found = 0
+    with atomic_open(out_dir / OUTPUTS["examples"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+        for item in kept_items(config, inputs["questions"], inputs["evidence"], drops):
+            for drop in drops:
+                rej.write(dumps_record(drop) + "\n")
+                counts[drop.reason] += 1
+            drops.clear()
+            position, answer, error = next(answers)
+            if position != item.position:
+                raise CompassError(f"doc-traces: answer for position {position} arrived for item {item.position}")
+            question = item.question
+            if error is not None or not answer:
+                reason = "answer_error" if error is not None else "empty_answer"
+                rej.write(dumps_record(Reject(id=question.id, reason=reason, detail=error or "the answerer returned nothing")) + "\n")
+                counts[reason] += 1
+                continue
+            images = [(rel_root / image).as_posix() for image in doc_images(question.doc_id)]
+            trace = build_trace(item.selected)
+            variants = [(question.id, item.placement)]
+            if item.placement != "none" and unit_draw(config.seed, "no_cot_extra", question.id) < config.no_cot_extra_fraction:
+                variants.append((f"{question.id}#nocot", "none"))
+            for example_id, placement in variants:
+                example = DocExample(
+                    id=example_id, question_id=question.id, doc_id=question.doc_id, images=images,
+                    messages=example_messages(question.question, len(images), placement,
+                                              None if placement == "none" else trace, answer),
+                    cot_placement=placement, branch=item.branch, has_trace=placement != "none",
+                )
+                out.write(dumps_record(example) + "\n")
+                counts[f"placement_{placement}"] += 1
+            counts[f"branch_{item.branch}"] += 1
+            counts["questions"] += 1
+            trace_pages += len(item.selected)
+            gold = set(question.gold_pages)
+            gold_total += len(gold)
+            gold_found += len(gold & {e.page_index for e in item.selected})
+        for drop in drops:
+            rej.write(dumps_record(drop) + "\n")
+            counts[drop.reason] += 1
+    leftover = next(answers, None)
+    if leftover is not None:
+        raise CompassError(f"doc-traces: an answer for position {leftover[0]} has no question")
+    answered_fail = counts["answer_error"] + counts["empty_answer"]
+    attempted = counts["questions"] + answered_fail
+    if attempted == 0:
+        raise CompassError(f"doc-traces: no question has a page above threshold {config.threshold}; "
+                           f"dropped: {counts['no_relevant_page']} no relevant page, {counts['no_evidence']} no evidence")
+    if answered_fail / attempted > config.max_reject_rate:
+        raise CompassError(f"doc-traces: {answered_fail}/{attempted} questions got no answer "
+                           f"(> max_reject_rate {config.max_reject_rate:.0%}); see {out_dir / OUTPUTS['rejects']}")
+    examples = sum(v for k, v in counts.items() if k.startswith("placement_"))
+    return {
+        "examples": examples, "questions": counts["questions"],
+        "dropped_no_relevant_page": counts["no_relevant_page"], "dropped_no_evidence": counts["no_evidence"],
+        "answer_rejects": answered_fail,
+        "branches": {b: counts[f"branch_{b}"] for b in ("vision", "text")},
+        "placements": {p: counts[f"placement_{p}"] for p in DEFAULT_PLACEMENT},
+        "mean_trace_pages": round(trace_pages / counts["questions"], 3) if counts["questions"] else 0.0,
+        "gold_page_recall": round(gold_found / gold_total, 4) if gold_total else None,
+    }

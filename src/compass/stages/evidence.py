@@ -1,0 +1,239 @@
+"""Per-page evidence: for every (question, page of its document), {evidence, relevance_score} (METHOD.md B.1).
+
+Backends: `openai` sends the page image (a data URL) and the extraction prompt to a VLM behind any
+OpenAI-compatible server (vLLM, SGLang) through compass.generate's streaming pool; `lexical` is the offline
+extractor of the demo and tests: BM25 over the page's text layer, quoting its best sentences and mapping the
+score onto 0-10 (an irrelevant page gets one sentence and 0).
+
+A reply must be exactly {"evidence": str, "relevance_score": number}: a malformed one is asked again
+(`parse_retries` times, with `retry_temperature`), then rejected with the reason. Scores are clamped to
+[0, 10] and gold pages raised to at least `min_gold_score`. Output is in question order, then page order,
+whatever order the server answers in: each retry round writes a sorted run and the runs are merged, so
+memory stays bounded by the requests in flight, not by the number of pages.
+"""
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from compass.config import StageConfig
+from compass.errors import CompassError
+from compass.generate.config import OpenAISettings
+from compass.io import atomic_open, dumps_record, iter_jsonl
+from compass.longdoc.pageindex import PageIndex
+from compass.records import DocQuestion, Page, PageEvidence, Reject
+from compass.stages import Port
+
+EXAMPLE = ("compass evidence --pages work/pages/pages.jsonl --questions work/pdfs/questions.jsonl --out work/evidence "
+           "--backend openai --openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
+
+
+class Config(StageConfig):
+    backend: Literal["lexical", "openai"] = Field("lexical", description="lexical (offline BM25 over the text layer) "
+                                                  "or openai (a VLM behind an OpenAI-compatible server)")
+    openai: OpenAISettings = Field(default_factory=OpenAISettings, description="settings of the openai backend")
+    max_tokens: int = Field(1024, ge=1, description="completion token limit per page")
+    temperature: float = Field(0.0, ge=0, description="sampling temperature of the first attempt")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    parse_retries: int = Field(2, ge=0, description="times a page is asked again after a malformed (non-JSON) reply")
+    retry_temperature: float = Field(0.7, ge=0, description="temperature of those re-asks (greedy would repeat the reply)")
+    min_gold_score: float = Field(6.0, ge=0, le=10, description="gold pages are raised to at least this score")
+    max_reject_rate: float = Field(0.05, ge=0, le=1, description="fail when more than this share of pages is rejected")
+    lexical_scale: float = Field(6.0, gt=0, description="lexical: BM25 score s maps to 10 * s / (s + scale)")
+    lexical_floor: float = Field(2.5, ge=0, le=10, description="lexical: pages mapped below this are irrelevant (score 0)")
+    lexical_max_quotes: int = Field(3, ge=1, description="lexical: passages quoted from a relevant page")
+
+
+INPUTS = {
+    "pages": Port("Page records (pages.jsonl of `compass pages`; image paths are relative to its directory)"),
+    "questions": Port("DocQuestion records (questions.jsonl)"),
+}
+OUTPUTS = {"evidence": "evidence.jsonl", "rejects": "rejects.jsonl"}
+
+REASONS = ("malformed_json", "backend_error", "document_missing", "gold_page_out_of_range")
+
+
+@dataclass
+class Task:
+    index: int  # global position: question order, then page order
+    question: DocQuestion
+    page: Page
+
+    @property
+    def gold(self) -> bool:
+        return self.page.page_index in self.question.gold_pages
+
+    @property
+    def reject_id(self) -> str:
+        return f"{self.question.id}#page{self.page.page_index}"
+
+
+class Outcome:
+    """What one task ended as in a round: a record, a reject, or a re-ask in the next round."""
+
+    def __init__(self, task: Task, record: PageEvidence | None = None, reject: Reject | None = None, retry: bool = False):
+        self.task, self.record, self.reject, self.retry = task, record, reject, retry
+
+
+def iter_tasks(questions_path: Path, index: PageIndex, rejects: list[Reject]) -> Iterator[Task]:
+    """Every (question, page) of the question's document, streamed; unusable questions become rejects."""
+    position = 0
+    for question in iter_jsonl(questions_path, DocQuestion):
+        if question.doc_id not in index:
+            rejects.append(Reject(id=question.id, reason="document_missing",
+                                  detail=f"no pages for document {question.doc_id!r} (rejected by `compass pages`?)"))
+            continue
+        pages = index.pages(question.doc_id)
+        bad = [g for g in question.gold_pages if not 0 <= g < len(pages)]
+        if bad:
+            rejects.append(Reject(id=question.id, reason="gold_page_out_of_range",
+                                  detail=f"gold pages {bad} outside 0..{len(pages) - 1} of {question.doc_id!r}"))
+            continue
+        for page in pages:
+            yield Task(position, question, page)
+            position += 1
+
+
+def evidence_record(task: Task, evidence: str, score: float, min_gold_score: float) -> PageEvidence:
+    from compass.longdoc.evidence import final_score
+
+    return PageEvidence(question_id=task.question.id, doc_id=task.question.doc_id, page_index=task.page.page_index,
+                        evidence=evidence, relevance_score=final_score(score, task.gold, min_gold_score), gold=task.gold)
+
+
+# --- lexical: in order, in process ----------------------------------------------------------------------
+
+
+def run_lexical(config: Config, tasks: Iterator[Task], index: PageIndex, write) -> None:
+    from compass.longdoc.evidence import LexicalExtractor
+
+    extractor = LexicalExtractor(scale=config.lexical_scale, floor=config.lexical_floor, max_quotes=config.lexical_max_quotes)
+    current: tuple[str, list[tuple[str, float]]] | None = None
+    for task in tasks:
+        if current is None or current[0] != task.question.id:  # one question's pages are scored together (BM25 idf)
+            current = (task.question.id, extractor.score_document(task.question, index.pages(task.question.doc_id)))
+        evidence, score = current[1][task.page.page_index]
+        write(evidence_record(task, evidence, score, config.min_gold_score))
+
+
+# --- openai: streaming pool, retry rounds, sorted runs merged -----------------------------------------------
+
+
+def run_openai(config: Config, tasks: Iterator[Task], images_root: Path, out_dir: Path, rejects_out) -> Iterator[Outcome]:
+    """Yield final outcomes in task order. Round r streams its tasks through the backend, writes its records
+    to a sorted run file; malformed replies go to round r + 1. At the end the runs are merged."""
+    from compass.generate import GenRequest
+    from compass.generate.config import TransformersSettings, make_backend
+    from compass.longdoc.evidence import MalformedEvidence, evidence_messages, parse_evidence
+
+    backend = make_backend("openai", config.openai, TransformersSettings())
+    runs: list[Path] = []
+    round_tasks: Iterator[Task] = tasks
+    for attempt in range(config.parse_retries + 1):
+        last = attempt == config.parse_retries
+        sequence: dict[str, tuple[int, Task]] = {}  # request id -> (position in this round, task); in flight only
+
+        def requests() -> Iterator[GenRequest]:
+            for position, task in enumerate(round_tasks):
+                rid = f"{task.index}"
+                sequence[rid] = (position, task)
+                yield GenRequest(
+                    id=rid, messages=evidence_messages(task.question, images_root / task.page.image, task.gold),
+                    max_tokens=config.max_tokens, temperature=config.temperature if attempt == 0 else config.retry_temperature,
+                    top_p=config.top_p, seed=config.seed + attempt,
+                )
+
+        run_path = out_dir / f".evidence-run{attempt}.jsonl"
+        retry: list[Task] = []
+        buffer: dict[int, Outcome] = {}  # finished out of order, waiting for earlier positions
+        next_position = 0
+        with open(run_path, "w", encoding="utf-8") as run_fh:
+            for result in backend.generate(requests()):
+                position, task = sequence.pop(result.id)
+                if not result.ok:
+                    outcome = Outcome(task, reject=Reject(id=task.reject_id, reason="backend_error", detail=result.error))
+                else:
+                    try:
+                        evidence, score = parse_evidence(result.text)
+                        outcome = Outcome(task, record=evidence_record(task, evidence, score, config.min_gold_score))
+                    except MalformedEvidence as err:
+                        if last:
+                            outcome = Outcome(task, reject=Reject(id=task.reject_id, reason="malformed_json",
+                                                                  detail=f"after {attempt + 1} replies: {err}"))
+                        else:
+                            outcome = Outcome(task, retry=True)
+                buffer[position] = outcome
+                while next_position in buffer:  # flush the finished prefix, in order
+                    done = buffer.pop(next_position)
+                    next_position += 1
+                    if done.record is not None:
+                        run_fh.write(json.dumps({"i": done.task.index, "r": done.record.model_dump(mode="json")},
+                                                ensure_ascii=False) + "\n")
+                    elif done.reject is not None:
+                        rejects_out(done.reject)
+                    else:
+                        retry.append(done.task)
+        if buffer or sequence:
+            raise CompassError(f"evidence: backend returned {next_position} results, {len(buffer) + len(sequence)} missing")
+        runs.append(run_path)
+        if not retry:
+            break
+        round_tasks = iter(retry)
+    yield from merge_runs(runs)
+    for path in runs:
+        path.unlink()
+
+
+def merge_runs(runs: list[Path]) -> Iterator[PageEvidence]:
+    """k-way merge of sorted run files by task index: constant memory."""
+    def read(path: Path) -> Iterator[tuple[int, dict]]:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                item = json.loads(line)
+                yield item["i"], item["r"]
+
+    for _, record in heapq.merge(*(read(p) for p in runs), key=lambda x: x[0]):
+        yield PageEvidence.model_validate(record)
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    index = PageIndex(inputs["pages"])
+    question_rejects: list[Reject] = []
+    tasks = iter_tasks(inputs["questions"], index, question_rejects)
+    counts: Counter[str] = Counter()
+    stats = {"pages": 0, "relevant": 0}
+    with atomic_open(out_dir / OUTPUTS["evidence"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+        def write_reject(reject: Reject) -> None:
+            counts[reject.reason] += 1
+            rej.write(dumps_record(reject) + "\n")
+
+        def write_record(record: PageEvidence) -> None:
+            stats["pages"] += 1
+            stats["relevant"] += record.relevance_score > 0
+            out.write(dumps_record(record) + "\n")
+
+        if config.backend == "lexical":
+            run_lexical(config, tasks, index, write_record)
+        else:
+            for record in run_openai(config, tasks, inputs["pages"].parent, out_dir, write_reject):
+                write_record(record)
+        for reject in question_rejects:
+            write_reject(reject)
+    total = stats["pages"] + counts["malformed_json"] + counts["backend_error"]
+    page_rejects = counts["malformed_json"] + counts["backend_error"]
+    rate = page_rejects / total if total else 0.0
+    if total == 0:
+        raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {dict(counts)}")
+    if rate > config.max_reject_rate:
+        raise CompassError(f"evidence: {page_rejects}/{total} pages rejected ({rate:.1%} > max_reject_rate "
+                           f"{config.max_reject_rate:.1%}): {dict(counts)}; see {out_dir / OUTPUTS['rejects']}")
+    return {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
+            "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],
+            "reject_reasons": dict(sorted(counts.items()))}
