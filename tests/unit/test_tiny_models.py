@@ -2,7 +2,6 @@
 import hashlib
 from pathlib import Path
 
-import pytest
 
 from compass.models.tiny import (
     IMAGE_TOKEN,
@@ -89,7 +88,8 @@ def test_llm_loads_and_generates(tiny_models):
     ids = tok.apply_chat_template([{"role": "user", "content": "1+1?"}], add_generation_prompt=True, return_tensors="pt",
                                   return_dict=True)
     out = model.generate(**ids, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] == ids["input_ids"].shape[1] + 5 or out[0, -1].item() == tok.eos_token_id
+    assert out.shape[1] > ids["input_ids"].shape[1]
+    assert torch.equal(out, model.generate(**ids, max_new_tokens=5, do_sample=False))  # greedy is reproducible
     assert torch.isfinite(model(**ids).logits).all()
 
 

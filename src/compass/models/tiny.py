@@ -57,7 +57,7 @@ def set_torch_seed(seed: int) -> None:
 
 def build_tiny_tokenizer(out_dir: Path, seed: int = 0, vocab_size: int = TOKENIZER_VOCAB) -> Path:
     """Train a byte-level BPE on the built-in corpus and save it as a PreTrainedTokenizerFast directory."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     out_dir = Path(out_dir)
@@ -74,8 +74,6 @@ def build_tiny_tokenizer(out_dir: Path, seed: int = 0, vocab_size: int = TOKENIZ
     backend.train_from_iterator(corpus_lines(seed), trainer=trainer)
     # The XML tags were trained as reserved ids; registering them as added (non-special) tokens makes the
     # tokenizer split them out of running text as single ids.
-    from tokenizers import AddedToken
-
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TEXT_TOKENS])
 
