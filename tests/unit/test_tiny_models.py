@@ -2,7 +2,6 @@
 import hashlib
 from pathlib import Path
 
-
 from compass.models.tiny import (
     IMAGE_TOKEN,
     SPECIAL_TOKENS,
