@@ -161,7 +161,7 @@ def test_parse_only_ever_raises_format_error(text):
 
 _plain = st.text(min_size=1, max_size=60).filter(lambda s: s.strip() and not any(tag in s for tag in _TAGS))
 _answer = st.text(alphabet=st.characters(blacklist_characters="{}\\", blacklist_categories=("Cs",)), min_size=1, max_size=20).filter(
-    lambda s: s.strip()
+    lambda s: s.strip() and not any(tag in s for tag in _TAGS)
 )
 
 
