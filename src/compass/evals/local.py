@@ -1,0 +1,239 @@
+"""A local model directory, loaded once, for what the HTTP and text-only backends can't do: log-likelihoods of
+continuations (multiple-choice and label scoring) and batched generation with page images on a VLM.
+
+Text generation on a plain LLM goes through `compass.generate.TransformersBackend`; this module serves the
+rest with the same `generate(requests) -> iterator of GenResult` interface. Images travel as file paths in
+`GenRequest.meta["images"]` (one per {"type": "image"} part, in order), so the request carries no pixels.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from compass.errors import CompassError
+from compass.generate.base import GenRequest, GenResult
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def read_model_config(model_dir: Path) -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CompassError(f"{model_dir} is not a model directory (no config.json)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CompassError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def is_vlm(model_dir: Path) -> bool:
+    """A vision-language model directory (LLaVA-OneVision, Qwen-VL, ...) has a vision sub-config."""
+    return "vision_config" in read_model_config(model_dir)
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    if name not in DTYPES:
+        raise CompassError(f"dtype must be one of {DTYPES}, got {name!r}")
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """Sum of the continuation's token log-probabilities, its token count, and whether greedy decoding
+    would have produced exactly it."""
+
+    logprob: float
+    tokens: int
+    greedy: bool
+
+
+class LocalModel:
+    """One model directory on one device; loads lazily on first use."""
+
+    def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "auto", batch_size: int = 8):
+        self.model_dir = Path(model_dir)
+        self.vlm = is_vlm(self.model_dir)
+        if batch_size < 1:
+            raise CompassError(f"batch_size must be >= 1, got {batch_size}")
+        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.name = f"local:{self.model_dir.name}"
+        self._model = None
+        self._tokenizer = None
+        self._processor = None
+
+    def _load(self) -> None:
+        if self._model is not None:
+            return
+        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+
+        dtype = _torch_dtype(self.dtype)
+        if self.vlm:
+            self._processor = load_vlm_processor(self.model_dir)
+            self._tokenizer = self._processor.tokenizer
+            model = AutoModelForImageTextToText.from_pretrained(str(self.model_dir), dtype=dtype)
+        else:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
+            model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=dtype)
+        if self._tokenizer.pad_token_id is None:
+            self._tokenizer.pad_token = self._tokenizer.eos_token
+        self._model = model.to(self.device).eval()
+
+    @property
+    def tokenizer(self):
+        self._load()
+        return self._tokenizer
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """The prompt text the chat template makes of `messages`, ending with the assistant's turn start."""
+        self._load()
+        if self._tokenizer.chat_template is None:
+            raise CompassError(f"{self.model_dir}: the tokenizer has no chat template")
+        renderer = self._processor if self.vlm else self._tokenizer
+        return renderer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    # --- log-likelihood ---------------------------------------------------------------------------------
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """Token ids of context and continuation, split the way the LM Evaluation Harness does: trailing
+        spaces of the context move to the continuation, the whole string is tokenised once, and the
+        continuation is what follows the context's own tokens. A BOS is put first unless the context
+        already starts with it (a chat prompt does)."""
+        tok = self._tokenizer
+        stripped = context.rstrip(" ")
+        if len(stripped) != len(context):
+            continuation = context[len(stripped):] + continuation
+            context = stripped
+        whole = tok.encode(context + continuation, add_special_tokens=False)
+        ctx = tok.encode(context, add_special_tokens=False)
+        if whole[: len(ctx)] != ctx:  # a merge across the boundary: fall back to separate encodings
+            whole = ctx + tok.encode(continuation, add_special_tokens=False)
+        cont = whole[len(ctx):]
+        if not cont:
+            raise CompassError(f"continuation {continuation!r} encodes to no tokens")
+        if tok.bos_token_id is not None and not (ctx and ctx[0] == tok.bos_token_id):
+            ctx = [tok.bos_token_id] + ctx
+        return ctx, cont
+
+    def loglikelihoods(self, pairs: list[tuple[str, str]], progress=None) -> list[LogLikelihood]:
+        """log P(continuation | context) for each (context, continuation), batched; order kept."""
+        import torch
+
+        self._load()
+        encoded = [self._encode_pair(c, x) for c, x in pairs]
+        limit = _max_positions(read_model_config(self.model_dir))
+        results: list[LogLikelihood] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start:start + self.batch_size]
+            rows = []
+            for ctx, cont in chunk:
+                ids = ctx + cont
+                if len(ids) > limit:  # keep the continuation and the end of the context
+                    ids = ids[-limit:]
+                rows.append((ids, len(cont)))
+            width = max(len(ids) for ids, _ in rows)
+            pad = self._tokenizer.pad_token_id
+            input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows], device=self.device)
+            mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows], device=self.device)
+            with torch.inference_mode():
+                logits = self._model(input_ids=input_ids, attention_mask=mask).logits.float()
+            logprobs = torch.log_softmax(logits, dim=-1)
+            for row, (ids, n_cont) in enumerate(rows):
+                end = len(ids)
+                # tokens [end - n_cont, end) are predicted by positions [end - n_cont - 1, end - 1)
+                positions = torch.arange(end - n_cont - 1, end - 1, device=self.device)
+                targets = input_ids[row, end - n_cont:end]
+                token_lp = logprobs[row, positions, targets]
+                greedy = bool((logprobs[row, positions].argmax(-1) == targets).all())
+                results.append(LogLikelihood(float(token_lp.sum()), n_cont, greedy))
+            if progress is not None:
+                progress.update(len(chunk))
+        return results
+
+    # --- generation (VLM, or text on a VLM) -------------------------------------------------------------
+
+    def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
+        batch: list[GenRequest] = []
+        for request in requests:
+            if batch and (len(batch) == self.batch_size or _sampling(request) != _sampling(batch[0])):
+                yield from self._generate_batch(batch)
+                batch = []
+            batch.append(request)
+        if batch:
+            yield from self._generate_batch(batch)
+
+    def _generate_batch(self, batch: list[GenRequest]) -> list[GenResult]:
+        import torch
+        from PIL import Image
+
+        self._load()
+        t0 = time.perf_counter()
+        prompts, images = [], []
+        for request in batch:
+            paths = request.meta["images"] if "images" in request.meta else []
+            n_parts = sum(1 for m in request.messages if not isinstance(m["content"], str)
+                          for p in m["content"] if p["type"] == "image")
+            if n_parts != len(paths):
+                raise CompassError(f"request {request.id!r}: {n_parts} image parts but {len(paths)} image paths")
+            if paths and not self.vlm:
+                raise CompassError(f"request {request.id!r} has images but {self.model_dir} is not a VLM")
+            prompts.append(self.chat_prompt(request.messages))
+            images.append([Image.open(p).convert("RGB") for p in paths])
+        tokenizer = self._tokenizer
+        tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
+        if self.vlm:
+            kwargs = {"images": images} if any(images) else {}
+            encoded = self._processor(text=prompts, padding=True, return_tensors="pt", **kwargs)
+        else:
+            encoded = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
+        encoded = encoded.to(self.device)
+        first = batch[0]
+        sample = first.temperature > 0
+        if sample and first.seed is not None:
+            torch.manual_seed(first.seed)
+        options = dict(max_new_tokens=first.max_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id)
+        if sample:
+            options.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+        with torch.inference_mode():
+            output = self._model.generate(**encoded, **options)
+        new = output[:, encoded["input_ids"].shape[1]:].tolist()
+        latency = time.perf_counter() - t0
+        results = []
+        for request, row in zip(batch, new):
+            finish = "length"
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+                finish = "stop"
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            results.append(GenResult(request.id, text, None, 1, len(row), latency, finish, request.meta))
+        return results
+
+
+def _sampling(request: GenRequest) -> tuple:
+    return (request.max_tokens, request.temperature, request.top_p, request.seed)
+
+
+def _max_positions(config: dict) -> int:
+    text = config["text_config"] if "text_config" in config else config
+    if "max_position_embeddings" not in text:
+        raise CompassError("model config has no max_position_embeddings; cannot bound the scored length")
+    return int(text["max_position_embeddings"])
+
+
+def load_vlm_processor(model_dir: Path):
+    """compass's torchvision-free OneVision processor when the directory was written by compass, otherwise
+    the directory's own processor class through AutoProcessor."""
+    processor_config = Path(model_dir) / "processor_config.json"
+    if processor_config.is_file():
+        data = json.loads(processor_config.read_text(encoding="utf-8"))
+        if "processor_class" in data and data["processor_class"] == "ImageOnlyOnevisionProcessor":
+            from compass.models.vlm import load_processor
+
+            return load_processor(model_dir)
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(model_dir))

@@ -1,0 +1,134 @@
+"""GSM8K, MGSM-ja and compass Problem files: the XML reasoning prompt (EN/JA), the final answer from the last
+\\boxed{}, equivalence by `compass.formats.answers_match`.
+
+Metrics: accuracy (boxed answer equivalent to the reference), format_valid_rate (the whole output parses as
+<Problem>/<Thinking>/<Answer> with a boxed answer), boxed_rate (some \\boxed{} found anywhere), and
+mean_output_tokens. A \\boxed answer counts for accuracy even when the XML layout around it is broken: layout
+and correctness are reported separately.
+
+Accepted data, decided per record by its fields:
+- GSM8K's own JSONL: {"question", "answer": "... #### 72"};
+- MGSM's TSV (question<TAB>answer_number, no header) or JSONL {"question", "answer_number"};
+- compass Problem records (the `sources` stage's output): {"id", "source", "question", "reference_answer", "lang"}.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from compass.errors import CompassError
+from compass.evals.data import read_json_rows, require
+from compass.evals.metrics import mean
+from compass.generate.base import GenRequest, GenResult
+
+TASK_LANG = {"gsm8k": "en", "mgsm_ja": "ja", "problems": None}  # None: each Problem record says
+COT_TOKEN = "<cot>"
+
+
+@dataclass(frozen=True)
+class MathItem:
+    id: str
+    question: str
+    answer: str
+    lang: str
+
+
+def _gsm8k_answer(text: str, where: str) -> str:
+    if "####" not in text:
+        raise CompassError(f"{where}: GSM8K answer has no '#### <number>' line: {text[-60:]!r}")
+    return text.rsplit("####", 1)[1].strip().replace(",", "")
+
+
+def _number_text(value, where: str) -> str:
+    """MGSM's answer_number (an int, or a float like 12.0 in some exports) as the answer string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise CompassError(f"{where}: answer_number must be a number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def items_from_rows(task: str, rows: list[dict], origin: str) -> list[MathItem]:
+    default_lang = TASK_LANG[task]
+    items = []
+    for index, row in enumerate(rows):
+        where = f"{origin} record {index + 1}"
+        if "reference_answer" in row:  # a compass Problem
+            require(row, ("id", "question", "reference_answer"), where)
+            lang = row["lang"] if "lang" in row else "en"
+            items.append(MathItem(str(row["id"]), row["question"], str(row["reference_answer"]), lang))
+        elif "answer_number" in row:  # MGSM
+            require(row, ("question",), where)
+            items.append(MathItem(f"{task}/{index}", row["question"], _number_text(row["answer_number"], where),
+                                  default_lang or "ja"))
+        elif "answer" in row:  # GSM8K
+            require(row, ("question",), where)
+            items.append(MathItem(f"{task}/{index}", row["question"], _gsm8k_answer(row["answer"], where),
+                                  default_lang or "en"))
+        else:
+            raise CompassError(f"{where}: not a GSM8K ('answer'), MGSM ('answer_number') or Problem "
+                               f"('reference_answer') record; fields: {sorted(row)}")
+        if items[-1].lang not in ("en", "ja"):
+            raise CompassError(f"{where}: lang must be 'en' or 'ja', got {items[-1].lang!r}")
+    return items
+
+
+def load_items(task: str, path: Path) -> list[MathItem]:
+    path = Path(path)
+    if path.suffix.lower() == ".tsv":  # MGSM's distributed format: question \t answer_number
+        rows = []
+        with open(path, encoding="utf-8", newline="") as fh:
+            for lineno, fields in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+                if not fields:
+                    continue
+                if len(fields) != 2:
+                    raise CompassError(f"{path}:{lineno}: expected 2 tab-separated fields (question, answer), got {len(fields)}")
+                rows.append({"question": fields[0], "answer_number": fields[1]})
+        return items_from_rows(task, rows, str(path))
+    return items_from_rows(task, read_json_rows(path), str(path))
+
+
+def build_requests(items: list[MathItem], *, cot: bool, max_tokens: int, seed: int) -> list[GenRequest]:
+    from compass.formats import SYSTEM_PROMPTS
+
+    requests = []
+    for item in items:
+        system = SYSTEM_PROMPTS[item.lang]
+        if cot:  # the control token leads the system message, as in training (METHOD.md B.4)
+            system = f"{COT_TOKEN}\n{system}"
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": item.question}]
+        requests.append(GenRequest(id=item.id, messages=messages, max_tokens=max_tokens, temperature=0.0, seed=seed))
+    return requests
+
+
+def score(items: list[MathItem], results: dict[str, GenResult], requests: dict[str, GenRequest]) -> tuple[list[dict], dict]:
+    from compass.formats import answers_match, extract_boxed, validate_reasoning
+
+    rows = []
+    for item in items:
+        result = results[item.id]
+        raw = result.text if result.ok else None
+        extracted = extract_boxed(raw) if raw is not None else None
+        correct = extracted is not None and answers_match(extracted, item.answer)
+        rows.append({
+            "id": item.id,
+            "input": requests[item.id].messages,
+            "raw_output": raw,
+            "error": result.error,
+            "extracted": extracted,
+            "reference": item.answer,
+            "score": float(correct),
+            "format_valid": raw is not None and not validate_reasoning(raw),
+            "output_tokens": result.output_tokens,
+        })
+    metrics = {
+        "accuracy": mean([r["score"] for r in rows]),
+        "format_valid_rate": mean([float(r["format_valid"]) for r in rows]),
+        "boxed_rate": mean([float(r["extracted"] is not None) for r in rows]),
+        "mean_output_tokens": mean([float(r["output_tokens"]) for r in rows if r["output_tokens"] is not None]),
+        "error_rate": mean([float(r["error"] is not None) for r in rows]),
+        "n": len(rows),
+    }
+    return rows, metrics
+
