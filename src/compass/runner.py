@@ -127,20 +127,42 @@ def execute_stage(
     return StageResult(manifest, out_dir, cached=False)
 
 
+def launch_command(launch: Launch) -> tuple[list[str], dict[str, str]]:
+    """The `accelerate launch` command line (up to the script) and the extra environment for `launch`.
+
+    `accelerate launch --cpu` starts ONE process whatever --num_processes says (its simple launcher), so
+    several CPU processes go through the multi-process launcher (`--multi_gpu`, i.e. torchrun) with the GPUs
+    hidden; each process then joins a gloo group (accelerate's MULTI_CPU)."""
+    if launch.cpu and launch.accelerate_config:
+        raise CompassError(f"launch: cpu: true takes no accelerate_config (got {launch.accelerate_config}); "
+                           "the shipped configs are for GPUs")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    env: dict[str, str] = {}
+    if launch.accelerate_config:
+        config_file = Path(launch.accelerate_config)
+        if not config_file.is_file():
+            raise CompassError(f"launch: accelerate_config not found: {config_file.resolve()}")
+        cmd += ["--config_file", str(config_file)]
+    elif launch.num_processes > 1:
+        cmd += ["--multi_gpu", "--num_machines", "1"]
+    elif launch.cpu:
+        cmd += ["--cpu"]
+    if launch.cpu:
+        env.update(CUDA_VISIBLE_DEVICES="", ACCELERATE_USE_CPU="true")
+    cmd += ["--num_processes", str(launch.num_processes)]
+    return cmd, env
+
+
 def _run_launched(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: Path, launch: Launch) -> dict:
     """Run the stage body under `accelerate launch`; rank 0 leaves its metrics in out_dir."""
     job = out_dir / ".launch.json"
     write_json_atomic(job, {"kind": kind, "config": config.model_dump(mode="json"),
                             "inputs": {k: str(v) for k, v in paths.items()}, "out_dir": str(out_dir)})
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-    if launch.accelerate_config:
-        cmd += ["--config_file", launch.accelerate_config]
-    if launch.cpu:
-        cmd += ["--cpu"]
-    cmd += ["--num_processes", str(launch.num_processes), "-m", "compass.worker", str(job)]
+    cmd, env = launch_command(launch)
+    cmd += ["-m", "compass.worker", str(job)]
     metrics_file = out_dir / WORKER_METRICS
     metrics_file.unlink(missing_ok=True)
-    proc = subprocess.run(cmd, env={**os.environ})
+    proc = subprocess.run(cmd, env={**os.environ, **env})
     if proc.returncode != 0:
         raise CompassError(f"stage {kind}: launched run failed with exit code {proc.returncode}: {shlex.join(cmd)}")
     if not metrics_file.is_file():
