@@ -150,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             import importlib
 
             return importlib.import_module(DELEGATED[argv[0]][0]).main(argv[1:])
+        if argv[:2] == ["eval", "compare"]:  # a sub-verb beside the eval stage verb: runs side by side
+            from compass.evals.compare import main as compare_main
+
+            return compare_main(argv[2:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.verb is None:
