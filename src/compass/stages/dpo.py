@@ -1,0 +1,96 @@
+"""LoRA DPO with TRL's DPOTrainer on Pair records; the reference is the same model with its adapter disabled.
+
+METHOD.md A step 3: from the SFT-merged LLM, lr 5e-6, global batch 32, micro batch 1, 1 epoch, beta 0.1,
+max length 2048. With eval_pairs, DPO's reward accuracy and margin on those held-out pairs are measured
+once before training (adapter at its initial, no-op state) and once after. Writes out_dir/adapter,
+out_dir/merged with `merge: true`, and out_dir/log_history.json. Resumes like sft; under `accelerate
+launch` only the main process writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from compass.errors import CompassError
+from compass.stages import Port
+from compass.train.config import TrainConfig
+
+EXAMPLE = ("compass dpo --model sft/merged --pairs pairs/pairs.jsonl --eval-pairs heldout.jsonl --out dpo/ --merge "
+           "--max-steps 30 --global-batch-size 4 --micro-batch-size 2")
+
+
+class Config(TrainConfig):
+    learning_rate: float = Field(5e-6, gt=0, description="peak AdamW learning rate")
+    micro_batch_size: int = Field(1, gt=0, description="pairs per device per forward pass")
+    global_batch_size: int = Field(32, gt=0, description="pairs per optimizer step over all devices; "
+                                   "gradient accumulation = global / (micro x processes)")
+    max_length: int = Field(2048, gt=0, description="tokens of prompt + answer; longer ones are cut (start kept)")
+    beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference")
+
+
+INPUTS = {
+    "model": Port("LLM directory to train, e.g. the merged SFT model"),
+    "pairs": Port("Pair records (JSONL file or shard directory)"),
+    "eval_pairs": Port("held-out Pair records: reward accuracy and margin before vs after", required=False),
+}
+OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
+
+EVAL_KEYS = {"loss": "eval_loss", "reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",
+             "reward_chosen": "eval_rewards/chosen", "reward_rejected": "eval_rewards/rejected"}
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    import torch
+    from trl import DPOConfig, DPOTrainer
+
+    from compass.train import data as D
+    from compass.train import model as M
+    from compass.train.device import plan_device
+    from compass.train.session import common_args, finish, prepare_checkpoints
+
+    plan = plan_device(config)
+    kind = M.model_kind(inputs["model"])
+    if kind != "llm":
+        raise CompassError(f"dpo trains text Pair records on an LLM; {inputs['model']} is a VLM "
+                           "(take its LLM out with `compass decompose`)")
+    train_pairs = D.read_pairs(inputs["pairs"])
+    eval_pairs = D.read_pairs(inputs["eval_pairs"]) if "eval_pairs" in inputs else None
+    tokenizer = M.load_processing_class(inputs["model"], kind)
+    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
+
+    resume_from = prepare_checkpoints(out_dir, config, inputs, plan)
+    args = DPOConfig(
+        **common_args(config, plan, out_dir),
+        beta=config.beta,
+        max_length=config.max_length,
+        eval_strategy="no",  # held-out pairs are evaluated exactly twice, below
+    )
+    trainer = DPOTrainer(
+        model=model, ref_model=None, args=args, train_dataset=D.dpo_dataset(train_pairs),
+        eval_dataset=D.dpo_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer,
+        peft_config=M.lora_config(config, model, kind, []),
+    )
+    trainable = M.trainable_parameter_count(trainer.model)
+    metrics: dict = {"pairs": len(train_pairs), "eval_pairs": len(eval_pairs) if eval_pairs else 0,
+                     "trainable_params": trainable}
+    if eval_pairs:
+        metrics.update(_eval(trainer, "eval_before"))
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if eval_pairs:
+        metrics.update(_eval(trainer, "eval_after"))
+
+    adapter_dir = out_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    if plan.is_main:
+        M.tidy_adapter_dir(adapter_dir)
+    trainer.accelerator.wait_for_everyone()
+    if config.merge and plan.is_main:
+        metrics.update(M.write_merged(inputs["model"], kind, adapter_dir, out_dir / "merged"))
+    metrics.update(finish(trainer, out_dir, output, resume_from, config, plan))
+    return metrics
+
+
+def _eval(trainer, prefix: str) -> dict:
+    result = trainer.evaluate()
+    return {f"{prefix}.{name}": result[key] for name, key in EVAL_KEYS.items()}
