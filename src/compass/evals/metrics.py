@@ -4,6 +4,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def _mcc(golds: Sequence, preds: Sequence) -> float:
+    """Matthews correlation; 0 when golds and predictions hold a single label between them (undefined,
+    sklearn's convention)."""
+    from sklearn.metrics import matthews_corrcoef
+
+    if len(set(golds) | set(preds)) < 2:
+        return 0.0
+    return float(matthews_corrcoef(golds, preds))
+
+
 def mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
 
@@ -14,7 +24,7 @@ def binary_metrics(golds: Sequence[int], preds: Sequence[int | None], positive_p
     An unparseable prediction (None) is wrong: it is scored as the label opposite to the gold one, so it
     lowers every metric instead of dropping out of the denominator (the EDINET-Bench reference skipped them).
     """
-    from sklearn.metrics import f1_score, matthews_corrcoef, roc_auc_score
+    from sklearn.metrics import f1_score, roc_auc_score
 
     if len(golds) != len(preds):
         raise ValueError(f"{len(golds)} golds but {len(preds)} predictions")
@@ -22,7 +32,7 @@ def binary_metrics(golds: Sequence[int], preds: Sequence[int | None], positive_p
     out = {
         "accuracy": mean([float(g == p) for g, p in zip(golds, preds)]),
         "f1": float(f1_score(golds, filled, pos_label=1, zero_division=0.0)) if golds else 0.0,
-        "mcc": float(matthews_corrcoef(golds, filled)) if golds else 0.0,
+        "mcc": _mcc(golds, filled),
         "unparseable_rate": mean([float(p is None) for p in preds]),
     }
     if positive_probs is not None and len(set(golds)) == 2:
@@ -35,13 +45,13 @@ UNPARSEABLE = "<unparseable>"
 
 def multiclass_metrics(golds: Sequence[str], preds: Sequence[str | None], labels: Sequence[str]) -> dict:
     """Accuracy, macro-F1 over `labels` and MCC; an unparseable prediction is its own never-right class."""
-    from sklearn.metrics import f1_score, matthews_corrcoef
+    from sklearn.metrics import f1_score
 
     filled = [UNPARSEABLE if p is None else p for p in preds]
     return {
         "accuracy": mean([float(g == p) for g, p in zip(golds, filled)]),
         "macro_f1": float(f1_score(golds, filled, labels=list(labels), average="macro", zero_division=0.0)) if golds else 0.0,
-        "mcc": float(matthews_corrcoef(golds, filled)) if golds else 0.0,
+        "mcc": _mcc(golds, filled),
         "unparseable_rate": mean([float(p is None) for p in preds]),
     }
 

@@ -142,7 +142,8 @@ def build_request(item: DocItem, pages: list[Path], *, cot: bool, for_http: bool
 # --- short-answer extraction ---------------------------------------------------------------------------
 
 _ANSWER_LINE = re.compile(
-    r"^\s*(?:\*\*)?(?:final answer|short answer|extracted answer|answer|最終回答|最終的な答え|答え|回答)(?:\*\*)?\s*[:：]\s*(.+?)\s*$",
+    r"^\s*(?:\*\*)?(?:final answer|short answer|extracted answer|answer|最終回答|最終的な答え|答え|回答)"
+    r"\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
     re.IGNORECASE | re.MULTILINE,
 )
 

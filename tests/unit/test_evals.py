@@ -1,0 +1,298 @@
+"""Benchmark loaders, prompts, parsers and metrics (pure functions), and log-likelihoods on the tiny LLM."""
+import math
+from pathlib import Path
+
+import pytest
+
+from compass.errors import CompassError
+from compass.evals import edinet, finharness, mmlongbench
+from compass.evals import math as math_eval
+from compass.evals.compare import compare_table
+from compass.evals.metrics import binary_metrics, macro_f1, multiclass_metrics
+from compass.generate.base import GenResult
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evals"
+
+
+def result(id_, text, tokens=5, error=None):
+    return GenResult(id_, text, error, 1, tokens, 0.0, "stop")
+
+
+# --- japanese-lm-fin-harness ---------------------------------------------------------------------------
+
+
+def test_fin_harness_prompts_are_the_harness_default_prompts():
+    items = finharness.load_items("cma_basics", FIXTURES / "cma_basics.json")
+    assert items[1].context == (
+        "以下の問題の適切な答えを選択肢から選んでアルファベットで答えなさい。\n\n\n"
+        "【問題】\nPERの計算式はどれか。\n1株当たり利益をEPSとする。\n\n"
+        "【選択肢】\nA: EPS÷株価\nB: 株価÷EPS\nC: 株価×EPS\n\n【答え】\n"
+    )
+    assert items[1].options == ("A", "B", "C") and items[1].gold == "B" and items[1].delimiter == ""
+    fp2 = finharness.load_items("fp2", FIXTURES / "fp2.json")[0]
+    assert fp2.options == ("１", "２", "３", "４") and fp2.gold == "２"
+    assert "【選択肢】" not in fp2.context and fp2.context.endswith("\n\n【答え】\n")
+    cpa = finharness.load_items("cpa_audit", FIXTURES / "cpa_audit.json")[0]
+    assert cpa.options == tuple("ABCDEF") and cpa.gold == "B"
+    assert finharness.requests([items[0]]) == [(items[0].context, o) for o in "ABCD"]
+
+
+def test_chabsa_reads_the_chabsa_dataset_files_one_item_per_opinion():
+    items = finharness.load_items("chabsa", FIXTURES / "chabsa")
+    assert [i.gold for i in items] == ["positive", "positive", "negative", "neutral", "negative", "positive"]
+    assert items[0].context.endswith("センテンス: 当連結会計年度におけるわが国経済は、企業収益の改善により緩やかな回復基調で推移した\n"
+                                     "ターゲット: わが国経済\n回答:")
+    assert finharness.requests(items[:1]) == [(items[0].context, " positive"), (items[0].context, " negative")]
+
+
+def test_fin_harness_scoring_acc_acc_norm_and_chabsa_macro_f1():
+    items = finharness.load_items("chabsa", FIXTURES / "chabsa")
+    # per item (positive, negative): acc picks the larger; acc_norm divides by 8 chars for both -> same argmax
+    lls = [-1.0, -2.0, -3.0, -1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -1.0, -1.0, -2.0]
+    rows, metrics = finharness.score("chabsa", items, lls)
+    assert [r["extracted"] for r in rows] == ["positive", "negative", "negative", "positive", "negative", "positive"]
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    # positive: tp 2, fp 1 (the neutral item), fn 1 -> F1 2/3; negative: tp 2, fp 1, fn 0 -> 0.8
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    from sklearn.metrics import f1_score  # the harness's figure: macro over present labels x 1.5
+
+    golds, preds = [i.gold for i in items], [r["extracted"] for r in rows]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(golds, preds, average="macro") * 1.5)
+
+
+def test_fin_harness_acc_norm_divides_by_option_length():
+    item = finharness.ChoiceItem("x/0", "ctx", ("ab", "abcdef"), "", "abcdef")
+    rows, metrics = finharness.score("fp2", [item], [-2.0, -3.0])
+    assert rows[0]["extracted"] == "ab" and rows[0]["extracted_norm"] == "abcdef"
+    assert metrics["accuracy"] == 0.0 and metrics["accuracy_norm"] == 1.0
+
+
+def test_fin_harness_bad_answer_id_names_the_record(tmp_path):
+    bad = tmp_path / "data.json"
+    bad.write_text('{"data": [{"id": 0, "question": "q", "context": "", "choices": [{"id": 0, "text": "a"}], "answer": 3}]}')
+    with pytest.raises(CompassError, match=r"data.json record 1: answer 3 is not one of the choice ids \[0\]"):
+        finharness.load_items("cma_basics", bad)
+
+
+# --- EDINET-Bench --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task, text, expected", [
+    ("edinet_fraud", 'JSON:\n```json\n{"reasoning": "ok", "prediction": 1}\n```', 1),
+    ("edinet_fraud", 'I think {"prediction": 0}', 0),
+    ("edinet_fraud", '{"prediction": "1"}', 1),
+    ("edinet_fraud", '{"prediction": true}', None),
+    ("edinet_fraud", '{"prediction": 2}', None),
+    ("edinet_fraud", '{"prediction": 0.9}', None),
+    ("edinet_fraud", "fraud: yes", None),
+    ("edinet_fraud", '{"prediction": 1', None),
+    ("edinet_fraud", '{"prob": 0.9}', None),
+    ("edinet_fraud", None, None),
+    ("edinet_earnings", '{"prediction": 0} then {"prediction": 1}', 1),
+    ("edinet_industry", '{"prediction": "銀行"}', "銀行"),
+    ("edinet_industry", '{"prediction": "金融（除く銀行）"}', "金融(除く銀行)"),
+    ("edinet_industry", '{"prediction": "bank"}', None),
+    ("edinet_industry", '{"prediction": 3}', None),
+])
+def test_edinet_strict_label_parsing(task, text, expected):
+    assert edinet.parse_prediction(task, text) == expected
+
+
+def test_edinet_prompt_from_statement_fields_and_label_checks(tmp_path):
+    items = edinet.load_items("edinet_fraud", FIXTURES / "edinet_fraud.jsonl", None, ("summary", "bs"), 40)
+    assert [i.label for i in items] == [1, 0, 0] and items[0].id == "edinet_fraud/S1000001"
+    assert items[0].prompt.startswith(edinet.INSTRUCTIONS["edinet_fraud"])
+    lines = items[0].prompt[len(edinet.INSTRUCTIONS["edinet_fraud"]):].split("\n")
+    assert [line.split(":")[0] for line in lines] == ["summary", "bs"] and len(lines[0]) == len("summary: ") + 40
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"doc_id": "x", "summary": "", "bs": "", "pl": "", "cf": "", "label": 3}\n')
+    with pytest.raises(CompassError, match="bad.jsonl record 1: label must be 0 or 1, got 3"):
+        edinet.load_items("edinet_fraud", bad, None, ("summary",), None)
+    with pytest.raises(CompassError, match="missing field"):
+        edinet.load_items("edinet_industry", FIXTURES / "edinet_fraud.jsonl", None, ("summary",), None)
+
+
+def test_binary_metrics_count_unparseable_as_wrong():
+    golds, preds = [1, 1, 0, 0], [1, None, 0, 1]
+    m = binary_metrics(golds, preds, [0.9, 0.4, 0.3, 0.6])
+    # unparseable gold-1 item becomes a 0: tp 1, fn 1, fp 1, tn 1
+    assert m["accuracy"] == 0.5 and m["f1"] == 0.5 and m["mcc"] == 0.0 and m["unparseable_rate"] == 0.25
+    assert m["roc_auc"] == 0.75
+    assert "roc_auc" not in binary_metrics([1, 1], [1, 1], [0.2, 0.3])  # one class: AUC undefined
+
+
+def test_multiclass_metrics():
+    m = multiclass_metrics(["銀行", "食品", "小売"], ["銀行", None, "銀行"], edinet.INDUSTRIES)
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["unparseable_rate"] == pytest.approx(1 / 3)
+    assert m["macro_f1"] == pytest.approx((2 / 3) / 16)  # only 銀行 has an F1 (2/3), 16 labels
+    assert macro_f1(["a", "b"], ["a", "a"], ["a", "b"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_edinet_score_rows_and_metrics():
+    items = edinet.load_items("edinet_earnings", FIXTURES / "edinet_earnings.jsonl", None, ("summary",), None)
+    texts = ['{"prediction": 1}', "increase!", '{"prediction": 0}']
+    results = {i.id: result(i.id, t) for i, t in zip(items, texts)}
+    requests = {r.id: r for r in edinet.build_requests(items, max_tokens=8, seed=0)}
+    rows, m = edinet.score("edinet_earnings", items, results, requests, {items[0].id: 0.8, items[1].id: 0.3, items[2].id: 0.6})
+    assert [r["extracted"] for r in rows] == [1, None, 0] and [r["score"] for r in rows] == [1.0, 0.0, 0.0]
+    assert m["accuracy"] == pytest.approx(1 / 3) and m["unparseable_rate"] == pytest.approx(1 / 3)
+    assert m["roc_auc"] == 1.0  # golds 1,0,1 with P(1) .8,.3,.6: both positives rank above the negative
+    assert rows[0]["input"][0] == {"role": "system", "content": edinet.SYSTEM_PROMPT}
+
+
+# --- math ----------------------------------------------------------------------------------------------
+
+
+def test_math_loaders_read_each_benchmarks_schema():
+    gsm = math_eval.load_items("gsm8k", FIXTURES / "gsm8k_test.jsonl")
+    assert [(i.id, i.answer, i.lang) for i in gsm] == [("gsm8k/0", "7", "en"), ("gsm8k/1", "60", "en"), ("gsm8k/2", "2000", "en")]
+    mgsm = math_eval.load_items("mgsm_ja", FIXTURES / "mgsm_ja.tsv")
+    assert [i.answer for i in mgsm] == ["7", "60", "5"] and mgsm[0].lang == "ja"
+    problems = math_eval.load_items("problems", FIXTURES / "problems.jsonl")
+    assert [(i.id, i.lang) for i in problems][2] == ("rg/basic_arithmetic/2", "ja")
+    hub_mgsm = math_eval.items_from_rows("mgsm_ja", [{"question": "q", "answer": None, "answer_number": 12.0}], "hub")
+    assert hub_mgsm[0].answer == "12"
+
+
+def test_math_loader_errors_name_file_and_record(tmp_path):
+    bad = tmp_path / "gsm.jsonl"
+    bad.write_text('{"question": "q", "answer": "no marker"}\n')
+    with pytest.raises(CompassError, match=r"gsm.jsonl record 1: GSM8K answer has no '#### <number>' line"):
+        math_eval.load_items("gsm8k", bad)
+    tsv = tmp_path / "m.tsv"
+    tsv.write_text("q1\t1\nq2\n")
+    with pytest.raises(CompassError, match=r"m.tsv:2: expected 2 tab-separated fields"):
+        math_eval.load_items("mgsm_ja", tsv)
+
+
+def test_math_requests_use_the_reasoning_system_prompt_and_cot_token():
+    from compass.formats import SYSTEM_PROMPTS
+
+    items = math_eval.load_items("mgsm_ja", FIXTURES / "mgsm_ja.tsv")
+    off = math_eval.build_requests(items, cot=False, max_tokens=9, seed=1)[0]
+    on = math_eval.build_requests(items, cot=True, max_tokens=9, seed=1)[0]
+    assert off.messages == [{"role": "system", "content": SYSTEM_PROMPTS["ja"]}, {"role": "user", "content": items[0].question}]
+    assert on.messages[0]["content"] == "<cot>\n" + SYSTEM_PROMPTS["ja"] and on.max_tokens == 9
+
+
+def test_math_score_accuracy_format_validity_and_tokens():
+    items = math_eval.load_items("gsm8k", FIXTURES / "gsm8k_test.jsonl")
+    valid = "<Problem>\np\n</Problem>\n\n<Thinking>\n3+4=7\n</Thinking>\n\n<Answer>\n\\boxed{7}\n</Answer>"
+    results = {"gsm8k/0": result("gsm8k/0", valid, 20), "gsm8k/1": result("gsm8k/1", "so \\boxed{60.0}", 4),
+               "gsm8k/2": result("gsm8k/2", None, None, error="HTTP 500")}
+    requests = {r.id: r for r in math_eval.build_requests(items, cot=False, max_tokens=8, seed=0)}
+    rows, m = math_eval.score(items, results, requests)
+    assert [r["score"] for r in rows] == [1.0, 1.0, 0.0]
+    assert [r["format_valid"] for r in rows] == [True, False, False]
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["format_valid_rate"] == pytest.approx(1 / 3)
+    assert m["boxed_rate"] == pytest.approx(2 / 3) and m["mean_output_tokens"] == 12.0
+    assert m["error_rate"] == pytest.approx(1 / 3)
+
+
+# --- MMLongBench-Doc loading and extraction -----------------------------------------------------------
+
+
+def test_mmlongbench_loads_both_schemas_with_0_based_pages(tmp_path):
+    items = mmlongbench.load_items(FIXTURES / "mmlongbench_samples.json")
+    assert [i.evidence_pages for i in items] == [(0,), (1,), (0, 1), ()]
+    assert items[0].id == "annual_report.pdf#0" and items[2].answer_format == "List"
+    docq = tmp_path / "q.jsonl"
+    docq.write_text('{"id": "r/1", "doc_id": "r", "question": "q", "answer": "5", "answer_format": "Int", "gold_pages": [3]}\n')
+    assert mmlongbench.load_items(docq)[0].evidence_pages == (3,)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"doc_id": "d", "question": "q", "answer": "a", "answer_format": "Str", "evidence_pages": "[1, __import__]"}]')
+    with pytest.raises(CompassError, match=r"evidence_pages must look like '\[1, 2\]'"):
+        mmlongbench.load_items(bad)
+
+
+@pytest.mark.parametrize("text, short", [
+    ("<think>Page 3 says 42.</think>The answer is 42.", "The answer is 42"),
+    ("<think>Page 3 says 42.</think>\\boxed{42}", "42"),
+    ("<think>still thinking about page 3", ""),
+    ("Looking at page 2 ...\nAnswer: Osaka", "Osaka"),
+    ("Reasoning.\n**Final answer:** 12.5%", "12.5%"),
+    ("回答：大阪", "大阪"),
+    ("Not answerable. The document has no patent data.", "Not answerable"),
+    ("<think>nothing</think>The document does not mention patents.", "Not answerable"),
+    ("", ""),
+    (None, ""),
+])
+def test_rule_extraction(text, short):
+    assert mmlongbench.rule_extract(text).rstrip(".") == short
+
+
+def test_extractor_reply_parsing():
+    assert mmlongbench.parse_extractor_reply("Extracted answer: ['a', 'b']\nAnswer format: List") == "['a', 'b']"
+    assert mmlongbench.parse_extractor_reply("I think it is 5") is None
+    assert mmlongbench.parse_extractor_reply(None) is None
+
+
+# --- config, compare ----------------------------------------------------------------------------------
+
+
+def test_eval_config_cli_forms_and_cross_checks():
+    from compass.stages.evaluate import Config
+
+    config = Config.model_validate({"tasks": "gsm8k, mgsm_ja", "cot": True})
+    assert config.tasks == ["gsm8k", "mgsm_ja"] and config.cot == "on"
+    assert Config.model_validate({"cot": False}).cot == "off"
+    with pytest.raises(ValueError, match="log-likelihood"):
+        Config.model_validate({"tasks": ["chabsa"], "backend": "openai", "openai": {"model": "m"}})
+    with pytest.raises(ValueError, match="unknown task"):
+        Config.model_validate({"hub": {"gsm9k": "x:y:z"}})
+    with pytest.raises(ValueError, match="listed twice"):
+        Config.model_validate({"tasks": "gsm8k,gsm8k"})
+
+
+def test_compare_table_side_by_side():
+    runs = [("base", {"gsm8k.accuracy": 0.0, "gsm8k.n": 3}), ("sft", {"gsm8k.accuracy": 0.5, "gsm8k.n": 3, "chabsa.accuracy": 1.0})]
+    assert compare_table(runs) == (
+        "gsm8k\n"
+        "  metric     base    sft\n"
+        "  accuracy  0.000  0.500\n"
+        "  n             3      3\n"
+        "\n"
+        "chabsa\n"
+        "  metric    base    sft\n"
+        "  accuracy     -  1.000\n"
+    )
+    assert "| metric | base | sft |" in compare_table(runs, ["gsm8k"], markdown=True)
+    with pytest.raises(CompassError, match="no run has task"):
+        compare_table(runs, ["edinet_fraud"])
+
+
+# --- log-likelihoods on the tiny LLM ------------------------------------------------------------------
+
+
+def test_loglikelihoods_match_a_direct_forward_and_do_not_depend_on_batching(tiny_models):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compass.evals.local import LocalModel
+
+    torch.set_num_threads(1)
+    pairs = [("センテンス: 売上は増加した\n回答:", " positive"), ("short", " negative word"), ("【答え】\n", "A")]
+    batched = LocalModel(tiny_models.llm, batch_size=3).loglikelihoods(pairs)
+    single = LocalModel(tiny_models.llm, batch_size=1).loglikelihoods(pairs)
+    for a, b in zip(batched, single):
+        assert a.tokens == b.tokens and a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_models.llm))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_models.llm)).eval()
+    context, continuation = pairs[0]
+    ctx = [tok.bos_token_id] + tok.encode(context, add_special_tokens=False)
+    cont = tok.encode(context + continuation, add_special_tokens=False)[len(ctx) - 1:]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0].float(), -1)
+    expected = sum(float(logprobs[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert batched[0].tokens == len(cont) and batched[0].logprob == pytest.approx(expected, abs=1e-4)
+    assert math.isfinite(batched[1].logprob) and batched[1].logprob < 0
+
+
+def test_trailing_context_spaces_move_to_the_continuation(tiny_models):
+    from compass.evals.local import LocalModel
+
+    model = LocalModel(tiny_models.llm)
+    model._load()
+    assert model._encode_pair("回答: ", "positive") == model._encode_pair("回答:", " positive")
