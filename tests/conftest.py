@@ -9,6 +9,10 @@ os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MKL_NUM_THREADS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["TQDM_DISABLE"] = "1"
+# Every stage run is recorded in the run ledger (compass.ledger): never into a developer's MLflow server
+# or experiment; the workspace itself is a session temp dir (fixture `ledger_home` below).
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("MLFLOW_EXPERIMENT_NAME", None)
 
 
 # --- tiny models (owned by compass.models.tiny) -------------------------------------------------------
@@ -43,3 +47,12 @@ def tiny_models(tmp_path_factory) -> TinyModels:
         vlm=build_tiny_vlm(root / "vlm", tokenizer, seed=0),
         vision=build_tiny_vision(root / "vision", seed=0),
     )
+
+
+# --- run ledger (owned by compass.ledger) ---------------------------------------------------------------
+@pytest.fixture(scope="session", autouse=True)
+def ledger_home(tmp_path_factory) -> Path:
+    """COMPASS_HOME for the whole session, so no test writes a ./.compass ledger into the repo."""
+    home = tmp_path_factory.mktemp("compass-home")
+    os.environ["COMPASS_HOME"] = str(home)
+    return home

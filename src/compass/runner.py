@@ -17,6 +17,7 @@ from pathlib import Path
 from compass.config import Launch, StageConfig, config_hash
 from compass.errors import CompassError
 from compass.io import hash_tree, write_json_atomic
+from compass.ledger import detach_links, record_stage_run
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
 from compass.stages import get_stage
 
@@ -93,11 +94,14 @@ def execute_stage(
     if not force:
         cached = cached_manifest(out_dir, cfg_hash, input_hashes)
         if cached is not None:
+            # a cached hit makes no new ledger run; this only records it if it never was (idempotent)
+            record_stage_run(cached, out_dir)
             return StageResult(cached, out_dir, cached=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     stale = out_dir / MANIFEST_NAME
     stale.unlink(missing_ok=True)  # the directory is now an unfinished run until the new manifest lands
+    detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
     if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
         metrics = _run_launched(kind, config, paths, out_dir, launch)
@@ -124,6 +128,7 @@ def execute_stage(
         recipe=recipe,
     )
     write_manifest(out_dir, manifest)
+    record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
     return StageResult(manifest, out_dir, cached=False)
 
 

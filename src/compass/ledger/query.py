@@ -1,0 +1,253 @@
+"""Finding runs: search by words (FTS5 trigram), by meaning (MiniLM embeddings), by figures (--where),
+fused into one ranked list with the reason each run matched; and the leaderboard."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compass.errors import CompassError
+from compass.ledger.flat import as_number, format_number
+from compass.ledger.index import Index, RunRow
+from compass.ledger.record import meaning_text, text_sha
+from compass.ledger.where import check_names, compile_where, comparisons, figure_value, parse_where
+
+RRF_K = 60             # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
+MEANING_MIN = 0.25     # cosine below this is no match (MiniLM: unrelated texts score about 0 to 0.2)
+MEANING_TOP = 50
+TEXT_TOP = 200
+CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+
+
+@dataclass
+class Hit:
+    run: RunRow
+    score: float = 0.0
+    why: list[str] = field(default_factory=list)
+
+
+def where_run_ids(index: Index, where: str) -> set[str]:
+    node = parse_where(where)
+    check_names(index.db, node)
+    sql, params = compile_where(node)
+    return {r[0] for r in index.db.execute(f"SELECT r.run_id FROM runs r WHERE r.state='complete' AND ({sql})", params)}
+
+
+def where_reasons(index: Index, run_id: str, where: str) -> list[str]:
+    reasons = []
+    for cmp in comparisons(parse_where(where)):
+        found = figure_value(index.db, run_id, cmp.name)
+        if found is not None:
+            value, origin = found
+            reasons.append(f"{cmp.name}={value}" + ("" if origin == "self" else f" (from {origin})"))
+    return reasons
+
+
+def fts_query(query: str) -> tuple[str | None, list[str], list[str]]:
+    """An FTS5 MATCH string (OR of quoted trigram phrases) for the words of >= 3 characters; the shorter
+    words that contain Japanese are matched by substring instead; other short words are ignored."""
+    words = [w for w in re.split(r"\s+", query.strip()) if w]
+    long_words = [w for w in words if len(w) >= 3]
+    short_cjk = [w for w in words if len(w) < 3 and CJK.search(w)]
+    match = " OR ".join('"' + w.replace('"', '""') + '"' for w in long_words) or None
+    return match, long_words, short_cjk
+
+
+def text_hits(index: Index, query: str) -> list[tuple[str, float, str]]:
+    """(run id, bm25 score (lower is better), where the words are) for words in names, notes, configs, metrics."""
+    match, long_words, short_cjk = fts_query(query)
+    hits: dict[str, float] = {}
+    if match:
+        rows = index.db.execute(
+            "SELECT f.run_id, bm25(fulltext, 0.0, 5.0, 3.0, 1.0) AS score FROM fulltext f JOIN runs r ON r.run_id = f.run_id "
+            "WHERE fulltext MATCH ? AND r.state = 'complete' ORDER BY score LIMIT ?", (match, TEXT_TOP)).fetchall()
+        hits.update(dict(rows))
+    for word in short_cjk:  # trigram cannot index 1-2 character words: substring scan (fine below ~100k runs)
+        like = f"%{word}%"
+        rows = index.db.execute(
+            "SELECT f.run_id FROM fulltext f JOIN runs r ON r.run_id = f.run_id WHERE r.state = 'complete' "
+            "AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?) LIMIT ?", (like, like, like, TEXT_TOP)).fetchall()
+        for (run_id,) in rows:
+            hits.setdefault(run_id, 0.0)
+    ranked = sorted(hits.items(), key=lambda item: item[1])
+    texts = {}
+    for start in range(0, len(ranked), 500):
+        chunk = [r for r, _ in ranked[start:start + 500]]
+        marks = ",".join("?" * len(chunk))
+        for run_id, name, note, body in index.db.execute(f"SELECT run_id, name, note, body FROM fulltext WHERE run_id IN ({marks})", chunk):
+            texts[run_id] = {"name": name, "note": note, "text": body}
+    return [(run_id, score, word_context(texts[run_id], long_words + short_cjk)) for run_id, score in ranked]
+
+
+def word_context(fields: dict[str, str], words: list[str], width: int = 36) -> str:
+    """Where the query words occur: the field with the most of them, around the first one, words in []."""
+    best = None
+    for field_name, text in fields.items():
+        low = text.lower()
+        found = [(low.find(w.lower()), w) for w in words if w.lower() in low]
+        if found and (best is None or len(found) > len(best[2])):
+            best = (field_name, text, sorted(found))
+    if best is None:
+        return ""
+    field_name, text, found = best
+    first = found[0][0]
+    start, end = max(0, first - width), min(len(text), first + width + len(found[0][1]))
+    window = text[start:end].replace("\n", " ")
+    for _, word in found:
+        window = re.sub(re.escape(word), lambda m: f"[{m.group(0)}]", window, flags=re.I)
+    return f"{field_name}: {'…' if start else ''}{window}{'…' if end < len(text) else ''} ({len(found)}/{len(words)} words)"
+
+
+class MeaningIndex:
+    """Embeddings of every run's description, computed lazily (the first meaning search after new runs
+    embeds them) and kept in index.db; the matrix is cached in the process until the table changes."""
+
+    def __init__(self, index: Index, embedder=None):
+        self.index = index
+        self._embedder = embedder
+        self._cache_key: tuple | None = None
+        self._ids: list[str] = []
+        self._matrix = np.zeros((0, 384), dtype=np.float32)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from compass.ledger.embed import Embedder
+
+            self._embedder = Embedder()
+        return self._embedder
+
+    def missing(self) -> list[str]:
+        return [r[0] for r in self.index.db.execute(
+            "SELECT r.run_id FROM runs r WHERE r.state = 'complete' AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.run_id = r.run_id)")]
+
+    def update(self, batch: int = 256) -> int:
+        missing = self.missing()
+        for start in range(0, len(missing), batch):
+            rows = self.index.runs_by_ids(missing[start:start + batch])
+            ids = list(rows)
+            texts = [meaning_text(rows[r]) for r in ids]
+            vectors = self.embedder.encode(texts)
+            with self.index.transaction() as db:
+                db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
+                               [(r, text_sha(t), v.tobytes()) for r, t, v in zip(ids, texts, vectors)])
+        return len(missing)
+
+    def matrix(self) -> tuple[list[str], np.ndarray]:
+        key = self.index.db.execute("SELECT count(*), max(rowid) FROM embeddings").fetchone()
+        if key != self._cache_key:
+            rows = self.index.db.execute(
+                "SELECT e.run_id, e.vec FROM embeddings e JOIN runs r ON r.run_id = e.run_id WHERE r.state = 'complete'").fetchall()
+            self._ids = [r[0] for r in rows]
+            self._matrix = (np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+                            if rows else np.zeros((0, 384), dtype=np.float32))
+            self._cache_key = key
+        return self._ids, self._matrix
+
+    def hits(self, query: str) -> list[tuple[str, float]]:
+        self.update()
+        ids, matrix = self.matrix()
+        if not ids:
+            return []
+        scores = matrix @ self.embedder.encode([query])[0]
+        order = np.argsort(-scores)[:MEANING_TOP]
+        return [(ids[i], float(scores[i])) for i in order if scores[i] >= MEANING_MIN]
+
+
+def search(index: Index, query: str, *, where: str | None = None, mode: str = "all", limit: int = 10,
+           meaning: MeaningIndex | None = None) -> list[Hit]:
+    """Runs matching `query` (words and/or meaning) and `where` (figures), best first, each with why."""
+    if mode not in ("all", "text", "meaning"):
+        raise CompassError(f"search mode must be all, text or meaning, got {mode!r}")
+    query = query.strip()
+    if not query and not where:
+        raise CompassError("search needs words to look for, a --where filter, or both")
+    allowed = where_run_ids(index, where) if where else None
+    scores: dict[str, float] = {}
+    why: dict[str, list[str]] = {}
+
+    if query and mode in ("all", "text"):
+        ranked = [(r, s, snip) for r, s, snip in text_hits(index, query) if allowed is None or r in allowed]
+        for rank, (run_id, _, snippet) in enumerate(ranked):
+            scores[run_id] = scores.get(run_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            why.setdefault(run_id, []).append(f"words in {snippet}")
+    if query and mode in ("all", "meaning"):
+        meaning = meaning or MeaningIndex(index)
+        ranked_m = [(r, c) for r, c in meaning.hits(query) if allowed is None or r in allowed]
+        for rank, (run_id, cosine) in enumerate(ranked_m):
+            scores[run_id] = scores.get(run_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+            why.setdefault(run_id, []).append(f"meaning: cosine {cosine:.2f}")
+    if not query:
+        for run_id in allowed or ():
+            scores[run_id] = 0.0
+
+    best = sorted(scores, key=lambda r: -scores[r])
+    rows = index.runs_by_ids(best[: max(limit, 0) * 3 if not query else len(best)])
+    hits = [Hit(rows[r], scores[r], why.get(r, [])) for r in best if r in rows]
+    if not query:  # figures only: newest first
+        hits.sort(key=lambda h: h.run.recorded_at, reverse=True)
+    hits = hits[:limit]
+    if where:
+        for hit in hits:
+            hit.why.append("figures: " + ", ".join(where_reasons(index, hit.run.run_id, where)))
+    return hits
+
+
+# --- leaderboard -----------------------------------------------------------------------------------------
+
+
+LEADERBOARD_COLUMNS = ("rank", "run", "name", "stage", "METRIC", "sources", "pairs", "hparams", "commit", "recorded")
+
+
+def leaderboard(index: Index, metric: str, *, where: str | None = None, lower_is_better: bool = False,
+                limit: int | None = None) -> list[dict]:
+    """Runs with figure `metric` (their own; `STAGE.KEY` for the run's own KEY when it is of that kind),
+    best first, with the data recipe each was made from."""
+    rows = index.db.execute(
+        "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
+        "WHERE r.state = 'complete' AND f.key = ? AND f.num IS NOT NULL", (metric,)).fetchall()
+    head, dot, rest = metric.partition(".")
+    if not rows and dot:
+        rows = index.db.execute(
+            "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
+            "WHERE r.state = 'complete' AND f.key = ? AND (r.stage = ? OR r.name = ?) AND f.num IS NOT NULL",
+            (rest, head, head)).fetchall()
+    if not rows:
+        import difflib
+
+        keys = [k for (k,) in index.db.execute("SELECT DISTINCT key FROM figures WHERE num IS NOT NULL AND kind = 'metric'")]
+        close = difflib.get_close_matches(metric, keys, n=5, cutoff=0.4)
+        hint = f"; close names: {', '.join(close)}" if close else (f"; metrics recorded: {', '.join(keys[:10])}" if keys else "")
+        raise CompassError(f"no run has a numeric figure {metric!r}{hint}")
+    if where:
+        allowed = where_run_ids(index, where)
+        rows = [r for r in rows if r[0] in allowed]
+    rows.sort(key=lambda r: r[1], reverse=not lower_is_better)
+    if limit is not None:
+        rows = rows[:limit]
+    runs = index.runs_by_ids([r[0] for r in rows])
+    board = []
+    for rank, (run_id, value) in enumerate(rows, 1):
+        run = runs[run_id]
+        board.append({
+            "rank": rank, "run": run.short, "name": run.name, "stage": run.stage, metric: value,
+            "sources": run.summary["sources"], "pairs": run.summary["pairs"], "hparams": run.summary["hparams"],
+            "commit": (run.code_commit or "")[:8] + ("+dirty" if run.code_dirty else ""),
+            "recorded": run.recorded_at[:19].replace("T", " "), "run_id": run.run_id,
+        })
+    return board
+
+
+def headline_metrics(run: RunRow, count: int = 3) -> str:
+    """A few of a run's numeric metrics, for lists."""
+    from compass.ledger.flat import flatten
+
+    parts = []
+    for key, value in flatten(run.metrics).items():
+        number = as_number(value)
+        if number is not None and not isinstance(value, bool):
+            parts.append(f"{key}={format_number(number)}")
+        if len(parts) == count:
+            break
+    return " ".join(parts)
