@@ -57,6 +57,8 @@ class Config(StageConfig):
     text_openai: OpenAISettings = Field(default_factory=OpenAISettings, description="openai answerer: the LLM endpoint")
     max_tokens: int = Field(1024, ge=1, description="answer token limit")
     temperature: float = Field(0.0, ge=0, description="answer sampling temperature")
+    answer_retries: int = Field(1, ge=0, description="times a question is asked again after an empty answer")
+    retry_temperature: float = Field(0.7, ge=0, description="temperature of those re-asks")
     max_reject_rate: float = Field(0.1, ge=0, le=1, description="fail when more than this share of kept questions "
                                    "gets no answer (server errors, empty answers)")
 
@@ -140,61 +142,74 @@ def kept_items(config: Config, questions: Path, evidence: Path, drops: list[Reje
 # --- answers ---------------------------------------------------------------------------------------------
 
 
-def reference_answers(items: Iterator[Item]) -> Iterator[tuple[int, str | None, str | None]]:
+class EmptyAnswer(ValueError):
+    """The answerer returned nothing usable (asked again, then rejected)."""
+
+
+def reference_answers(items: Iterator[Item]) -> Iterator[tuple[int, str]]:
     for item in items:
-        yield item.position, item.question.answer, None
+        yield item.position, item.question.answer
 
 
-def openai_answers(config: Config, items_factory, images: DocImages, images_root: Path, out_dir: Path) -> Iterator[tuple[int, str | None, str | None]]:
-    """One streaming pass per branch through its endpoint, each written as a run sorted by position, then merged."""
+def openai_answers(config: Config, items_factory, images: DocImages, images_root: Path, out_dir: Path,
+                   errors: dict[int, str]) -> Iterator[tuple[int, str]]:
+    """One streaming pass per branch through its endpoint (answers in position order), the two merged.
+    Questions that get no answer land in `errors` (position -> reason) instead."""
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
     from compass.longdoc.evidence import image_data_url
+    from compass.longdoc.streaming import stream_in_order
     from compass.longdoc.traces import text_answer_messages, vision_answer_messages
 
-    runs = []
+    def request_of(item: Item, attempt: int) -> GenRequest:
+        if item.branch == "vision":  # the selected pages' images, read when the pool asks for the request
+            paths = images(item.question.doc_id)
+            urls = [image_data_url(images_root / paths[e.page_index]) for e in item.selected]
+            messages = vision_answer_messages(item.question, item.selected, urls)
+        else:
+            messages = text_answer_messages(item.question, item.selected, config.top_k)
+        return GenRequest(id="", messages=messages, max_tokens=config.max_tokens,
+                          temperature=config.temperature if attempt == 0 else config.retry_temperature,
+                          seed=config.seed + attempt)
+
+    def parse(item: Item, text: str) -> dict:
+        answer = strip_think(text)
+        if not answer:
+            raise EmptyAnswer(f"empty answer: {text[:80]!r}")
+        return {"p": item.position, "a": answer}
+
+    def reject(item: Item, reason: str, detail: str) -> None:
+        errors[item.position] = f"{reason}: {detail}"
+
+    streams = []
     for branch, settings in (("vision", config.vision_openai), ("text", config.text_openai)):
-        backend = make_backend("openai", settings, TransformersSettings())
-        order: list[int] = []  # positions of this branch's requests, in send order (ints: small)
+        streams.append(stream_in_order(
+            make_backend("openai", settings, TransformersSettings()),
+            of_branch(items_factory(), branch), request_of, parse,
+            malformed=EmptyAnswer, retries=config.answer_retries, work_dir=out_dir, tag=f"answers-{branch}",
+            dump=lambda row: row, load=lambda row: row, on_reject=reject, malformed_reason="empty_answer",
+        ))
+    for row in heapq.merge(*streams, key=lambda r: r["p"]):
+        yield row["p"], row["a"]
 
-        def requests(branch=branch) -> Iterator[GenRequest]:
-            for item in items_factory():
-                if item.branch != branch:
-                    continue
-                if branch == "vision":
-                    # page images of the selected pages; `images_root` is the pages.jsonl directory
-                    paths = images(item.question.doc_id)
-                    urls = [image_data_url(images_root / paths[e.page_index]) for e in item.selected]
-                    messages = vision_answer_messages(item.question, item.selected, urls)
-                else:
-                    messages = text_answer_messages(item.question, item.selected, config.top_k)
-                order.append(item.position)
-                yield GenRequest(id=str(item.position), messages=messages, max_tokens=config.max_tokens,
-                                 temperature=config.temperature, seed=config.seed)
 
-        path = out_dir / f".answers-{branch}.jsonl"
-        buffer: dict[int, dict] = {}
-        cursor = 0
-        with open(path, "w", encoding="utf-8") as fh:
-            for result in backend.generate(requests()):
-                buffer[int(result.id)] = {"p": int(result.id), "a": strip_think(result.text) if result.ok else None,
-                                          "e": result.error}
-                while cursor < len(order) and order[cursor] in buffer:  # flush the answered prefix, in order
-                    fh.write(json.dumps(buffer.pop(order[cursor]), ensure_ascii=False) + "\n")
-                    cursor += 1
-        if buffer:
-            raise CompassError(f"doc-traces: {len(buffer)} {branch} answers left unordered")
-        runs.append(path)
+def of_branch(items: Iterator[Item], branch: str) -> Iterator[Item]:
+    return (item for item in items if item.branch == branch)
 
-    def read(path: Path) -> Iterator[dict]:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                yield json.loads(line)
 
-    for row in heapq.merge(*(read(p) for p in runs), key=lambda r: r["p"]):
-        yield row["p"], row["a"], row["e"]
-    for path in runs:
-        path.unlink()
+class Peekable:
+    def __init__(self, iterator: Iterator):
+        self.iterator, self.head, self.primed = iterator, None, False
+
+    def peek(self):
+        if not self.primed:
+            self.head, self.primed = next(self.iterator, None), True
+        return self.head
+
+    def pop(self):
+        head = self.peek()
+        self.primed = False
+        return head
 
 
 class DocImages:
@@ -229,15 +244,15 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     images_root = inputs["pages"].parent
     rel_root = Path(os.path.relpath(images_root, out_dir))  # examples point at the pages stage's images
 
-    doc_images = DocImages(index, inputs["pages"])
-
     def items() -> Iterator[Item]:
         return kept_items(config, inputs["questions"], inputs["evidence"], None)
 
+    errors: dict[int, str] = {}
     if config.answerer == "reference":
-        answers = reference_answers(items())
+        answers = Peekable(reference_answers(items()))
     else:
-        answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir)
+        answers = Peekable(openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, errors))
+    doc_images = DocImages(index, inputs["pages"])
 
     drops: list[Reject] = []
     counts: Counter[str] = Counter()
@@ -248,14 +263,19 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                 rej.write(dumps_record(drop) + "\n")
                 counts[drop.reason] += 1
             drops.clear()
-            position, answer, error = next(answers)
-            if position != item.position:
-                raise CompassError(f"doc-traces: answer for position {position} arrived for item {item.position}")
             question = item.question
-            if error is not None or not answer:
-                reason = "answer_error" if error is not None else "empty_answer"
-                rej.write(dumps_record(Reject(id=question.id, reason=reason, detail=error or "the answerer returned nothing")) + "\n")
+            head = answers.peek()  # runs the answer passes on first use, so `errors` is complete after it
+            if item.position in errors:
+                reason = errors[item.position].split(":", 1)[0]
+                rej.write(dumps_record(Reject(id=question.id, reason=reason, detail=errors[item.position])) + "\n")
                 counts[reason] += 1
+                continue
+            if head is None or head[0] != item.position:
+                raise CompassError(f"doc-traces: no answer for question {question.id!r} (position {item.position})")
+            answer = answers.pop()[1].strip()
+            if not answer:
+                rej.write(dumps_record(Reject(id=question.id, reason="empty_answer", detail="the answer is empty")) + "\n")
+                counts["empty_answer"] += 1
                 continue
             images = [(rel_root / image).as_posix() for image in doc_images(question.doc_id)]
             trace = build_trace(item.selected)
@@ -280,10 +300,10 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         for drop in drops:
             rej.write(dumps_record(drop) + "\n")
             counts[drop.reason] += 1
-    leftover = next(answers, None)
+    leftover = answers.peek()
     if leftover is not None:
         raise CompassError(f"doc-traces: an answer for position {leftover[0]} has no question")
-    answered_fail = counts["answer_error"] + counts["empty_answer"]
+    answered_fail = counts["backend_error"] + counts["empty_answer"]
     attempted = counts["questions"] + answered_fail
     if attempted == 0:
         raise CompassError(f"doc-traces: no question has a page above threshold {config.threshold}; "

@@ -13,8 +13,6 @@ memory stays bounded by the requests in flight, not by the number of pages.
 """
 from __future__ import annotations
 
-import heapq
-import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,7 +60,6 @@ REASONS = ("malformed_json", "backend_error", "document_missing", "gold_page_out
 
 @dataclass
 class Task:
-    index: int  # global position: question order, then page order
     question: DocQuestion
     page: Page
 
@@ -75,16 +72,8 @@ class Task:
         return f"{self.question.id}#page{self.page.page_index}"
 
 
-class Outcome:
-    """What one task ended as in a round: a record, a reject, or a re-ask in the next round."""
-
-    def __init__(self, task: Task, record: PageEvidence | None = None, reject: Reject | None = None, retry: bool = False):
-        self.task, self.record, self.reject, self.retry = task, record, reject, retry
-
-
 def iter_tasks(questions_path: Path, index: PageIndex, rejects: list[Reject]) -> Iterator[Task]:
     """Every (question, page) of the question's document, streamed; unusable questions become rejects."""
-    position = 0
     for question in iter_jsonl(questions_path, DocQuestion):
         if question.doc_id not in index:
             rejects.append(Reject(id=question.id, reason="document_missing",
@@ -97,8 +86,7 @@ def iter_tasks(questions_path: Path, index: PageIndex, rejects: list[Reject]) ->
                                   detail=f"gold pages {bad} outside 0..{len(pages) - 1} of {question.doc_id!r}"))
             continue
         for page in pages:
-            yield Task(position, question, page)
-            position += 1
+            yield Task(question, page)
 
 
 def evidence_record(task: Task, evidence: str, score: float, min_gold_score: float) -> PageEvidence:
@@ -123,84 +111,37 @@ def run_lexical(config: Config, tasks: Iterator[Task], index: PageIndex, write) 
         write(evidence_record(task, evidence, score, config.min_gold_score))
 
 
-# --- openai: streaming pool, retry rounds, sorted runs merged -----------------------------------------------
+# --- openai: through compass.generate's streaming pool, in order, with re-asks --------------------------
 
 
-def run_openai(config: Config, tasks: Iterator[Task], images_root: Path, out_dir: Path, rejects_out) -> Iterator[Outcome]:
-    """Yield final outcomes in task order. Round r streams its tasks through the backend, writes its records
-    to a sorted run file; malformed replies go to round r + 1. At the end the runs are merged."""
+def run_openai(config: Config, tasks: Iterator[Task], images_root: Path, out_dir: Path, on_reject) -> Iterator[PageEvidence]:
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
     from compass.longdoc.evidence import MalformedEvidence, evidence_messages, parse_evidence
+    from compass.longdoc.streaming import stream_in_order
 
     backend = make_backend("openai", config.openai, TransformersSettings())
-    runs: list[Path] = []
-    round_tasks: Iterator[Task] = tasks
-    for attempt in range(config.parse_retries + 1):
-        last = attempt == config.parse_retries
-        sequence: dict[str, tuple[int, Task]] = {}  # request id -> (position in this round, task); in flight only
 
-        def requests() -> Iterator[GenRequest]:
-            for position, task in enumerate(round_tasks):
-                rid = f"{task.index}"
-                sequence[rid] = (position, task)
-                yield GenRequest(
-                    id=rid, messages=evidence_messages(task.question, images_root / task.page.image, task.gold),
-                    max_tokens=config.max_tokens, temperature=config.temperature if attempt == 0 else config.retry_temperature,
-                    top_p=config.top_p, seed=config.seed + attempt,
-                )
+    def request_of(task: Task, attempt: int) -> GenRequest:
+        # built when the pool asks for it: only the requests in flight hold a page image
+        return GenRequest(
+            id="", messages=evidence_messages(task.question, images_root / task.page.image, task.gold),
+            max_tokens=config.max_tokens, temperature=config.temperature if attempt == 0 else config.retry_temperature,
+            top_p=config.top_p, seed=config.seed + attempt,
+        )
 
-        run_path = out_dir / f".evidence-run{attempt}.jsonl"
-        retry: list[Task] = []
-        buffer: dict[int, Outcome] = {}  # finished out of order, waiting for earlier positions
-        next_position = 0
-        with open(run_path, "w", encoding="utf-8") as run_fh:
-            for result in backend.generate(requests()):
-                position, task = sequence.pop(result.id)
-                if not result.ok:
-                    outcome = Outcome(task, reject=Reject(id=task.reject_id, reason="backend_error", detail=result.error))
-                else:
-                    try:
-                        evidence, score = parse_evidence(result.text)
-                        outcome = Outcome(task, record=evidence_record(task, evidence, score, config.min_gold_score))
-                    except MalformedEvidence as err:
-                        if last:
-                            outcome = Outcome(task, reject=Reject(id=task.reject_id, reason="malformed_json",
-                                                                  detail=f"after {attempt + 1} replies: {err}"))
-                        else:
-                            outcome = Outcome(task, retry=True)
-                buffer[position] = outcome
-                while next_position in buffer:  # flush the finished prefix, in order
-                    done = buffer.pop(next_position)
-                    next_position += 1
-                    if done.record is not None:
-                        run_fh.write(json.dumps({"i": done.task.index, "r": done.record.model_dump(mode="json")},
-                                                ensure_ascii=False) + "\n")
-                    elif done.reject is not None:
-                        rejects_out(done.reject)
-                    else:
-                        retry.append(done.task)
-        if buffer or sequence:
-            raise CompassError(f"evidence: backend returned {next_position} results, {len(buffer) + len(sequence)} missing")
-        runs.append(run_path)
-        if not retry:
-            break
-        round_tasks = iter(retry)
-    yield from merge_runs(runs)
-    for path in runs:
-        path.unlink()
+    def parse(task: Task, text: str) -> PageEvidence:
+        evidence, score = parse_evidence(text)
+        return evidence_record(task, evidence, score, config.min_gold_score)
 
+    def reject(task: Task, reason: str, detail: str) -> None:
+        on_reject(Reject(id=task.reject_id, reason=reason, detail=detail))
 
-def merge_runs(runs: list[Path]) -> Iterator[PageEvidence]:
-    """k-way merge of sorted run files by task index: constant memory."""
-    def read(path: Path) -> Iterator[tuple[int, dict]]:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                item = json.loads(line)
-                yield item["i"], item["r"]
-
-    for _, record in heapq.merge(*(read(p) for p in runs), key=lambda x: x[0]):
-        yield PageEvidence.model_validate(record)
+    yield from stream_in_order(
+        backend, tasks, request_of, parse, malformed=MalformedEvidence, retries=config.parse_retries,
+        work_dir=out_dir, tag="evidence", dump=lambda r: r.model_dump(mode="json"), load=PageEvidence.model_validate,
+        on_reject=reject, malformed_reason="malformed_json",
+    )
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
