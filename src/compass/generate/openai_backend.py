@@ -1,10 +1,10 @@
 """OpenAI-compatible chat completions over HTTP (vLLM, SGLang, `transformers serve`, hosted APIs).
 
-A streaming pool: a background thread runs an asyncio loop with one httpx client; the caller's thread pulls
-requests from its iterable only while fewer than `2 * concurrency` are outstanding, so the HTTP slots always
-have work queued behind them and memory stays bounded however long the input is. Results are yielded in
-completion order. Each attempt takes a slot from a semaphore of `concurrency`; a request waiting out a
-backoff holds no slot, so one slow retry never idles the pool.
+A streaming pool: a background thread runs an asyncio loop with `concurrency` workers, each with its own
+httpx client; the caller's thread pulls requests from its iterable only while fewer than `2 * concurrency`
+are outstanding, so every worker always has work queued behind it and memory stays bounded however long
+the input is. Results are yielded in completion order. A request waiting out a retry backoff sits on a
+timer, not on a worker, so one slow retry never idles the pool.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import random
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import httpx
@@ -116,56 +115,41 @@ class OpenAIBackend:
     # --- the sync face ---------------------------------------------------------------------------------
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
-        # The key is read here, per run, and lives only in the client's default headers.
+        # The key is read here, per run, and lives only in the clients' default headers.
         key = os.environ.get(self.api_key_env)
         loop = asyncio.new_event_loop()
         thread = threading.Thread(target=loop.run_forever, name="compass-openai-pool", daemon=True)
         thread.start()
-        done: queue.Queue[Future] = queue.Queue()
-        pending: set[Future] = set()
-        pool = asyncio.run_coroutine_threadsafe(self._open(key), loop).result()
-        window = 2 * self.concurrency  # queued work behind every slot, so a finished slot refills at once
+        done: queue.Queue[GenResult | BaseException] = queue.Queue()
+        pool = asyncio.run_coroutine_threadsafe(self._open(key, done), loop).result()
+        window = 2 * self.concurrency  # queued work behind every worker, so a finished one starts the next at once
+        outstanding = 0
         try:
             source = iter(requests)
             exhausted = False
             while True:
-                while not exhausted and len(pending) < window:
+                while not exhausted and outstanding < window:
                     try:
                         request = next(source)
                     except StopIteration:
                         exhausted = True
                         break
-                    future = asyncio.run_coroutine_threadsafe(self._run_one(pool, request), loop)
-                    pending.add(future)
-                    future.add_done_callback(done.put)
-                if not pending:
+                    loop.call_soon_threadsafe(pool.jobs.put_nowait, _Job(request, self._payload(request)))
+                    outstanding += 1
+                if outstanding == 0:
                     return
-                future = done.get()
-                pending.discard(future)
-                yield future.result()
+                item = done.get()
+                if isinstance(item, BaseException):
+                    raise item  # a bug in a worker: surface it rather than wait forever for its result
+                outstanding -= 1
+                yield item
         finally:
-            for future in pending:
-                future.cancel()
-            asyncio.run_coroutine_threadsafe(pool.client.aclose(), loop).result(timeout=30)
+            asyncio.run_coroutine_threadsafe(pool.close(), loop).result(timeout=30)
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=30)
             loop.close()
 
-    # --- the async pool --------------------------------------------------------------------------------
-
-    async def _open(self, key: str | None) -> _Pool:
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        client = httpx.AsyncClient(
-            headers=headers, limits=limits,
-            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0)),
-        )
-        endpoints = [_Endpoint(f"{u}/chat/completions") for u in self.base_urls]
-        return _Pool(client, asyncio.Semaphore(self.concurrency), endpoints, key)
-
-    async def _run_one(self, pool: _Pool, request: GenRequest) -> GenResult:
+    def _payload(self, request: GenRequest) -> bytes:
         body = {
             "model": self.model,
             "messages": request.messages,
@@ -176,30 +160,62 @@ class OpenAIBackend:
         }
         if request.seed is not None:
             body["seed"] = request.seed
-        payload = json.dumps(body, ensure_ascii=False).encode()
-        t0 = time.perf_counter()
-        attempt = 0
+        return json.dumps(body, ensure_ascii=False).encode()
+
+    # --- the async pool --------------------------------------------------------------------------------
+
+    async def _open(self, key: str | None, done: queue.Queue) -> _Pool:
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        # One client (one keep-alive connection per endpoint) per worker, not one shared pool: httpcore's
+        # shared pool rescans every connection for every connection on each request, which cost 5 ms of CPU
+        # per request at 64 in flight (bench/distill_client.py); private clients cost under 1 ms.
+        tls = httpx.create_ssl_context()  # built once: each client would otherwise load the CA bundle again
+        limits = httpx.Limits(max_connections=len(self.base_urls), max_keepalive_connections=len(self.base_urls))
+        timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0))
+        clients = [httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, verify=tls)
+                   for _ in range(self.concurrency)]
+        pool = _Pool(clients, [_Endpoint(f"{u}/chat/completions") for u in self.base_urls], key, done)
+        pool.workers = [asyncio.get_running_loop().create_task(self._worker(pool, client)) for client in clients]
+        return pool
+
+    async def _worker(self, pool: _Pool, client: httpx.AsyncClient) -> None:
         while True:
-            attempt += 1
+            job = await pool.jobs.get()
             try:
-                async with pool.slots:
-                    endpoint = pool.pick()
-                    endpoint.active += 1
-                    try:
-                        text, tokens, finish = await self._attempt(pool.client, endpoint.url, payload)
-                    finally:
-                        endpoint.active -= 1
-                return GenResult(request.id, text, None, attempt, tokens, time.perf_counter() - t0, finish, request.meta)
-            except _Fatal as err:
-                return self._failed(pool, request, f"{err}", attempt, t0)
-            except _Retryable as err:
-                if attempt > self.max_retries:
-                    return self._failed(pool, request, f"{err} (gave up after {attempt} attempts)", attempt, t0)
-                delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, pool.rng)
-                if err.retry_after is not None:
-                    # the server said when; wait at least that long, but never beyond our own ceiling
-                    delay = min(max(delay, err.retry_after), max(self.backoff_max_s, delay))
-                await asyncio.sleep(delay)
+                result = await self._try(pool, client, job)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as err:  # not a request failure (those are results): a bug, handed to the caller
+                pool.done.put(err)
+                raise
+            if result is not None:
+                pool.done.put(result)
+
+    async def _try(self, pool: _Pool, client: httpx.AsyncClient, job: _Job) -> GenResult | None:
+        """One attempt; a result when the job is finished, None when it was scheduled for a retry."""
+        request = job.request
+        job.attempts += 1
+        endpoint = pool.pick()
+        endpoint.active += 1
+        try:
+            text, tokens, finish = await self._attempt(client, endpoint.url, job.payload)
+        except _Fatal as err:
+            return self._failed(pool, job, str(err))
+        except _Retryable as err:
+            if job.attempts > self.max_retries:
+                return self._failed(pool, job, f"{err} (gave up after {job.attempts} attempts)")
+            delay = backoff_delay(job.attempts, self.backoff_base_s, self.backoff_max_s, pool.rng)
+            if err.retry_after is not None:
+                # the server said when; wait at least that long, but never beyond our own ceiling
+                delay = min(max(delay, err.retry_after), max(self.backoff_max_s, delay))
+            # the job waits out its backoff off the workers, so a retrying request never idles a worker
+            pool.retry_later(job, delay)
+            return None
+        finally:
+            endpoint.active -= 1
+        return GenResult(request.id, text, None, job.attempts, tokens, time.perf_counter() - job.t0, finish, request.meta)
 
     async def _attempt(self, client: httpx.AsyncClient, url: str, payload: bytes) -> tuple[str, int | None, str | None]:
         try:
@@ -232,22 +248,41 @@ class OpenAIBackend:
         usage = data.get("usage") or {}  # optional in the protocol
         return ("" if text is None else text), usage.get("completion_tokens"), finish
 
-    def _failed(self, pool: _Pool, request: GenRequest, message: str, attempts: int, t0: float) -> GenResult:
+    def _failed(self, pool: _Pool, job: _Job, message: str) -> GenResult:
         if pool.key:
             message = message.replace(pool.key, "***")  # a server echoing our headers must not leak the key
-        return GenResult(request.id, None, message, attempts, None, time.perf_counter() - t0, None, request.meta)
+        request = job.request
+        return GenResult(request.id, None, message, job.attempts, None, time.perf_counter() - job.t0, None, request.meta)
+
+
+class _Job:
+    def __init__(self, request: GenRequest, payload: bytes):
+        self.request = request
+        self.payload = payload
+        self.attempts = 0
+        self.t0 = time.perf_counter()
 
 
 class _Pool:
-    """State owned by the event loop thread: client, slot semaphore, endpoints, jitter RNG."""
+    """State owned by the event loop thread: job queue, workers and their clients, endpoints, jitter RNG."""
 
-    def __init__(self, client: httpx.AsyncClient, slots: asyncio.Semaphore, endpoints: list[_Endpoint], key: str | None):
-        self.client = client
-        self.slots = slots
+    def __init__(self, clients: list[httpx.AsyncClient], endpoints: list[_Endpoint], key: str | None, done: queue.Queue):
+        self.jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self.clients = clients
+        self.workers: list[asyncio.Task] = []
+        self.retries: dict[int, asyncio.TimerHandle] = {}  # id(job) -> its pending retry
         self.endpoints = endpoints
         self.key = key
+        self.done = done
         self.rng = random.Random()
         self._next = 0
+
+    def retry_later(self, job: _Job, delay: float) -> None:
+        self.retries[id(job)] = asyncio.get_running_loop().call_later(delay, self._requeue, job)
+
+    def _requeue(self, job: _Job) -> None:
+        del self.retries[id(job)]
+        self.jobs.put_nowait(job)
 
     def pick(self) -> _Endpoint:
         """Least-loaded endpoint; ties go round-robin so equal servers share the work evenly."""
@@ -259,3 +294,12 @@ class _Pool:
                 best = candidate
         self._next = (self.endpoints.index(best) + 1) % n
         return best
+
+    async def close(self) -> None:
+        for handle in self.retries.values():
+            handle.cancel()
+        for task in self.workers:
+            task.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        for client in self.clients:
+            await client.aclose()
