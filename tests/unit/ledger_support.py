@@ -174,13 +174,21 @@ def run_chain(work: Path, *, beta: float = 0.1, weights: dict | None = None, sft
 
 
 def make_template(root: Path) -> Path:
-    """A ledger workspace whose MLflow store already has its tables and experiment (the migrations take seconds)."""
+    """A ledger workspace whose MLflow store already has its tables (the migrations take seconds). The
+    'compass' experiment is made by each copy: its artifact location is the copy's own directory."""
+    import logging
+    import warnings
+
+    from mlflow.tracking import MlflowClient
+
     from compass.ledger.index import Index
-    from compass.ledger.tracking import Tracker
     from compass.ledger.workspace import Workspace
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
     workspace = Workspace(root)
-    Tracker(workspace)
+    root.mkdir(parents=True)
+    MlflowClient(tracking_uri=f"sqlite:///{workspace.mlflow_db}").search_experiments()
     Index(workspace.index_db).close()
     return root
 
@@ -190,3 +198,21 @@ def fresh_workspace(template: Path, target: Path):
 
     shutil.copytree(template, target)
     return Workspace(target)
+
+
+_TEMPLATE: list[Path] = []
+
+
+def template_dir(tmp_path_factory) -> Path:
+    """One initialised ledger per test process; tests copy it (fresh_workspace) instead of migrating again."""
+    if not _TEMPLATE:
+        _TEMPLATE.append(make_template(tmp_path_factory.mktemp("ledger-template") / "home"))
+    return _TEMPLATE[0]
+
+
+def workspace_for_test(tmp_path_factory, target: Path, monkeypatch):
+    """A fresh ledger at `target`, made current (COMPASS_HOME), with the chain's stages registered."""
+    register(monkeypatch)
+    workspace = fresh_workspace(template_dir(tmp_path_factory), target)
+    monkeypatch.setenv("COMPASS_HOME", str(workspace.root))
+    return workspace

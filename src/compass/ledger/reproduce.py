@@ -8,6 +8,7 @@ be the recorded commit, unless --allow-code-change (then the report says the cod
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _apply(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    config = yaml.safe_load(yaml.safe_dump(config))  # a deep copy
+    config = json.loads(json.dumps(config))  # a deep copy that keeps key order (a stage may depend on it)
     for dotted, value in overrides.items():
         node = config
         parts = dotted.split(".")

@@ -9,6 +9,7 @@ import re
 import sqlite3
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,12 @@ def experiment_name() -> str:
 
 class Tracker:
     def __init__(self, workspace: Workspace):
-        for noisy in ("mlflow", "alembic"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
+
+        for noisy in ("mlflow", "alembic"):  # after the import: MLflow sets its loggers up when imported
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        # MLflow 3.17's own mapper setup trips SQLAlchemy 2.1's deprecation of `noload`: not ours to act on
+        warnings.filterwarnings("ignore", message=r"The ``noload`` loader strategy is deprecated")
 
         self.workspace = workspace
         self.uri = workspace.tracking_uri
