@@ -59,7 +59,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     tokenizer = M.load_processing_class(inputs["model"], kind)
     model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
 
-    resume_from = prepare_checkpoints(out_dir, config, inputs, plan)
+    resume = prepare_checkpoints(out_dir, config, inputs, plan)
     args = DPOConfig(
         **common_args(config, plan, out_dir),
         beta=config.beta,
@@ -76,7 +76,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                      "trainable_params": trainable}
     if eval_pairs:
         metrics.update(_eval(trainer, "eval_before"))
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
     if eval_pairs:
         metrics.update(_eval(trainer, "eval_after"))
 
@@ -86,8 +86,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         M.tidy_adapter_dir(adapter_dir)
     trainer.accelerator.wait_for_everyone()
     if config.merge and plan.is_main:
-        metrics.update(M.write_merged(inputs["model"], kind, adapter_dir, out_dir / "merged"))
-    metrics.update(finish(trainer, out_dir, output, resume_from, config, plan))
+        metrics.update(M.write_merged(inputs["model"], adapter_dir, out_dir / "merged"))
+    metrics.update(finish(trainer, out_dir, output, resume, config, plan))
     return metrics
 
 

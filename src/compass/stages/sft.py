@@ -72,7 +72,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if not use_lora:
         M.freeze_all_but(model, parts)
 
-    resume_from = prepare_checkpoints(out_dir, config, inputs, plan)
+    resume = prepare_checkpoints(out_dir, config, inputs, plan)
     args = SFTConfig(
         **common_args(config, plan, out_dir),
         # text: our labels already hold the assistant-only mask; images: TRL's collator masks per batch
@@ -85,7 +85,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=peft_config)
     trainable = M.trainable_parameter_count(trainer.model)
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
 
     adapter_dir = out_dir / "adapter"
     if use_lora:
@@ -104,6 +104,6 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics = {"model_kind": kind, "train": config.train if kind == "vlm" else "llm", "full_parts": parts,
                "lora": use_lora, "batching": batching, "trainable_params": trainable, **data_metrics}
     if config.merge and plan.is_main:
-        metrics.update(M.write_merged(inputs["model"], kind, adapter_dir, out_dir / "merged"))
-    metrics.update(finish(trainer, out_dir, output, resume_from, config, plan))
+        metrics.update(M.write_merged(inputs["model"], adapter_dir, out_dir / "merged"))
+    metrics.update(finish(trainer, out_dir, output, resume, config, plan))
     return metrics

@@ -142,31 +142,29 @@ def trainable_parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def write_merged(base_dir: Path, kind: ModelKind, adapter_dir: Path, out_dir: Path) -> dict:
-    """The base model with the trained weights merged in (LoRA folded into its layers by PEFT's
-    merge_and_unload, fully trained parts replaced), saved as safetensors with the tokenizer/processor.
-    Merged in fp32, saved in the base's dtype."""
-    import torch
-    from safetensors.torch import load_file
+def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:
+    """The base model with the trained weights merged in, as safetensors in the base's layout with its
+    tokenizer/processor files. A PEFT adapter (LoRA, plus any fully trained modules_to_save) goes through
+    compass.models.merge.merge_lora (PEFT merge_and_unload); fully trained parts without LoRA replace
+    their tensors in the base. Either way the output must have exactly the base's tensor names and shapes."""
+    from compass.models.merge import check_output, copy_non_weight_files, merge_lora, model_class, read_checkpoint
 
-    base = load_model(base_dir, kind, torch.float32)
-    dtype = base.config.dtype
-    parts_file = adapter_dir / TRAINED_PARTS_FILE
     if (adapter_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
+        result = merge_lora(base_dir, adapter_dir, out_dir)
+    elif (adapter_dir / TRAINED_PARTS_FILE).is_file():
+        from safetensors.torch import load_file
 
-        model = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-    elif parts_file.is_file():
-        model = base
-        tensors = load_file(str(parts_file))
+        base = read_checkpoint(base_dir)
+        model = model_class(base_dir).from_pretrained(str(base_dir), dtype="auto")
+        tensors = load_file(str(adapter_dir / TRAINED_PARTS_FILE))
         own = model.state_dict()
         bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
         if bad:
-            raise CompassError(f"{parts_file}: tensors {bad[:5]} do not match the base model {base_dir}")
-        model.load_state_dict(tensors, strict=False)
+            raise CompassError(f"{adapter_dir / TRAINED_PARTS_FILE}: tensors {bad[:5]} do not fit the base model {base_dir}")
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        copy_non_weight_files(base_dir, out_dir, skip={p.name for p in out_dir.iterdir()})
+        result = {"tensors": len(check_output(base, out_dir, None).tensors), "replaced_tensors": len(tensors)}
     else:
         raise CompassError(f"{adapter_dir} holds neither a PEFT adapter nor {TRAINED_PARTS_FILE}")
-    model = model.to(dtype)
-    model.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size="5GB")
-    load_processing_class(base_dir, kind).save_pretrained(str(out_dir))
-    return {"merged_parameters": sum(p.numel() for p in model.parameters())}
+    return {f"merge.{k}": v for k, v in result.items() if not isinstance(v, list)}

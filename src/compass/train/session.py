@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from compass.config import config_hash
@@ -44,8 +45,15 @@ def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def prepare_checkpoints(out_dir: Path, config, inputs: dict[str, Path], plan: DevicePlan) -> Path | None:
-    """Create out_dir/.checkpoints and return the checkpoint to resume from (None: start fresh)."""
+@dataclass(frozen=True)
+class Resume:
+    checkpoint: Path | None  # None: a fresh start
+    step: int
+    tokens_seen: int  # read now: the checkpoint may be rotated away during training
+
+
+def prepare_checkpoints(out_dir: Path, config, inputs: dict[str, Path], plan: DevicePlan) -> Resume:
+    """Create out_dir/.checkpoints and choose the checkpoint to resume from."""
     from accelerate import PartialState
 
     ckpt_dir = out_dir / CHECKPOINTS
@@ -59,7 +67,10 @@ def prepare_checkpoints(out_dir: Path, config, inputs: dict[str, Path], plan: De
         write_json_atomic(run_file, current)
     PartialState().wait_for_everyone()
     found = complete_checkpoints(ckpt_dir) if config.resume else []
-    return found[-1] if found else None
+    if not found:
+        return Resume(None, 0, 0)
+    state = json.loads((found[-1] / "trainer_state.json").read_text())
+    return Resume(found[-1], int(state["global_step"]), int(state["num_input_tokens_seen"]))
 
 
 def common_args(config, plan: DevicePlan, out_dir: Path) -> dict:
@@ -93,16 +104,6 @@ def common_args(config, plan: DevicePlan, out_dir: Path) -> dict:
     )
 
 
-def checkpoint_step(checkpoint: Path | None) -> int:
-    return int(checkpoint.name.removeprefix("checkpoint-")) if checkpoint else 0
-
-
-def tokens_seen_at(checkpoint: Path | None) -> int:
-    if checkpoint is None:
-        return 0
-    return int(json.loads((checkpoint / "trainer_state.json").read_text())["num_input_tokens_seen"])
-
-
 def loss_metrics(log_history: list[dict], loss_key: str = "loss") -> dict:
     losses = [(entry["step"], entry[loss_key]) for entry in log_history if loss_key in entry]
     if not losses:
@@ -111,18 +112,18 @@ def loss_metrics(log_history: list[dict], loss_key: str = "loss") -> dict:
             "last_loss_step": losses[-1][0]}
 
 
-def finish(trainer, out_dir: Path, train_output, resumed_from: Path | None, config, plan: DevicePlan) -> dict:
+def finish(trainer, out_dir: Path, train_output, resume: Resume, config, plan: DevicePlan) -> dict:
     """Metrics of the run; rank 0 writes the log history and removes the checkpoints unless kept."""
     from accelerate import PartialState
 
     state = trainer.state
     runtime = train_output.metrics["train_runtime"]
-    tokens = state.num_input_tokens_seen - tokens_seen_at(resumed_from)
+    tokens = state.num_input_tokens_seen - resume.tokens_seen
     metrics = {
         **loss_metrics(state.log_history),
         "train_loss_mean": train_output.training_loss,
         "steps": state.global_step,
-        "resumed_from_step": checkpoint_step(resumed_from),
+        "resumed_from_step": resume.step,
         "train_tokens": tokens,
         "train_runtime_s": round(runtime, 3),
         "train_tokens_per_s": round(tokens / runtime, 1) if runtime > 0 else None,
