@@ -184,3 +184,28 @@ def test_openai_backend_with_llm_extractor_gives_exact_metrics(tmp_path):
     assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url", "text"]
     assert parts[0]["text"] == "Page 1:" and parts[2]["text"] == "Page 2:"
     assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "gsm8k,chabsa"], "task chabsa: give the harness's data with --chabsa PATH"),
+    (["--tasks", "problems"], "task problems: give its data with --problems PATH"),
+    (["--tasks", "mmlongbench"], "task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR"),
+    (["--tasks", "gsm8k", "--cot", "maybe"], "cot"),
+    (["--tasks", "gsm9k"], "tasks"),
+])
+def test_bad_requests_fail_in_one_line_before_any_generation(tiny_models, tmp_path, capsys, args, message):
+    from compass.cli import main
+
+    code = main(["eval", "--model", str(tiny_models.llm), "--gsm8k", str(FIXTURES / "gsm8k_test.jsonl"),
+                 "--out", str(tmp_path / "out")] + args)
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_mmlongbench_needs_a_vlm_on_the_local_backend(tiny_models, tmp_path, capsys):
+    from compass.cli import main
+
+    code = main(["eval", "--model", str(tiny_models.llm), "--tasks", "mmlongbench", "--mmlongbench",
+                 str(FIXTURES / "mmlongbench_samples.json"), "--mmlongbench-docs", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2 and "needs a vision-language model" in capsys.readouterr().err

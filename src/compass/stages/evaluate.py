@@ -19,6 +19,7 @@ mmlongbench) are named TASK.cot_on.METRIC / TASK.cot_off.METRIC, and `both` adds
 (a local file in the benchmark's own schema) or else from `hub` (on a machine with the Hugging Face hub).
 Writes predictions/<task>[.cot_on|.cot_off].jsonl (input, raw output, extracted answer, score, output
 tokens), metrics.json and summary.md (the table also printed at the end).
+Checkpoints side by side: `compass eval compare RUN_DIR...` (e.g. the eval runs of base, SFT and DPO).
 """
 from __future__ import annotations
 
@@ -114,7 +115,13 @@ class Config(StageConfig):
 
 INPUTS = {
     "model": Port("model directory (LLM or VLM, transformers format); not needed with backend openai", required=False),
-    **{task: Port(f"{task} data file in the benchmark's own schema", required=False) for task in MATH_TASKS + EDINET_TASKS},
+    "gsm8k": Port("GSM8K JSONL ({question, answer: '... #### N'}) or compass Problem JSONL", required=False),
+    "mgsm_ja": Port("MGSM TSV (question<TAB>answer_number), JSONL {question, answer_number}, or Problem JSONL",
+                    required=False),
+    "problems": Port("compass Problem JSONL, e.g. held-out problems from the sources stage", required=False),
+    **{task: Port(f"EDINET-Bench {config} rows (.jsonl/.json/.parquet with the dataset's fields)", required=False)
+       for task, config in (("edinet_fraud", "fraud_detection"), ("edinet_earnings", "earnings_forecast"),
+                            ("edinet_industry", "industry_prediction"))},
     "chabsa": Port("chABSA-dataset JSON files (directory) or one such file", required=False),
     "cma_basics": Port("japanese-lm-fin-harness cma_basics data.json", required=False),
     "cpa_audit": Port("japanese-lm-fin-harness CPA_AUDIT.xlsx or data.json in the harness schema", required=False),
@@ -171,7 +178,7 @@ class Engines:
 
         return LocalModel(self.model, device=self.config.device, dtype=self.config.dtype, batch_size=self.config.batch_size)
 
-    def generator(self, needs_images: bool = False):
+    def generator(self):
         if self._generator is not None:
             return self._generator
         self._release_scorer()
@@ -184,9 +191,7 @@ class Engines:
 
         if is_vlm(self.model):
             self._generator = self._local_model()  # VLM: images, or text through the VLM
-        else:
-            if needs_images:
-                raise CompassError(f"mmlongbench needs a vision-language model; {self.model} is a text-only LLM")
+        else:  # text-only LLM: the project's batched transformers backend
             from compass.generate.local import TransformersBackend
 
             self._generator = TransformersBackend(self.model, batch_size=self.config.batch_size,
@@ -230,9 +235,7 @@ def _limit(items: list, config: Config) -> list:
 def _hub_rows(config: Config, task: str) -> list[dict]:
     from compass.evals.data import load_hub_rows
 
-    if task not in config.hub:
-        raise CompassError(f"task {task}: give its data with --{task.replace('_', '-')} PATH (no hub id configured)")
-    return load_hub_rows(config.hub[task])
+    return load_hub_rows(config.hub[task])  # check_data made sure the task has a hub id
 
 
 def run_math(task: str, config: Config, inputs: dict[str, Path], engines: Engines) -> list[tuple[str, list, dict]]:
@@ -257,9 +260,6 @@ def run_math(task: str, config: Config, inputs: dict[str, Path], engines: Engine
 def run_fin(task: str, config: Config, inputs: dict[str, Path], engines: Engines) -> list[tuple[str, list, dict]]:
     from compass.evals import finharness
 
-    if task not in inputs:
-        raise CompassError(f"task {task}: give the harness's data with --{task.replace('_', '-')} PATH "
-                           "(japanese-lm-fin-harness has no hub dataset)")
     items = _limit(finharness.load_items(task, inputs[task]), config)
     _unique_ids(items, task)
     pairs = finharness.requests(items)
@@ -270,7 +270,9 @@ def run_fin(task: str, config: Config, inputs: dict[str, Path], engines: Engines
     return [(task, rows, metrics)]
 
 
-def run_edinet(task: str, config: Config, inputs: dict[str, Path], engines: Engines) -> list[tuple[str, list, dict]]:
+def run_edinet(task: str, config: Config, inputs: dict[str, Path], engines: Engines):
+    """Generate the answers now; returns a function that finishes the task (label log-likelihoods for ROC-AUC
+    on the local backend, then scoring) once every generation task is done."""
     from compass.evals import edinet
 
     sheets = tuple(config.edinet_sheets)
@@ -282,27 +284,29 @@ def run_edinet(task: str, config: Config, inputs: dict[str, Path], engines: Engi
     _unique_ids(items, task)
     requests = edinet.build_requests(items, max_tokens=config.max_new_tokens, seed=config.seed)
     results = _collect(engines.generator(), requests, task)
-    probs = None
-    if config.backend == "local" and task != "edinet_industry":
-        scorer = engines.scorer()
-        continuations = edinet.label_continuations(task)
-        pairs = [(scorer.chat_prompt(edinet.messages(item)), c) for item in items for c in continuations]
-        with _progress(len(pairs), f"{task} label log-likelihoods") as bar:
-            lls = scorer.loglikelihoods(pairs, progress=bar)
-        probs = {}
-        for index, item in enumerate(items):
-            l0, l1 = lls[2 * index].logprob, lls[2 * index + 1].logprob
-            top = max(l0, l1)
-            probs[item.id] = math.exp(l1 - top) / (math.exp(l0 - top) + math.exp(l1 - top))
-    rows, metrics = edinet.score(task, items, results, {r.id: r for r in requests}, probs)
-    return [(task, rows, metrics)]
+
+    def finish() -> list[tuple[str, list, dict]]:
+        probs = None
+        if config.backend == "local" and task != "edinet_industry":
+            scorer = engines.scorer()
+            continuations = edinet.label_continuations(task)
+            pairs = [(scorer.chat_prompt(edinet.messages(item)), c) for item in items for c in continuations]
+            with _progress(len(pairs), f"{task} label log-likelihoods") as bar:
+                lls = scorer.loglikelihoods(pairs, progress=bar)
+            probs = {}
+            for index, item in enumerate(items):
+                l0, l1 = lls[2 * index].logprob, lls[2 * index + 1].logprob
+                top = max(l0, l1)
+                probs[item.id] = math.exp(l1 - top) / (math.exp(l0 - top) + math.exp(l1 - top))
+        rows, metrics = edinet.score(task, items, results, {r.id: r for r in requests}, probs)
+        return [(task, rows, metrics)]
+
+    return finish
 
 
 def run_doc(task: str, config: Config, inputs: dict[str, Path], engines: Engines, out_dir: Path) -> list[tuple[str, list, dict]]:
     from compass.evals import mmlongbench
 
-    if "mmlongbench" not in inputs or "mmlongbench_docs" not in inputs:
-        raise CompassError("task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR")
     items = _limit(mmlongbench.load_items(inputs["mmlongbench"]), config)
     _unique_ids(items, task)
     docs_dir = inputs["mmlongbench_docs"]
@@ -316,7 +320,7 @@ def run_doc(task: str, config: Config, inputs: dict[str, Path], engines: Engines
         pages[doc_id] = files
         truncated += total > len(files)
     for_http = config.backend == "openai"
-    generator = engines.generator(needs_images=True)
+    generator = engines.generator()
     out = []
     for suffix, cot in _variants(config, task):
         requests = [mmlongbench.build_request(item, pages[item.doc_id], cot=bool(cot), for_http=for_http,
@@ -395,28 +399,53 @@ def summary_table(metrics: dict, tasks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_data(config: Config, inputs: dict[str, Path]) -> None:
+    """Every task has its data and the model suits it, checked before hours of generation start."""
+    if config.backend == "local" and "model" not in inputs:
+        raise CompassError("backend local needs --model DIR (the checkpoint to evaluate)")
+    for task in config.tasks:
+        flag = f"--{task.replace('_', '-')}"
+        if task in DOC_TASKS:
+            if "mmlongbench" not in inputs or "mmlongbench_docs" not in inputs:
+                raise CompassError("task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR")
+            if config.backend == "local":
+                from compass.evals.local import is_vlm
+
+                if not is_vlm(inputs["model"]):
+                    raise CompassError(f"mmlongbench needs a vision-language model; {inputs['model']} is a text-only LLM")
+        elif task in FIN_TASKS and task not in inputs:
+            raise CompassError(f"task {task}: give the harness's data with {flag} PATH (japanese-lm-fin-harness has no hub dataset)")
+        elif task not in inputs and task not in config.hub:
+            raise CompassError(f"task {task}: give its data with {flag} PATH (no hub id configured)")
+
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.io import write_json_atomic, write_jsonl, write_text_atomic
 
-    if config.backend == "local" and "model" not in inputs:
-        raise CompassError("backend local needs --model DIR (the checkpoint to evaluate)")
+    check_data(config, inputs)
     engines = Engines(config, inputs["model"] if "model" in inputs else None)
-    # generation tasks first, log-likelihood tasks last: the local model loads once per role
-    order = sorted(config.tasks, key=lambda t: t in FIN_TASKS)
     metrics: dict = {}
     predictions = out_dir / OUTPUTS["predictions"]
-    for task in order:
-        if task in MATH_TASKS:
-            produced = run_math(task, config, inputs, engines)
-        elif task in FIN_TASKS:
-            produced = run_fin(task, config, inputs, engines)
-        elif task in EDINET_TASKS:
-            produced = run_edinet(task, config, inputs, engines)
-        else:
-            produced = run_doc(task, config, inputs, engines, out_dir)
+
+    def record(produced: list[tuple[str, list, dict]]) -> None:
         for name, rows, task_metrics in produced:
             write_jsonl(predictions / f"{name}.jsonl", rows)
             metrics.update({f"{name}.{key}": value for key, value in task_metrics.items()})
+
+    # every generation first, every log-likelihood after: a local model loads once for each role
+    unfinished = []
+    for task in config.tasks:
+        if task in MATH_TASKS:
+            record(run_math(task, config, inputs, engines))
+        elif task in EDINET_TASKS:
+            unfinished.append(run_edinet(task, config, inputs, engines))
+        elif task in DOC_TASKS:
+            record(run_doc(task, config, inputs, engines, out_dir))
+    for finish in unfinished:
+        record(finish())
+    for task in config.tasks:
+        if task in FIN_TASKS:
+            record(run_fin(task, config, inputs, engines))
     metrics.update(_cot_comparisons(metrics))
     write_json_atomic(out_dir / OUTPUTS["metrics"], metrics)
     table = summary_table(metrics, config.tasks)
