@@ -14,6 +14,7 @@ import json
 import os
 import queue
 import random
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -168,19 +169,32 @@ class OpenAIBackend:
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
+        # Loading the CA bundle costs ~45 ms; plain-http endpoints (a local vLLM) never use TLS at all.
+        if any(u.startswith("https://") for u in self.base_urls):
+            tls = httpx.create_ssl_context()
+        else:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        pool = _Pool([_Endpoint(f"{u}/chat/completions") for u in self.base_urls], key, done, headers, tls)
+        loop = asyncio.get_running_loop()
+        pool.workers = [loop.create_task(self._worker(pool)) for _ in range(self.concurrency)]
+        return pool
+
+    def _client(self, pool: _Pool) -> httpx.AsyncClient:
         # One client (one keep-alive connection per endpoint) per worker, not one shared pool: httpcore's
         # shared pool rescans every connection for every connection on each request, which cost 5 ms of CPU
         # per request at 64 in flight (bench/distill_client.py); private clients cost under 1 ms.
-        tls = httpx.create_ssl_context()  # built once: each client would otherwise load the CA bundle again
-        limits = httpx.Limits(max_connections=len(self.base_urls), max_keepalive_connections=len(self.base_urls))
-        timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0))
-        clients = [httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, verify=tls)
-                   for _ in range(self.concurrency)]
-        pool = _Pool(clients, [_Endpoint(f"{u}/chat/completions") for u in self.base_urls], key, done)
-        pool.workers = [asyncio.get_running_loop().create_task(self._worker(pool, client)) for client in clients]
-        return pool
+        n = len(self.base_urls)
+        client = httpx.AsyncClient(
+            headers=pool.headers, verify=pool.tls,
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0)),
+        )
+        pool.clients.append(client)
+        return client
 
-    async def _worker(self, pool: _Pool, client: httpx.AsyncClient) -> None:
+    async def _worker(self, pool: _Pool) -> None:
+        # built here, not up front: the first workers are already sending while the last ones are built
+        client = self._client(pool)
         while True:
             job = await pool.jobs.get()
             try:
@@ -266,9 +280,12 @@ class _Job:
 class _Pool:
     """State owned by the event loop thread: job queue, workers and their clients, endpoints, jitter RNG."""
 
-    def __init__(self, clients: list[httpx.AsyncClient], endpoints: list[_Endpoint], key: str | None, done: queue.Queue):
+    def __init__(self, endpoints: list[_Endpoint], key: str | None, done: queue.Queue, headers: dict[str, str],
+                 tls: ssl.SSLContext):
         self.jobs: asyncio.Queue[_Job] = asyncio.Queue()
-        self.clients = clients
+        self.headers = headers
+        self.tls = tls
+        self.clients: list[httpx.AsyncClient] = []
         self.workers: list[asyncio.Task] = []
         self.retries: dict[int, asyncio.TimerHandle] = {}  # id(job) -> its pending retry
         self.endpoints = endpoints
