@@ -19,7 +19,11 @@ import time
 from pathlib import Path
 
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
+def vm_hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
 from pathlib import Path
 import psutil
 mode, traces, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -28,6 +32,9 @@ from compass.records import Trace
 from compass.pairs import make_pair, normalized_weights
 from compass.stages import pairs as stage
 proc = psutil.Process()
+# peak = VmHWM of this process after resetting it here (ru_maxrss would also count the forked parent's pages)
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
 rss0 = proc.memory_info().rss
 t0 = time.perf_counter()
 if mode == "stream":
@@ -40,7 +47,7 @@ else:  # baseline: everything in memory
     write_jsonl(out / "pairs.jsonl", (o.pair for o in outcomes if o.pair is not None))
     n = len(records)
 wall = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+peak = vm_hwm()
 print(json.dumps({"n": n, "wall_s": wall, "rss_at_start": rss0, "peak_rss": peak}))
 """
 

@@ -33,6 +33,8 @@ class TensorInfo:
     dtype: str  # safetensors name: F32, BF16, ...
     shape: tuple[int, ...]
     file: str  # shard file name inside the model directory
+    start: int  # byte offsets of the data in that file
+    end: int
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,9 @@ class Checkpoint:
         return list(dict.fromkeys(info.file for info in self.tensors.values()))
 
 
-def read_header(path: Path) -> tuple[dict, dict[str, str]]:
-    """The JSON header of a safetensors file (tensor entries in data order) and its __metadata__."""
+def read_header(path: Path) -> tuple[dict, dict[str, str], int]:
+    """The JSON header of a safetensors file (tensor entries in data order), its __metadata__, and where the
+    data begins (offsets in the header are relative to it)."""
     with open(path, "rb") as fh:
         head = fh.read(8)
         if len(head) != 8:
@@ -63,9 +66,9 @@ def read_header(path: Path) -> tuple[dict, dict[str, str]]:
             header = json.loads(fh.read(size))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise CompassError(f"{path}: not a safetensors file (header is not JSON: {err})") from None
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__") if "__metadata__" in header else {}
     entries = dict(sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]))
-    return entries, metadata
+    return entries, metadata, 8 + size
 
 
 def read_checkpoint(model_dir: Path) -> Checkpoint:
@@ -93,12 +96,13 @@ def read_checkpoint(model_dir: Path) -> Checkpoint:
         path = model_dir / name
         if not path.is_file():
             raise CompassError(f"{model_dir}: shard {name} named in the index is missing")
-        entries, metadata = read_header(path)
+        entries, metadata, data_start = read_header(path)
         file_metadata[name] = metadata
         for key, entry in entries.items():
             if weight_map is not None and weight_map.get(key) != name:
                 raise CompassError(f"{path}: tensor {key!r} is not mapped to this shard in the index")
-            tensors[key] = TensorInfo(entry["dtype"], tuple(entry["shape"]), name)
+            begin, end = entry["data_offsets"]
+            tensors[key] = TensorInfo(entry["dtype"], tuple(entry["shape"]), name, data_start + begin, data_start + end)
     if weight_map is not None:
         missing = sorted(set(weight_map) - set(tensors))
         if missing:
@@ -133,7 +137,55 @@ def check_output(base: Checkpoint, out_dir: Path, dtype: str | None) -> Checkpoi
     return out
 
 
-# --- streaming safetensors writer ----------------------------------------------------------------------
+# --- streaming safetensors reader and writer -------------------------------------------------------------
+
+
+def torch_dtype(name: str):
+    import torch
+
+    table = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64, "BOOL": torch.bool,
+             "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+    if name not in table:
+        raise CompassError(f"unsupported safetensors dtype {name!r}")
+    return table[name]
+
+
+class ShardReader:
+    """Reads tensors with plain file reads into fresh tensors. Unlike a memory map (safe_open), pages read
+    once do not stay resident in this process, so reading a whole checkpoint costs one tensor of memory."""
+
+    def __init__(self, ckpt: Checkpoint):
+        self.ckpt = ckpt
+        self.files: dict[str, object] = {}
+
+    def read(self, key: str):
+        import torch
+
+        info = self.ckpt.tensors[key]
+        if info.file not in self.files:
+            self.files[info.file] = open(self.ckpt.path / info.file, "rb", buffering=0)
+        fh = self.files[info.file]
+        tensor = torch.empty(info.shape, dtype=torch_dtype(info.dtype))
+        view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy())
+        if len(view) != info.end - info.start:
+            raise CompassError(f"{self.ckpt.path / info.file}: tensor {key!r} spans {info.end - info.start} bytes, "
+                               f"its dtype and shape need {len(view)}")
+        fh.seek(info.start)
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise CompassError(f"{self.ckpt.path / info.file}: file ends inside tensor {key!r}")
+            done += got
+        return tensor
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+        self.files.clear()
+
 
 
 class ShardWriter:
@@ -167,7 +219,7 @@ class ShardWriter:
         data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
         if data.nbytes != self.sizes[key]:
             raise CompassError(f"internal: tensor {key!r} has {data.nbytes} bytes, header says {self.sizes[key]}")
-        self.fh.write(data.tobytes())
+        self.fh.write(memoryview(data))
         self.next += 1
 
     def close(self) -> None:
@@ -215,7 +267,6 @@ def task_arithmetic(base_dir: Path, finetuned: list[Path], weights: list[float],
     """theta = base + sum_i w_i * (theta_i - base), computed in float32 per tensor, written in the base's layout
     with the base's (or `dtype`'s) float dtypes. Non-float tensors are copied from the base. Returns metrics."""
     import torch
-    from safetensors import safe_open
     from tqdm import tqdm
 
     if len(finetuned) != len(weights) or not finetuned:
@@ -228,44 +279,44 @@ def task_arithmetic(base_dir: Path, finetuned: list[Path], weights: list[float],
         check_compatible(base, other, what="finetuned model")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch_dtype = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     out_name = TORCH_DTYPE_NAMES.get(dtype)
 
     def out_dtype(info: TensorInfo) -> str:
         return out_name if out_name is not None and info.dtype in FLOAT_DTYPES else info.dtype
 
-    # every shard of every model is memory-mapped once; tensors are read on demand
-    handles = {}
-
-    def handle(ckpt: Checkpoint, file: str):
-        key = (str(ckpt.path), file)
-        if key not in handles:
-            handles[key] = safe_open(str(ckpt.path / file), framework="pt")
-        return handles[key]
-
+    base_reader, readers = ShardReader(base), [ShardReader(other) for other in others]
     total_bytes = 0
     bar = tqdm(total=len(base.tensors), desc="task arithmetic", unit="tensor", disable=not progress)
-    for file in base.files:
-        keys = [k for k, info in base.tensors.items() if info.file == file]
-        writer = ShardWriter(out_dir / file, {k: (out_dtype(base.tensors[k]), base.tensors[k].shape) for k in keys},
-                             base.file_metadata[file])
-        try:
-            for key in keys:
-                info = base.tensors[key]
-                theta = handle(base, file).get_tensor(key)
-                if info.dtype in FLOAT_DTYPES:
-                    theta0 = theta.to(torch.float32)
-                    delta = torch.zeros_like(theta0)
-                    for other, weight in zip(others, weights):
-                        delta += weight * (handle(other, other.tensors[key].file).get_tensor(key).to(torch.float32) - theta0)
-                    theta = (theta0 + delta).to(torch_dtype[out_dtype(info)])
-                writer.write(key, theta)
-                total_bytes += writer.sizes[key]
-                bar.update(1)
-        finally:
-            writer.close()
-    bar.close()
-    handles.clear()
+    try:
+        for file in base.files:
+            keys = [k for k, info in base.tensors.items() if info.file == file]
+            writer = ShardWriter(out_dir / file, {k: (out_dtype(base.tensors[k]), base.tensors[k].shape) for k in keys},
+                                 base.file_metadata[file])
+            try:
+                for key in keys:
+                    info = base.tensors[key]
+                    theta = base_reader.read(key)
+                    if info.dtype in FLOAT_DTYPES:
+                        # in place on freshly read tensors: base, the running sum and one finetuned tensor in memory
+                        theta0 = theta.to(torch.float32)
+                        mixed = None
+                        for reader, weight in zip(readers, weights):
+                            task = reader.read(key).to(torch.float32).sub_(theta0).mul_(weight)
+                            mixed = task if mixed is None else mixed.add_(task)
+                            del task
+                        theta = mixed.add_(theta0).to(torch_dtype(out_dtype(info)))  # base + sum_i w_i (theta_i - base)
+                        del theta0, mixed
+                    writer.write(key, theta)
+                    total_bytes += writer.sizes[key]
+                    del theta
+                    bar.update(1)
+            finally:
+                writer.close()
+    finally:
+        bar.close()
+        base_reader.close()
+        for reader in readers:
+            reader.close()
 
     if base.index_name is not None:
         index = {"metadata": {**base.index_metadata, "total_size": total_bytes},

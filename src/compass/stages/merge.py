@@ -52,6 +52,10 @@ def finetuned_models(path: Path) -> list[Path]:
     if is_model_dir(path):
         return [path]
     models = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".") and is_model_dir(p))
+    for model in models:
+        if model.is_symlink():
+            # the run's input hashes do not follow directory links, so a linked model would not be in the cache key
+            raise CompassError(f"finetuned model {model} is a symlink; use a real directory (e.g. `cp -al` hard links)")
     if not models:
         raise CompassError(f"finetuned input {path} is neither a model directory nor a directory of model directories")
     return models
