@@ -84,6 +84,7 @@ def test_task_arithmetic_equals_hand_computed_example(tmp_path):
     assert (out / "config.json").read_text() == files["config.json"] and (out / "tokenizer.json").is_file()
     manifest = json.loads((tmp_path / "merged" / "manifest.json").read_text())
     assert manifest["metrics"]["finetuned"] == ["m1", "m2"] and manifest["metrics"]["tensors"] == 3
+    assert manifest["metrics"]["changed_tensors"] == 2  # a and b; the int buffer is copied
     with safe_open(str(out / "model.safetensors"), "pt") as fh:
         assert fh.metadata() == {"format": "pt"}
 

@@ -285,7 +285,7 @@ def task_arithmetic(base_dir: Path, finetuned: list[Path], weights: list[float],
         return out_name if out_name is not None and info.dtype in FLOAT_DTYPES else info.dtype
 
     base_reader, readers = ShardReader(base), [ShardReader(other) for other in others]
-    total_bytes = 0
+    total_bytes = changed = 0
     bar = tqdm(total=len(base.tensors), desc="task arithmetic", unit="tensor", disable=not progress)
     try:
         for file in base.files:
@@ -304,7 +304,9 @@ def task_arithmetic(base_dir: Path, finetuned: list[Path], weights: list[float],
                             task = reader.read(key).to(torch.float32).sub_(theta0).mul_(weight)
                             mixed = task if mixed is None else mixed.add_(task)
                             del task
-                        theta = mixed.add_(theta0).to(torch_dtype(out_dtype(info)))  # base + sum_i w_i (theta_i - base)
+                        mixed.add_(theta0)  # base + sum_i w_i (theta_i - base)
+                        changed += not torch.equal(mixed, theta0)
+                        theta = mixed.to(torch_dtype(out_dtype(info)))
                         del theta0, mixed
                     writer.write(key, theta)
                     total_bytes += writer.sizes[key]
@@ -326,7 +328,7 @@ def task_arithmetic(base_dir: Path, finetuned: list[Path], weights: list[float],
     if dtype is not None and (out_dir / "config.json").is_file():
         set_config_dtype(out_dir / "config.json", dtype)
     out = check_output(base, out_dir, dtype)
-    return {"tensors": len(out.tensors), "shards": len(out.files), "bytes": total_bytes,
+    return {"tensors": len(out.tensors), "changed_tensors": changed, "shards": len(out.files), "bytes": total_bytes,
             "models": len(finetuned), "weights": list(weights), "copied_files": copied}
 
 
