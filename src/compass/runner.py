@@ -91,17 +91,23 @@ def execute_stage(
     paths = resolve_inputs(kind, inputs)
     input_hashes = {key: hash_tree(path) for key, path in paths.items()}
     cfg_hash = config_hash(config)
+    # Under `accelerate launch ... compass <verb>` every process runs this function and trains; only rank 0
+    # keeps the books (stale manifest, ledger, new manifest). All ranks reach the same cache decision: they
+    # hash the same files, and rank 0 only removes a manifest that does not match.
+    secondary = process_rank() > 0
     if not force:
         cached = cached_manifest(out_dir, cfg_hash, input_hashes)
         if cached is not None:
-            # a cached hit makes no new ledger run; this only records it if it never was (idempotent)
-            record_stage_run(cached, out_dir)
+            if not secondary:
+                # a cached hit makes no new ledger run; this only records it if it never was (idempotent)
+                record_stage_run(cached, out_dir)
             return StageResult(cached, out_dir, cached=True)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    stale = out_dir / MANIFEST_NAME
-    stale.unlink(missing_ok=True)  # the directory is now an unfinished run until the new manifest lands
-    detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
+    if not secondary:
+        stale = out_dir / MANIFEST_NAME
+        stale.unlink(missing_ok=True)  # the directory is now an unfinished run until the new manifest lands
+        detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
     if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
         metrics = _run_launched(kind, config, paths, out_dir, launch)
@@ -120,16 +126,24 @@ def execute_stage(
         code=code_version(),
         versions=library_versions(),
         inputs={key: InputRecord(path=str(paths[key]), files=input_hashes[key]) for key in paths},
-        outputs=hash_tree(out_dir, exclude=[MANIFEST_NAME]),
+        outputs={} if secondary else hash_tree(out_dir, exclude=[MANIFEST_NAME]),
         started_at=started_at,
         wall_time_s=round(wall, 3),
         metrics=metrics,
         launch=launch.model_dump() if launch else None,
         recipe=recipe,
     )
+    if secondary:
+        return StageResult(manifest, out_dir, cached=False)  # rank 0's manifest is the record of this run
     write_manifest(out_dir, manifest)
     record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
     return StageResult(manifest, out_dir, cached=False)
+
+
+def process_rank() -> int:
+    """This process's rank when `accelerate launch`/torchrun started several (they set RANK in each one);
+    a process started any other way is alone, rank 0."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def launch_command(launch: Launch) -> tuple[list[str], dict[str, str]]:

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 from compass.io import write_json_atomic
-from compass.runner import WORKER_METRICS, set_seed
+from compass.runner import WORKER_METRICS, process_rank, set_seed
 from compass.stages import get_stage
 
 
@@ -17,7 +16,7 @@ def main(job_path: str) -> None:
     config = module.Config.model_validate(job["config"])
     set_seed(config.seed)
     metrics = module.run(config, {k: Path(v) for k, v in job["inputs"].items()}, Path(job["out_dir"]))
-    if int(os.environ.get("RANK", "0")) == 0:  # accelerate sets RANK in every process
+    if process_rank() == 0:
         write_json_atomic(Path(job["out_dir"]) / WORKER_METRICS, metrics)
 
 

@@ -57,15 +57,15 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     train_pairs = D.read_pairs(inputs["pairs"])
     eval_pairs = D.read_pairs(inputs["eval_pairs"]) if "eval_pairs" in inputs else None
     tokenizer = M.load_processing_class(inputs["model"], kind)
-    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
-
     resume = prepare_checkpoints(out_dir, config, inputs, plan)
+    # TRL's config first: under ZeRO-3 it must exist before the model loads, so that loading partitions it
     args = DPOConfig(
         **common_args(config, plan, out_dir),
         beta=config.beta,
         max_length=config.max_length,
         eval_strategy="no",  # held-out pairs are evaluated exactly twice, below
     )
+    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
     trainer = DPOTrainer(
         model=model, ref_model=None, args=args, train_dataset=D.dpo_dataset(train_pairs),
         eval_dataset=D.dpo_dataset(eval_pairs) if eval_pairs else None, processing_class=tokenizer,

@@ -67,12 +67,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     else:
         dataset = D.vision_sft_dataset(examples)
 
-    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
-    peft_config = M.lora_config(config, model, kind, parts) if use_lora else None
-    if not use_lora:
-        M.freeze_all_but(model, parts)
-
     resume = prepare_checkpoints(out_dir, config, inputs, plan)
+    # TRL's config first: under ZeRO-3 it must exist before the model loads, so that loading partitions it
     args = SFTConfig(
         **common_args(config, plan, out_dir),
         # text: our labels already hold the assistant-only mask; images: TRL's collator masks per batch
@@ -82,6 +78,10 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         # padding-free takes no max_length (sequences are cut above); packing uses it as the row length
         max_length=None if batching == "padding_free" else config.max_length,
     )
+    model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
+    peft_config = M.lora_config(config, model, kind, parts) if use_lora else None
+    if not use_lora:
+        M.freeze_all_but(model, parts)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=peft_config)
     trainable = M.trainable_parameter_count(trainer.model)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -142,6 +143,21 @@ def trainable_parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@contextmanager
+def single_process_loading():
+    """Load models in this one process even inside a DeepSpeed ZeRO-3 run. While the run's config is alive,
+    transformers' from_pretrained partitions weights over all ranks (zero.Init), a collective the other
+    ranks never join: a hang. transformers keeps that config behind one module-level weak reference."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
 def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:
     """The base model with the trained weights merged in, as safetensors in the base's layout with its
     tokenizer/processor files. A PEFT adapter (LoRA, plus any fully trained modules_to_save) goes through
@@ -149,22 +165,24 @@ def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:
     their tensors in the base. Either way the output must have exactly the base's tensor names and shapes."""
     from compass.models.merge import check_output, copy_non_weight_files, merge_lora, model_class, read_checkpoint
 
-    if (adapter_dir / "adapter_config.json").is_file():
-        result = merge_lora(base_dir, adapter_dir, out_dir)
-    elif (adapter_dir / TRAINED_PARTS_FILE).is_file():
-        from safetensors.torch import load_file
+    parts_file = adapter_dir / TRAINED_PARTS_FILE
+    with single_process_loading():
+        if (adapter_dir / "adapter_config.json").is_file():
+            result = merge_lora(base_dir, adapter_dir, out_dir)
+        elif parts_file.is_file():
+            from safetensors.torch import load_file
 
-        base = read_checkpoint(base_dir)
-        model = model_class(base_dir).from_pretrained(str(base_dir), dtype="auto")
-        tensors = load_file(str(adapter_dir / TRAINED_PARTS_FILE))
-        own = model.state_dict()
-        bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
-        if bad:
-            raise CompassError(f"{adapter_dir / TRAINED_PARTS_FILE}: tensors {bad[:5]} do not fit the base model {base_dir}")
-        model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
-        model.save_pretrained(str(out_dir), safe_serialization=True)
-        copy_non_weight_files(base_dir, out_dir, skip={p.name for p in out_dir.iterdir()})
-        result = {"tensors": len(check_output(base, out_dir, None).tensors), "replaced_tensors": len(tensors)}
-    else:
-        raise CompassError(f"{adapter_dir} holds neither a PEFT adapter nor {TRAINED_PARTS_FILE}")
+            base = read_checkpoint(base_dir)
+            model = model_class(base_dir).from_pretrained(str(base_dir), dtype="auto")
+            tensors = load_file(str(parts_file))
+            own = model.state_dict()
+            bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
+            if bad:
+                raise CompassError(f"{parts_file}: tensors {bad[:5]} do not fit the base model {base_dir}")
+            model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+            model.save_pretrained(str(out_dir), safe_serialization=True)
+            copy_non_weight_files(base_dir, out_dir, skip={p.name for p in out_dir.iterdir()})
+            result = {"tensors": len(check_output(base, out_dir, None).tensors), "replaced_tensors": len(tensors)}
+        else:
+            raise CompassError(f"{adapter_dir} holds neither a PEFT adapter nor {TRAINED_PARTS_FILE}")
     return {f"merge.{k}": v for k, v in result.items() if not isinstance(v, list)}
