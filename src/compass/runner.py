@@ -7,6 +7,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -105,8 +106,10 @@ def execute_stage(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not secondary:
-        stale = out_dir / MANIFEST_NAME
-        stale.unlink(missing_ok=True)  # the directory is now an unfinished run until the new manifest lands
+        if read_manifest(out_dir) is not None:
+            # a finished run of another config or other inputs (or --force): its files must not leak into this
+            # run's outputs. A directory without a manifest is an interrupted run and is kept for the stage to resume.
+            clear_directory(out_dir)
         detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
     if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
@@ -138,6 +141,14 @@ def execute_stage(
     write_manifest(out_dir, manifest)
     record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
     return StageResult(manifest, out_dir, cached=False)
+
+
+def clear_directory(path: Path) -> None:
+    for entry in path.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def process_rank() -> int:

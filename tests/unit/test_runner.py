@@ -104,3 +104,14 @@ def test_recipe_wires_outputs_to_inputs_and_second_run_is_cached(tmp_path, capsy
     again = run_recipe(recipe, tmp_path / "work")
     assert all(r.cached for r in again.values())
     assert capsys.readouterr().out.count("cached") == 2
+
+
+def test_rerun_with_another_config_drops_the_previous_runs_files(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("a")
+    out = tmp_path / "out"
+    execute_stage("echo", echo_stage.Config(), {"text": src}, out)
+    (out / "extra.txt").write_text("left by the first run")
+    execute_stage("echo", echo_stage.Config(repeat=2), {"text": src}, out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "out.txt"]
+    assert read_manifest(out).outputs.keys() == {"out.txt"}
