@@ -14,9 +14,9 @@ from pathlib import Path
 
 from compass.errors import CompassError
 from compass.ledger.index import Index
-from compass.ledger.record import ledger_lock, rollback_recording, tracker_for
+from compass.ledger.record import rollback_recording, tracker_for
 from compass.ledger.store import ContentStore, _hash_file
-from compass.ledger.workspace import Workspace
+from compass.ledger.workspace import Workspace, ledger_lock
 
 
 @dataclass
@@ -149,6 +149,10 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
             if run_id not in recording:
                 tracker.delete(mlflow_id)
                 report.repaired.append(f"deleted MLflow run {mlflow_id} of an interrupted recording")
+    for sha in unreferenced:  # we hold the ledger lock: no recorder is between storing and indexing
+        store.path(sha).unlink(missing_ok=True)
+    if unreferenced:
+        report.repaired.append(f"removed {len(unreferenced)} blob(s) of interrupted recordings")
     for tmp in dead_tmp:
         tmp.unlink(missing_ok=True)
     if dead_tmp:

@@ -4,11 +4,9 @@ to record runs made before the ledger existed or whose recording was interrupted
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ from compass.ledger.flat import as_number, as_text, flatten, format_number
 from compass.ledger.index import Index, RunRow
 from compass.ledger.redact import Redactor
 from compass.ledger.store import ContentStore
-from compass.ledger.workspace import Workspace
+from compass.ledger.workspace import Workspace, ledger_lock
 from compass.manifest import Manifest
 
 # Metric history of a training stage: a JSON list of the trainer's log entries ({"step": 3, "loss": ...}),
@@ -38,19 +36,7 @@ HPARAM_LEAVES = {
 HPARAM_STAGES = ("sft", "dpo", "merge", "evidence", "doc-traces", "distill")
 SOURCE_STAGES = ("sources", "pdf-fixtures")
 PAIR_STAGES = ("pairs",)
-
-
-@contextmanager
-def ledger_lock(workspace: Workspace):
-    """One recorder at a time per workspace: MLflow's sqlite store and our index change together.
-    flock is released by the kernel when a holder dies, so a killed recorder never blocks the next."""
-    workspace.root.mkdir(parents=True, exist_ok=True)
-    with open(workspace.lock_path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+MAX_PER_KIND = 4  # summary columns name at most this many runs of one kind (the nearest)
 
 
 _TRACKERS: dict[tuple[str, str, str], Any] = {}
@@ -171,8 +157,22 @@ def _describe_counts(metrics: dict[str, Any]) -> list[str]:
 def build_summary(index: Index, run: dict[str, Any], depths: dict[str, int], raw_inputs: list[tuple[str, int]]) -> dict[str, str]:
     """sources / pairs / hparams columns: from the nearest run of each kind in the run's lineage (itself included)."""
     lineage: list[tuple[int, str, str, dict, dict]] = [(0, run["stage"], run["name"], run["config"], run["metrics"])]
-    others = index.runs_by_ids([r for r in depths if r != run["run_id"]])
-    for run_id, row in others.items():
+    # only the ancestors that can speak: the nearest few of each kind the columns read (lineages can be long)
+    wanted = SOURCE_STAGES + PAIR_STAGES + HPARAM_STAGES
+    kinds: dict[str, str] = {}
+    ancestor_ids = [r for r in depths if r != run["run_id"]]
+    for start in range(0, len(ancestor_ids), 500):
+        chunk = ancestor_ids[start:start + 500]
+        marks = ",".join("?" * len(chunk))
+        kinds.update(index.db.execute(f"SELECT run_id, stage FROM runs WHERE run_id IN ({marks}) AND stage IN ({','.join('?' * len(wanted))})",
+                                      (*chunk, *wanted)).fetchall())
+    per_kind: Counter[str] = Counter()
+    chosen = []
+    for run_id in sorted(kinds, key=lambda r: (depths[r], r)):
+        per_kind[kinds[run_id]] += 1
+        if per_kind[kinds[run_id]] <= MAX_PER_KIND:
+            chosen.append(run_id)
+    for run_id, row in index.runs_by_ids(chosen).items():
         lineage.append((depths[run_id], row.stage, row.name, row.config, row.metrics))
     lineage.sort(key=lambda item: (item[0], item[1], item[2]))
 
@@ -257,27 +257,39 @@ def record_stage_run(manifest: Manifest, out_dir: str | Path, *, workspace: Work
     Already-recorded runs are left as they are, so calling this again is cheap and safe."""
     workspace = workspace or Workspace.current()
     out_dir = Path(out_dir)
-    index = Index(workspace.index_db)
-    try:
-        if index.state(manifest.run_id) == "complete":
-            return manifest.run_id
-        out_files, in_files = _store_files(workspace, manifest, out_dir)
-        with ledger_lock(workspace):
-            state = index.state(manifest.run_id)
-            if state == "complete":
-                return manifest.run_id
-            tracker = tracker_for(workspace)
-            if state == "recording":
-                rollback_recording(index, tracker, manifest.run_id)
-            _record_locked(index, tracker, manifest, out_dir, out_files, in_files)
+    index = _recording_index(workspace)
+    if index.state(manifest.run_id) == "complete":
         return manifest.run_id
-    finally:
-        index.close()
+    tracker = tracker_for(workspace)  # outside the lock: the first use imports MLflow (seconds)
+    with ledger_lock(workspace):
+        state = index.state(manifest.run_id)
+        if state == "complete":
+            return manifest.run_id
+        # bytes first, under the lock too: a blob no complete run refers to is then surely a dead
+        # recorder's, which `compass runs check --repair` may delete
+        out_files, in_files = _store_files(workspace, manifest, out_dir)
+        if state == "recording":
+            rollback_recording(index, tracker, manifest.run_id)
+        _record_locked(index, tracker, manifest, out_dir, out_files, in_files)
+    return manifest.run_id
+
+
+_INDEXES: dict[tuple[str, int], Index] = {}
+
+
+def _recording_index(workspace: Workspace) -> Index:
+    """The index connection of this process, kept open: closing the last connection checkpoints the WAL
+    (an fsync), which cost more than the rest of a recording. Keyed by pid: a forked child opens its own."""
+    import os
+
+    key = (str(workspace.index_db), os.getpid())
+    if key not in _INDEXES or not workspace.index_db.is_file():
+        _INDEXES[key] = Index(workspace.index_db)
+    return _INDEXES[key]
 
 
 def _store_files(workspace: Workspace, manifest: Manifest, out_dir: Path):
-    """Put outputs (hard-linked) and inputs (copied) into the store; no lock needed: each blob lands by
-    rename and identical bytes racing each other end the same."""
+    """Put outputs (hard-linked) and inputs (copied) into the store; each blob lands by rename."""
     store = ContentStore(workspace.store_dir)
     out_files: list[tuple[str, str, int]] = []
     for rel, sha in manifest.outputs.items():

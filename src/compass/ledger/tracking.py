@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from compass.errors import CompassError
-from compass.ledger.workspace import Workspace
+from compass.ledger.workspace import Workspace, ledger_lock
 
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "compass"
@@ -51,6 +51,8 @@ def experiment_name() -> str:
 
 class Tracker:
     def __init__(self, workspace: Workspace):
+        # compass runs offline: no usage reports from MLflow (they would also cost a thread per call)
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
 
         for noisy in ("mlflow", "alembic"):  # after the import: MLflow sets its loggers up when imported
@@ -62,9 +64,15 @@ class Tracker:
         self.uri = workspace.tracking_uri
         if workspace.uses_local_sqlite:
             workspace.root.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        self.experiment_id = self._experiment()  # the first call creates the sqlite store (migrations)
-        if workspace.uses_local_sqlite:
+        if not workspace.uses_local_sqlite:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment()
+            return
+        _fast_commits(workspace.mlflow_db)
+        # the first client creates the sqlite store (migrations): two processes doing it at once collide
+        with ledger_lock(workspace):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment()
             _use_wal(workspace.mlflow_db)
 
     def _experiment(self) -> str:
@@ -97,12 +105,12 @@ class Tracker:
         tag_list = [RunTag(mlflow_key(k), _clip(v, MAX_TAG_VALUE)) for k, v in tags.items()]
         metric_list = [Metric(mlflow_key(k), v, now, 0) for k, v in metrics.items()]
         metric_list += [Metric(mlflow_key(k), v, now, step) for k, step, v in history]
-        for start in range(0, len(param_list), BATCH):
-            self.client.log_batch(mlflow_run_id, params=param_list[start:start + BATCH])
-        for start in range(0, len(tag_list), BATCH):
-            self.client.log_batch(mlflow_run_id, tags=tag_list[start:start + BATCH])
-        for start in range(0, len(metric_list), METRIC_BATCH):
-            self.client.log_batch(mlflow_run_id, metrics=metric_list[start:start + METRIC_BATCH])
+        # one request carries up to 100 params, 100 tags and the rest of 1000 entities in metrics
+        batches = max(1, -(-len(param_list) // BATCH), -(-len(tag_list) // BATCH), -(-len(metric_list) // (METRIC_BATCH - 2 * BATCH)))
+        step = METRIC_BATCH - 2 * BATCH
+        for i in range(batches):
+            self.client.log_batch(mlflow_run_id, params=param_list[i * BATCH:(i + 1) * BATCH],
+                                  tags=tag_list[i * BATCH:(i + 1) * BATCH], metrics=metric_list[i * step:(i + 1) * step])
 
     def log_artifacts(self, mlflow_run_id: str, manifest: dict[str, Any], config: dict[str, Any]) -> None:
         import json
@@ -110,8 +118,7 @@ class Tracker:
         with tempfile.TemporaryDirectory(prefix="compass-artifacts-") as tmp:
             (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
             (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
-            self.client.log_artifact(mlflow_run_id, str(Path(tmp) / "manifest.json"))
-            self.client.log_artifact(mlflow_run_id, str(Path(tmp) / "config.yaml"))
+            self.client.log_artifacts(mlflow_run_id, tmp)
 
     def finish(self, mlflow_run_id: str) -> None:
         self.client.set_terminated(mlflow_run_id, status="FINISHED")
@@ -164,3 +171,25 @@ def _use_wal(db: Path) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
     finally:
         conn.close()
+
+
+_FAST: set[str] = set()
+
+
+def _fast_commits(db: Path) -> None:
+    """synchronous=NORMAL on MLflow's connections to our sqlite store: in WAL mode a commit then needs
+    no fsync (a process kill loses nothing; a power cut may lose the last commits, never consistency).
+    A recording makes several MLflow commits; with an fsync each they dominated its time."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if not _FAST:
+        def on_connect(dbapi_connection, _record) -> None:
+            if isinstance(dbapi_connection, sqlite3.Connection):
+                path = dbapi_connection.execute("PRAGMA database_list").fetchone()[2]
+                if path in _FAST:
+                    dbapi_connection.execute("PRAGMA synchronous = NORMAL")
+                    dbapi_connection.execute("PRAGMA busy_timeout = 60000")
+
+        event.listen(Engine, "connect", on_connect)
+    _FAST.add(str(db))

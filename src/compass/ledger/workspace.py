@@ -14,7 +14,10 @@ else `./.compass`, created on first record. The MLflow tracking store is $MLFLOW
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +78,32 @@ class Workspace:
     @property
     def uses_local_sqlite(self) -> bool:
         return self.tracking_uri == f"sqlite:///{self.mlflow_db}"
+
+
+_LOCK_STATE = threading.local()
+_THREADS = threading.RLock()
+
+
+@contextmanager
+def ledger_lock(workspace: Workspace):
+    """One recorder at a time per workspace: MLflow's sqlite store, the store and the index change together.
+    flock is released by the kernel when a holder dies, so a killed recorder never blocks the next.
+    Re-entrant within a thread (a note taken while checking, say); threads of one process queue on an RLock."""
+    held: dict[str, int] = _LOCK_STATE.__dict__.setdefault("held", {})
+    key = str(workspace.lock_path)
+    if key in held and held[key]:
+        held[key] += 1
+        try:
+            yield
+        finally:
+            held[key] -= 1
+        return
+    workspace.root.mkdir(parents=True, exist_ok=True)
+    with _THREADS, open(workspace.lock_path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        held[key] = 1
+        try:
+            yield
+        finally:
+            held[key] = 0
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
