@@ -24,4 +24,8 @@ def run_demo(workdir: Path | None = None) -> dict:
     for name, result in results.items():
         metrics = ", ".join(f"{k}={v}" for k, v in result.manifest.metrics.items() if not isinstance(v, (dict, list)))
         print(f"  {name:<14} {result.out_dir}  {metrics}")
+    # every stage run is in the ledger: end on the leaderboard of this demo's own runs
+    from compass.ledger.cli import print_demo_leaderboard
+
+    print_demo_leaderboard([result.manifest.run_id for result in results.values()])
     return results

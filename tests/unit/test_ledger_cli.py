@@ -136,3 +136,15 @@ def test_check_finds_damage_and_repair_restores_from_the_run_directory(chain, tm
     assert main(["check", "--repair"]) == 0
     out = capsys.readouterr().out
     assert f"repaired: restored blob {sha[:12]} from {scores}" in out and out.rstrip().endswith("OK")
+
+
+def test_demo_ends_on_the_leaderboard_of_its_own_runs(chain, capsys):
+    from compass.ledger.cli import print_demo_leaderboard
+
+    ws, ids = chain
+    print_demo_leaderboard(list(ids.values()), prefer=("problems.accuracy", "gsm8k.accuracy"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == f"leaderboard (gsm8k.accuracy; ledger {ws.root}):"
+    assert lines[1].split() == ["rank", "run", "name", "gsm8k.accuracy", "pairs", "hparams"]
+    assert lines[3].startswith(f"1     {ids['eval'][:8]}  eval")
+    assert lines[-1] == f"more: compass runs leaderboard --metric gsm8k.accuracy | compass runs report | compass runs lineage {ids['eval'][:8]}"

@@ -89,7 +89,7 @@ def test_leaderboard_ranks_with_data_recipe_columns(two_chains, index):
     assert {row["run_id"] for row in evals} == {a["eval"], b["eval"]}
     by_id = {row["run_id"]: row for row in evals}
     assert by_id[b["eval"]]["pairs"] == "omit_thinking 0.5, tamper_thinking_numbers 0.5, tamper_answer dropped"
-    assert by_id[a["eval"]]["sources"] == "sources: counts.gsm8k=12, counts.math=8, records=20"
+    assert by_id[a["eval"]]["sources"] == "sources: gsm8k 12, math 8"
     assert "dpo.beta=0.2" in by_id[b["eval"]]["hparams"] and "sft.learning_rate=0.05" in by_id[b["eval"]]["hparams"]
     assert [r["gsm8k.accuracy"] for r in evals] == sorted((r["gsm8k.accuracy"] for r in evals), reverse=True)
     with pytest.raises(CompassError, match="close names: gsm8k.accuracy"):

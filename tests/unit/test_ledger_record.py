@@ -139,7 +139,7 @@ def test_lineage_by_hash_when_inputs_are_copies_and_raw_sources_are_leaves(ws, t
     index = Index(ws.index_db)
     assert index.parents(result.manifest.run_id) == [(chain["sft"].manifest.run_id, "model")]
     sources = index.run(chain["sources"].manifest.run_id)
-    assert sources.summary["sources"].endswith("raw.jsonl (48 B)")
+    assert sources.summary["sources"] == "sources: gsm8k 12, math 8; raw.jsonl (48 B)"
     assert [(r, p) for r, p, *_ in index.files(sources.run_id, "in")] == [("in", "raw")]
     index.close()
 

@@ -304,6 +304,32 @@ def cmd_check(workspace: Workspace, args) -> int:
     return 0 if report.ok else 1
 
 
+def print_demo_leaderboard(run_ids: list[str], prefer: tuple[str, ...] = ("problems.accuracy",)) -> None:
+    """The leaderboard of a recipe's own runs (the demo's last lines), on the first metric they have."""
+    from compass.ledger.index import Index
+    from compass.ledger.query import leaderboard
+    from compass.ledger.report import default_metrics
+    from compass.ledger.tables import render
+
+    workspace = Workspace.current()
+    index = Index(workspace.index_db, create=False)
+    try:
+        ids = set(run_ids)
+        candidates = list(prefer) + default_metrics(index)
+        for metric in candidates:
+            keys = index.db.execute("SELECT 1 FROM figures WHERE key = ? AND num IS NOT NULL AND run_id IN (%s) LIMIT 1"
+                                    % ",".join("?" * len(ids)), (metric, *ids)).fetchone()
+            if keys:
+                board = leaderboard(index, metric, run_ids=ids)
+                print(f"\nleaderboard ({metric}; ledger {workspace.root}):")
+                print(render(board, ["rank", "run", "name", metric, "pairs", "hparams"], "table", max_width=60))
+                print(f"more: compass runs leaderboard --metric {metric} | compass runs report | compass runs lineage {board[0]['run']}")
+                return
+        print(f"\nledger: {workspace.root} (compass runs list)")
+    finally:
+        index.close()
+
+
 HANDLERS = {
     "list": cmd_list, "show": cmd_show, "note": cmd_note, "search": cmd_search, "leaderboard": cmd_leaderboard,
     "lineage": cmd_lineage, "diff": cmd_diff, "reproduce": cmd_reproduce, "report": cmd_report, "check": cmd_check,

@@ -201,7 +201,7 @@ LEADERBOARD_COLUMNS = ("rank", "run", "name", "stage", "METRIC", "sources", "pai
 
 
 def leaderboard(index: Index, metric: str, *, where: str | None = None, lower_is_better: bool = False,
-                limit: int | None = None) -> list[dict]:
+                limit: int | None = None, run_ids: set[str] | None = None) -> list[dict]:
     """Runs with figure `metric` (their own; `STAGE.KEY` for the run's own KEY when it is of that kind),
     best first, with the data recipe each was made from."""
     rows = index.db.execute(
@@ -223,6 +223,8 @@ def leaderboard(index: Index, metric: str, *, where: str | None = None, lower_is
     if where:
         allowed = where_run_ids(index, where)
         rows = [r for r in rows if r[0] in allowed]
+    if run_ids is not None:
+        rows = [r for r in rows if r[0] in run_ids]
     rows.sort(key=lambda r: r[1], reverse=not lower_is_better)
     if limit is not None:
         rows = rows[:limit]

@@ -145,8 +145,15 @@ def _describe_weights(config: dict[str, Any]) -> list[str]:
     return parts
 
 
+COUNT_MAPPINGS = ("per_source", "counts", "sources")  # metrics a sources stage reports its pools' sizes under
+
+
 def _describe_counts(metrics: dict[str, Any]) -> list[str]:
-    """Integer metrics that count records ('n_pairs': 100, 'counts': {'gsm8k': 50}) as 'name=value'."""
+    """Record counts of a sources run: its per-source sizes ('gsm8k 7473') when it reports them, else every
+    integer metric ('n_pairs=100', 'counts.gsm8k=50')."""
+    for key in COUNT_MAPPINGS:
+        if key in metrics and isinstance(metrics[key], dict) and metrics[key]:
+            return [f"{name} {as_text(value)}" for name, value in metrics[key].items()]
     parts = []
     for key, value in flatten(metrics).items():
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
