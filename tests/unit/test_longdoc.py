@@ -148,15 +148,26 @@ def test_example_messages_for_every_placement():
     q, trace, answer = "What was revenue?", "Page 2: Revenue 10.", "10"
     think = "<think>\nPage 2: Revenue 10.\n</think>\n\n10"
     as_pairs = lambda ms: [(m.role, m.content) for m in ms]  # noqa: E731
-    assert as_pairs(traces.example_messages(q, 2, "system", trace, answer)) == [
+    assert as_pairs(traces.example_messages(q, [0, 1], "system", trace, answer)) == [
         ("system", "<cot>"), ("user", pages + q), ("assistant", think)]
-    assert as_pairs(traces.example_messages(q, 2, "user_prepend", trace, answer)) == [
+    assert as_pairs(traces.example_messages(q, [0, 1], "user_prepend", trace, answer)) == [
         ("user", "<cot>\n" + pages + q), ("assistant", think)]
-    assert as_pairs(traces.example_messages(q, 2, "user_append", trace, answer)) == [
+    assert as_pairs(traces.example_messages(q, [0, 1], "user_append", trace, answer)) == [
         ("user", pages + q + "\n<cot>"), ("assistant", think)]
-    assert as_pairs(traces.example_messages(q, 2, "none", None, answer)) == [("user", pages + q), ("assistant", "10")]
+    assert as_pairs(traces.example_messages(q, [0, 1], "none", None, answer)) == [("user", pages + q), ("assistant", "10")]
     with pytest.raises(CompassError, match="needs a trace"):
-        traces.example_messages(q, 2, "system", None, answer)
+        traces.example_messages(q, [0, 1], "system", None, answer)
+
+
+def test_shown_pages_all_or_capped_with_the_trace_pages_kept():
+    selected = [ev(30, 9.0), ev(7, 8.0)]
+    assert traces.shown_pages(5, selected, None) == [0, 1, 2, 3, 4]
+    assert traces.shown_pages(5, selected, 8) == [0, 1, 2, 3, 4]
+    assert traces.shown_pages(40, selected, 4) == [0, 1, 7, 30]
+    assert traces.example_messages("Q", [0, 1, 7, 30], "none", None, "A")[0].content == (
+        "Page 1:\n<image>\nPage 2:\n<image>\nPage 8:\n<image>\nPage 31:\n<image>\nQ")
+    with pytest.raises(CompassError, match="do not fit"):
+        traces.shown_pages(40, selected, 1)
 
 
 def test_answer_prompts_of_the_two_branches():

@@ -109,13 +109,29 @@ def text_answer_messages(question: DocQuestion, selected: list[PageEvidence], to
 # --- the SFT example ---------------------------------------------------------------------------------------
 
 
-def example_messages(question: str, n_pages: int, placement: Placement, trace: str | None, answer: str) -> list[Message]:
-    """The conversation of one DocExample: every page image labelled "Page N:", then the question."""
+def shown_pages(n_pages: int, selected: list[PageEvidence], max_images: int | None) -> list[int]:
+    """0-based pages whose images the example shows, in page order: every page (the recipe), or, capped at
+    `max_images`, the trace's pages plus the first pages of the document up to the cap."""
+    if max_images is None or n_pages <= max_images:
+        return list(range(n_pages))
+    chosen = {e.page_index for e in selected}
+    if len(chosen) > max_images:
+        raise CompassError(f"{len(chosen)} trace pages do not fit in max_images={max_images}")
+    for page in range(n_pages):
+        if len(chosen) == max_images:
+            break
+        chosen.add(page)
+    return sorted(chosen)
+
+
+def example_messages(question: str, pages: list[int], placement: Placement, trace: str | None, answer: str) -> list[Message]:
+    """The conversation of one DocExample: each shown page's image after its "Page N:" label (N = index + 1),
+    then the question."""
     if placement not in PLACEMENTS:
         raise CompassError(f"unknown <cot> placement {placement!r}; expected one of {PLACEMENTS}")
     if placement != "none" and not trace:
         raise CompassError(f"placement {placement!r} needs a trace")
-    user = "".join(f"Page {n}:\n{IMAGE_MARK}\n" for n in range(1, n_pages + 1)) + question
+    user = "".join(f"Page {p + 1}:\n{IMAGE_MARK}\n" for p in pages) + question
     if placement == "user_prepend":
         user = f"{COT}\n{user}"
     elif placement == "user_append":

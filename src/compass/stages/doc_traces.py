@@ -9,7 +9,8 @@ question and a system prompt saying the evidence was gathered page by page, top 
 answerer: it returns the question's recorded answer (the planted fact of a generated PDF, or a dataset's
 reference answer) and calls no model, so both branches then give that same answer.
 
-Each DocExample: user turn = every page image of the document with its "Page N:" label, then the
+Each DocExample: user turn = every page image of the document (or `max_images` of them, the trace's pages
+always among them) with its "Page N:" label, then the
 question; assistant = <think> trace </think> answer. The <cot> token goes in the system message, before
 or after the user text, or nowhere (then no trace either), with the configured shares, seeded per
 question. Image paths are relative to the output directory, as `compass sft` resolves them.
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from compass.config import StageConfig
 from compass.errors import CompassError
@@ -49,6 +50,8 @@ class Config(StageConfig):
     cot_placement: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_PLACEMENT),
                                             description="shares of <cot> placements: system, user_prepend, user_append, "
                                             "none (none: no token and no trace)")
+    max_images: int | None = Field(None, ge=1, description="most page images in one example (None: every page, as "
+                                   "the recipe); when capped, the trace's pages plus the first pages up to the cap")
     no_cot_extra_fraction: float = Field(0.0, ge=0, le=1, description="share of questions that also get a second "
                                          "example without <cot> and without a trace (beyond the recipe)")
     answerer: Literal["reference", "openai"] = Field("reference", description="reference (the question's recorded "
@@ -61,6 +64,12 @@ class Config(StageConfig):
     retry_temperature: float = Field(0.7, ge=0, description="temperature of those re-asks")
     max_reject_rate: float = Field(0.1, ge=0, le=1, description="fail when more than this share of kept questions "
                                    "gets no answer (server errors, empty answers)")
+
+    @model_validator(mode="after")
+    def _images_fit_trace(self):
+        if self.max_images is not None and self.max_images < self.top_k:
+            raise ValueError(f"max_images {self.max_images} < top_k {self.top_k}: every trace page must be shown")
+        return self
 
     @field_validator("cot_placement")
     @classmethod
@@ -238,7 +247,7 @@ def strip_think(text: str) -> str:
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.longdoc.traces import build_trace, example_messages, unit_draw
+    from compass.longdoc.traces import build_trace, example_messages, shown_pages, unit_draw
 
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
@@ -277,7 +286,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                 rej.write(dumps_record(Reject(id=question.id, reason="empty_answer", detail="the answer is empty")) + "\n")
                 counts["empty_answer"] += 1
                 continue
-            images = [(rel_root / image).as_posix() for image in doc_images(question.doc_id)]
+            all_images = doc_images(question.doc_id)
+            shown = shown_pages(len(all_images), item.selected, config.max_images)
+            images = [(rel_root / all_images[p]).as_posix() for p in shown]
             trace = build_trace(item.selected)
             variants = [(question.id, item.placement)]
             if item.placement != "none" and unit_draw(config.seed, "no_cot_extra", question.id) < config.no_cot_extra_fraction:
@@ -285,7 +296,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
             for example_id, placement in variants:
                 example = DocExample(
                     id=example_id, question_id=question.id, doc_id=question.doc_id, images=images,
-                    messages=example_messages(question.question, len(images), placement,
+                    messages=example_messages(question.question, shown, placement,
                                               None if placement == "none" else trace, answer),
                     cot_placement=placement, branch=item.branch, has_trace=placement != "none",
                 )
