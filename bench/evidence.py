@@ -9,7 +9,7 @@ at the default 1400 px long side, sent as data URLs):
   - a sequential loop (one request after the other, same messages), for the ratio;
   - peak traced memory of the stage at 50, 500 and 5000 pages beside the bare OpenAIBackend on the same
     requests: what the stage adds must stay flat (requests are built lazily, only those in flight hold an
-    image, output goes straight to disk in order).
+    image, finished pages go straight to the resume journal on disk, two small integers per page stay).
 
     python bench/evidence.py [--pages 4000 --latency-s 0.2 --slots 32 --concurrency 64]
 """

@@ -359,3 +359,44 @@ def test_compass_sft_trains_the_tiny_vlm_on_doc_examples(corpus, lexical, tmp_pa
     assert metrics["model_kind"] == "vlm" and metrics["examples"] == len(questions_of(corpus))
     assert metrics["steps"] == 2 and metrics["first_loss"] > 0
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+# --- resume after a kill -----------------------------------------------------------------------------------------
+
+
+def test_evidence_killed_mid_run_resumes_and_matches_an_uninterrupted_run(corpus, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from compass.longdoc.streaming import journal_path
+
+    def reply(body):  # a pure function of the prompt, so both runs get the same answers
+        text = prompt_text(body)
+        return json.dumps({"evidence": f"quote {len(text)}", "relevance_score": len(text) % 11})
+
+    inputs = {"pages": corpus / "pages" / "pages.jsonl", "questions": corpus / "fx" / "questions.jsonl"}
+    with ScriptedServer(reply, latency_s=0.03, slots=4) as server:
+        endpoint = f"{{base_urls: [{server.base_url}], model: vlm, concurrency: 4}}"
+        killed = tmp_path / "killed"
+        cmd = [sys.executable, "-m", "compass.cli", "evidence", "--out", str(killed), "--pages", str(inputs["pages"]),
+               "--questions", str(inputs["questions"]), "--backend", "openai", "--openai", endpoint]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        journal = journal_path(killed, "evidence")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 60):
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert journal.exists() and not (killed / "manifest.json").exists()
+        done_before = journal.read_bytes().count(b"\n") - 1
+
+        cfg = evidence.Config(backend="openai", openai={"base_urls": [server.base_url], "model": "vlm", "concurrency": 4})
+        resumed = execute_stage("evidence", cfg, inputs, killed)
+        whole = evidence.run(cfg, inputs, tmp_path / "whole")
+    metrics = resumed.manifest.metrics
+    assert metrics["resumed_pages"] >= done_before >= 60
+    assert metrics["requests_sent"] + metrics["resumed_pages"] == metrics["pages"] == whole["pages"]
+    assert sha256_file(killed / "evidence.jsonl") == sha256_file(tmp_path / "whole" / "evidence.jsonl")
+    assert not journal.exists()  # gone once the outputs are final

@@ -314,3 +314,30 @@ def test_parse_question():
                 '{"question": "Q", "answer": "1", "answer_format": "Number"}', "nope"]:
         with pytest.raises(MalformedQuestion):
             parse_question(seed, bad)
+
+
+# --- the resume journal ----------------------------------------------------------------------------------------
+
+
+def test_journal_cuts_a_torn_line_and_drops_another_runs_journal(tmp_path):
+    from compass.longdoc.streaming import OK, REJECT, Journal
+
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, "fp1")
+    journal.add(0, 0, "ok", {"x": 1})
+    journal.add(2, 0, "retry", "not JSON")
+    journal.add(1, 0, "reject", {"reason": "backend_error"})
+    journal.close()
+    with open(path, "ab") as fh:
+        fh.write(b'{"i": 2, "a": 1, "k": "ok", "v": {"x"')  # killed mid-write
+    again = Journal(path, "fp1")
+    assert list(again.state) == [OK, REJECT, 0] and again.resumed == 2 and again.due[0] == 1
+    assert again.needs(2, 1) and not again.needs(2, 0) and not again.needs(0, 0) and again.needs(3, 0)
+    with open(path, "rb") as fh:
+        assert again.read(0, fh) == ("ok", {"x": 1})
+    again.add(2, 1, "ok", {"x": 3})
+    again.close()
+    assert path.read_bytes().endswith(b'{"i": 2, "a": 1, "k": "ok", "v": {"x": 3}}\n')
+    other = Journal(path, "fp2")  # another config or other inputs: starts empty
+    assert list(other.state) == [] and other.resumed == 0
+    other.close()

@@ -146,7 +146,7 @@ def parse_question(seed: SeedSet, text: str) -> DocQuestion:
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
-    from compass.longdoc.streaming import stream_in_order
+    from compass.longdoc.streaming import fingerprint_of, journal_path, stream_in_order
 
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
@@ -157,17 +157,22 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         return GenRequest(id="", messages=synth_messages(seed, images_root), max_tokens=config.max_tokens,
                           temperature=config.temperature, seed=config.seed + attempt)
 
-    with atomic_open(out_dir / OUTPUTS["questions"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
-        def reject(seed: SeedSet, reason: str, detail: str) -> None:
-            counts[reason] += 1
-            rej.write(dumps_record(Reject(id=seed.id, reason=reason, detail=detail,
-                                          record={"seed_pages": [p.page_index for p in seed.pages]})) + "\n")
+    def reject(seed: SeedSet, reason: str, detail: str) -> dict:
+        return Reject(id=seed.id, reason=reason, detail=detail,
+                      record={"seed_pages": [p.page_index for p in seed.pages]}).model_dump(mode="json")
 
-        for question in stream_in_order(
-            backend, seed_sets(config, index), request_of, parse_question, malformed=MalformedQuestion,
-            retries=config.parse_retries, work_dir=out_dir, tag="synth", dump=lambda q: q.model_dump(mode="json"),
-            load=DocQuestion.model_validate, on_reject=reject, malformed_reason="malformed_json",
+    fingerprint = fingerprint_of(config, [inputs["pages"]])
+    with atomic_open(out_dir / OUTPUTS["questions"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+        for kind, value in stream_in_order(
+            backend, lambda: seed_sets(config, index), request_of, parse_question, malformed=MalformedQuestion,
+            retries=config.parse_retries, work_dir=out_dir, tag="synth", fingerprint=fingerprint,
+            dump=lambda q: q.model_dump(mode="json"), reject=reject, malformed_reason="malformed_json",
         ):
+            if kind == "reject":
+                counts[value["reason"]] += 1
+                rej.write(dumps_record(Reject.model_validate(value)) + "\n")
+                continue
+            question = DocQuestion.model_validate(value)
             out.write(dumps_record(question) + "\n")
             counts["questions"] += 1
             counts["cross_page" if len(question.gold_pages) > 1 else "single_page"] += 1
@@ -176,5 +181,6 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if total and rejected / total > config.max_reject_rate:
         raise CompassError(f"doc-questions: {rejected}/{total} seed sets rejected (> max_reject_rate "
                            f"{config.max_reject_rate:.0%}): {dict(counts)}; see {out_dir / OUTPUTS['rejects']}")
+    journal_path(out_dir, "synth").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     return {"questions": counts["questions"], "single_page": counts["single_page"], "cross_page": counts["cross_page"],
             "rejected": rejected, "documents": len(index.offsets)}

@@ -155,15 +155,15 @@ class EmptyAnswer(ValueError):
     """The answerer returned nothing usable (asked again, then rejected)."""
 
 
-def reference_answers(items: Iterator[Item]) -> Iterator[tuple[int, str]]:
+def reference_answers(items: Iterator[Item]) -> Iterator[tuple[str, dict]]:
     for item in items:
-        yield item.position, item.question.answer
+        yield "ok", {"p": item.position, "a": item.question.answer}
 
 
 def openai_answers(config: Config, items_factory, images: DocImages, images_root: Path, out_dir: Path,
-                   errors: dict[int, str]) -> Iterator[tuple[int, str]]:
-    """One streaming pass per branch through its endpoint (answers in position order), the two merged.
-    Questions that get no answer land in `errors` (position -> reason) instead."""
+                   fingerprint: str) -> Iterator[tuple[str, dict]]:
+    """One streaming pass per branch through its endpoint (in position order, journalled for resume), the
+    two merged: ("ok", {p, a}) or ("reject", {p, reason, detail}) for every kept question."""
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
     from compass.longdoc.evidence import image_data_url
@@ -187,38 +187,23 @@ def openai_answers(config: Config, items_factory, images: DocImages, images_root
             raise EmptyAnswer(f"empty answer: {text[:80]!r}")
         return {"p": item.position, "a": answer}
 
-    def reject(item: Item, reason: str, detail: str) -> None:
-        errors[item.position] = f"{reason}: {detail}"
+    def reject(item: Item, reason: str, detail: str) -> dict:
+        return {"p": item.position, "reason": reason, "detail": detail}
 
-    streams = []
-    for branch, settings in (("vision", config.vision_openai), ("text", config.text_openai)):
-        streams.append(stream_in_order(
+    streams = [
+        stream_in_order(
             make_backend("openai", settings, TransformersSettings()),
-            of_branch(items_factory(), branch), request_of, parse,
+            lambda branch=branch: of_branch(items_factory(), branch), request_of, parse,
             malformed=EmptyAnswer, retries=config.answer_retries, work_dir=out_dir, tag=f"answers-{branch}",
-            dump=lambda row: row, load=lambda row: row, on_reject=reject, malformed_reason="empty_answer",
-        ))
-    for row in heapq.merge(*streams, key=lambda r: r["p"]):
-        yield row["p"], row["a"]
+            fingerprint=fingerprint, dump=lambda row: row, reject=reject, malformed_reason="empty_answer",
+        )
+        for branch, settings in (("vision", config.vision_openai), ("text", config.text_openai))
+    ]
+    yield from heapq.merge(*streams, key=lambda kv: kv[1]["p"])
 
 
 def of_branch(items: Iterator[Item], branch: str) -> Iterator[Item]:
     return (item for item in items if item.branch == branch)
-
-
-class Peekable:
-    def __init__(self, iterator: Iterator):
-        self.iterator, self.head, self.primed = iterator, None, False
-
-    def peek(self):
-        if not self.primed:
-            self.head, self.primed = next(self.iterator, None), True
-        return self.head
-
-    def pop(self):
-        head = self.peek()
-        self.primed = False
-        return head
 
 
 class DocImages:
@@ -247,6 +232,7 @@ def strip_think(text: str) -> str:
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    from compass.longdoc.streaming import fingerprint_of, journal_path
     from compass.longdoc.traces import build_trace, example_messages, shown_pages, unit_draw
 
     index = PageIndex(inputs["pages"])
@@ -256,11 +242,11 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     def items() -> Iterator[Item]:
         return kept_items(config, inputs["questions"], inputs["evidence"], None)
 
-    errors: dict[int, str] = {}
     if config.answerer == "reference":
-        answers = Peekable(reference_answers(items()))
+        answers = reference_answers(items())
     else:
-        answers = Peekable(openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, errors))
+        fingerprint = fingerprint_of(config, [inputs["evidence"], inputs["questions"], inputs["pages"]])
+        answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, fingerprint)
     doc_images = DocImages(index, inputs["pages"])
 
     drops: list[Reject] = []
@@ -273,15 +259,14 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                 counts[drop.reason] += 1
             drops.clear()
             question = item.question
-            head = answers.peek()  # runs the answer passes on first use, so `errors` is complete after it
-            if item.position in errors:
-                reason = errors[item.position].split(":", 1)[0]
-                rej.write(dumps_record(Reject(id=question.id, reason=reason, detail=errors[item.position])) + "\n")
-                counts[reason] += 1
-                continue
-            if head is None or head[0] != item.position:
+            kind, value = next(answers, ("missing", {"p": None}))
+            if value["p"] != item.position:
                 raise CompassError(f"doc-traces: no answer for question {question.id!r} (position {item.position})")
-            answer = answers.pop()[1].strip()
+            if kind == "reject":
+                rej.write(dumps_record(Reject(id=question.id, reason=value["reason"], detail=value["detail"])) + "\n")
+                counts[value["reason"]] += 1
+                continue
+            answer = value["a"].strip()
             if not answer:
                 rej.write(dumps_record(Reject(id=question.id, reason="empty_answer", detail="the answer is empty")) + "\n")
                 counts["empty_answer"] += 1
@@ -311,9 +296,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         for drop in drops:
             rej.write(dumps_record(drop) + "\n")
             counts[drop.reason] += 1
-    leftover = answers.peek()
+    leftover = next(answers, None)
     if leftover is not None:
-        raise CompassError(f"doc-traces: an answer for position {leftover[0]} has no question")
+        raise CompassError(f"doc-traces: an answer for position {leftover[1]['p']} has no question")
     answered_fail = counts["backend_error"] + counts["empty_answer"]
     attempted = counts["questions"] + answered_fail
     if attempted == 0:
@@ -322,6 +307,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if answered_fail / attempted > config.max_reject_rate:
         raise CompassError(f"doc-traces: {answered_fail}/{attempted} questions got no answer "
                            f"(> max_reject_rate {config.max_reject_rate:.0%}); see {out_dir / OUTPUTS['rejects']}")
+    for branch in ("vision", "text"):  # outputs are final: the resume journals are done
+        journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
     examples = sum(v for k, v in counts.items() if k.startswith("placement_"))
     return {
         "examples": examples, "questions": counts["questions"],

@@ -8,8 +8,9 @@ score onto 0-10 (an irrelevant page gets one sentence and 0).
 A reply must be exactly {"evidence": str, "relevance_score": number}: a malformed one is asked again
 (`parse_retries` times, with `retry_temperature`), then rejected with the reason. Scores are clamped to
 [0, 10] and gold pages raised to at least `min_gold_score`. Output is in question order, then page order,
-whatever order the server answers in: each retry round writes a sorted run and the runs are merged, so
-memory stays bounded by the requests in flight, not by the number of pages.
+whatever order the server answers in (compass.longdoc.streaming): memory holds the requests in flight and two
+small integers per page. Every finished page is journalled at once, so a killed run, started again in the
+same output directory, sends only the pages it had not finished.
 """
 from __future__ import annotations
 
@@ -72,18 +73,18 @@ class Task:
         return f"{self.question.id}#page{self.page.page_index}"
 
 
-def iter_tasks(questions_path: Path, index: PageIndex, rejects: list[Reject]) -> Iterator[Task]:
+def iter_tasks(questions_path: Path, index: PageIndex, rejects: dict[str, Reject]) -> Iterator[Task]:
     """Every (question, page) of the question's document, streamed; unusable questions become rejects."""
     for question in iter_jsonl(questions_path, DocQuestion):
         if question.doc_id not in index:
-            rejects.append(Reject(id=question.id, reason="document_missing",
-                                  detail=f"no pages for document {question.doc_id!r} (rejected by `compass pages`?)"))
+            rejects[question.id] = Reject(id=question.id, reason="document_missing",
+                                          detail=f"no pages for document {question.doc_id!r} (rejected by `compass pages`?)")
             continue
         pages = index.pages(question.doc_id)
         bad = [g for g in question.gold_pages if not 0 <= g < len(pages)]
         if bad:
-            rejects.append(Reject(id=question.id, reason="gold_page_out_of_range",
-                                  detail=f"gold pages {bad} outside 0..{len(pages) - 1} of {question.doc_id!r}"))
+            rejects[question.id] = Reject(id=question.id, reason="gold_page_out_of_range",
+                                          detail=f"gold pages {bad} outside 0..{len(pages) - 1} of {question.doc_id!r}")
             continue
         for page in pages:
             yield Task(question, page)
@@ -111,10 +112,11 @@ def run_lexical(config: Config, tasks: Iterator[Task], index: PageIndex, write) 
         write(evidence_record(task, evidence, score, config.min_gold_score))
 
 
-# --- openai: through compass.generate's streaming pool, in order, with re-asks --------------------------
+# --- openai: through compass.generate's streaming pool, in order, with re-asks and a resume journal ------
 
 
-def run_openai(config: Config, tasks: Iterator[Task], images_root: Path, out_dir: Path, on_reject) -> Iterator[PageEvidence]:
+def run_openai(config: Config, tasks, images_root: Path, out_dir: Path, fingerprint: str, stats: dict):
+    """("ok", PageEvidence dict) or ("reject", Reject dict) per (question, page), in task order."""
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
     from compass.longdoc.evidence import MalformedEvidence, evidence_messages, parse_evidence
@@ -134,22 +136,28 @@ def run_openai(config: Config, tasks: Iterator[Task], images_root: Path, out_dir
         evidence, score = parse_evidence(text)
         return evidence_record(task, evidence, score, config.min_gold_score)
 
-    def reject(task: Task, reason: str, detail: str) -> None:
-        on_reject(Reject(id=task.reject_id, reason=reason, detail=detail))
+    def reject(task: Task, reason: str, detail: str) -> dict:
+        return Reject(id=task.reject_id, reason=reason, detail=detail).model_dump(mode="json")
 
-    yield from stream_in_order(
+    return stream_in_order(
         backend, tasks, request_of, parse, malformed=MalformedEvidence, retries=config.parse_retries,
-        work_dir=out_dir, tag="evidence", dump=lambda r: r.model_dump(mode="json"), load=PageEvidence.model_validate,
-        on_reject=reject, malformed_reason="malformed_json",
+        work_dir=out_dir, tag="evidence", fingerprint=fingerprint, dump=lambda r: r.model_dump(mode="json"),
+        reject=reject, malformed_reason="malformed_json", stats=stats,
     )
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    from compass.longdoc.streaming import fingerprint_of, journal_path
+
     index = PageIndex(inputs["pages"])
-    question_rejects: list[Reject] = []
-    tasks = iter_tasks(inputs["questions"], index, question_rejects)
+    question_rejects: dict[str, Reject] = {}  # by id: the task list is enumerated once per round
+
+    def tasks() -> Iterator[Task]:
+        return iter_tasks(inputs["questions"], index, question_rejects)
+
     counts: Counter[str] = Counter()
     stats = {"pages": 0, "relevant": 0}
+    sent: dict = {}
     with atomic_open(out_dir / OUTPUTS["evidence"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
         def write_reject(reject: Reject) -> None:
             counts[reject.reason] += 1
@@ -161,20 +169,28 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
             out.write(dumps_record(record) + "\n")
 
         if config.backend == "lexical":
-            run_lexical(config, tasks, index, write_record)
+            run_lexical(config, tasks(), index, write_record)
         else:
-            for record in run_openai(config, tasks, inputs["pages"].parent, out_dir, write_reject):
-                write_record(record)
-        for reject in question_rejects:
+            fingerprint = fingerprint_of(config, [inputs["pages"], inputs["questions"]])
+            for kind, value in run_openai(config, tasks, inputs["pages"].parent, out_dir, fingerprint, sent):
+                if kind == "ok":
+                    write_record(PageEvidence.model_validate(value))
+                else:
+                    write_reject(Reject.model_validate(value))
+        for reject in question_rejects.values():
             write_reject(reject)
     total = stats["pages"] + counts["malformed_json"] + counts["backend_error"]
     page_rejects = counts["malformed_json"] + counts["backend_error"]
-    rate = page_rejects / total if total else 0.0
     if total == 0:
         raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {dict(counts)}")
+    rate = page_rejects / total
     if rate > config.max_reject_rate:
         raise CompassError(f"evidence: {page_rejects}/{total} pages rejected ({rate:.1%} > max_reject_rate "
                            f"{config.max_reject_rate:.1%}): {dict(counts)}; see {out_dir / OUTPUTS['rejects']}")
-    return {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
-            "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],
-            "reject_reasons": dict(sorted(counts.items()))}
+    journal_path(out_dir, "evidence").unlink(missing_ok=True)  # outputs are final: the resume journal is done
+    metrics = {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
+               "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],
+               "reject_reasons": dict(sorted(counts.items()))}
+    if config.backend == "openai":
+        metrics.update(requests_sent=sent["sent"], resumed_pages=sent["resumed"])
+    return metrics
