@@ -132,6 +132,8 @@ def stream_in_order(
     with reason backend_error. The journal stays in work_dir: remove it (journal_path) once the outputs
     are final. `stats`, when given, gets resumed (tasks finished by an earlier, interrupted run) and sent
     (requests sent by this run)."""
+    from tqdm import tqdm
+
     if retries >= OK:
         raise CompassError(f"retries must be below {OK}, got {retries}")
     journal = Journal(journal_path(work_dir, tag), fingerprint)
@@ -151,7 +153,8 @@ def stream_in_order(
                         counts["sent"] += 1
                         yield request
 
-            for result in backend.generate(requests()):
+            progress = tqdm(backend.generate(requests()), desc=f"{tag} (attempt {attempt + 1})", unit="req")
+            for result in progress:
                 task = in_flight.pop(result.id)
                 index = int(result.id)
                 if not result.ok:

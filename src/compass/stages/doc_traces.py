@@ -18,7 +18,6 @@ question. Image paths are relative to the output directory, as `compass sft` res
 from __future__ import annotations
 
 import heapq
-import json
 import os
 from collections import Counter
 from collections.abc import Iterator
