@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS figures(
 );
 CREATE INDEX IF NOT EXISTS figures_key_num ON figures(key, num);
 CREATE INDEX IF NOT EXISTS figures_key_text ON figures(key, text);
-CREATE INDEX IF NOT EXISTS figures_run ON figures(run_id);
+CREATE INDEX IF NOT EXISTS figures_run ON figures(run_id, key);
 CREATE TABLE IF NOT EXISTS history(
     run_id TEXT NOT NULL, key TEXT NOT NULL, step INTEGER NOT NULL, value REAL NOT NULL
 );

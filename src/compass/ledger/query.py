@@ -54,20 +54,30 @@ def fts_query(query: str) -> tuple[str | None, list[str], list[str]]:
     return match, long_words, short_cjk
 
 
-def text_hits(index: Index, query: str) -> list[tuple[str, float, str]]:
+def text_hits(index: Index, query: str, where_sql: str = "", where_params: tuple = ()) -> list[tuple[str, float, str]]:
     """(run id, bm25 score (lower is better), where the words are) for words in names, notes, configs, metrics."""
     match, long_words, short_cjk = fts_query(query)
     hits: dict[str, float] = {}
     if match:
-        rows = index.db.execute(
-            "SELECT f.run_id, bm25(fulltext, 0.0, 5.0, 3.0, 1.0) AS score FROM fulltext f JOIN runs r ON r.run_id = f.run_id "
-            "WHERE fulltext MATCH ? AND r.state = 'complete' ORDER BY score LIMIT ?", (match, TEXT_TOP)).fetchall()
-        hits.update(dict(rows))
+        # runs with every word first; runs with only some of them after, while there is room (bm25 over
+        # every run that has one common word costs more than the rest of the search)
+        phrases = ['"' + w.replace('"', '""') + '"' for w in long_words]
+        passes = [(" AND ".join(phrases), 0.0)] + ([(match, 1000.0)] if len(phrases) > 1 else [])
+        for expression, penalty in passes:  # bm25 is negative, a few units: +1000 ranks after every full match
+            if len(hits) >= TEXT_TOP:
+                break
+            rows = index.db.execute(
+                "SELECT f.run_id, bm25(fulltext, 0.0, 5.0, 3.0, 1.0) AS score FROM fulltext f JOIN runs r ON r.run_id = f.run_id "
+                f"WHERE fulltext MATCH ? AND r.state = 'complete'{where_sql} ORDER BY score LIMIT ?",
+                (expression, *where_params, TEXT_TOP)).fetchall()
+            for run_id, score in rows:
+                if run_id not in hits:
+                    hits[run_id] = score + penalty
     for word in short_cjk:  # trigram cannot index 1-2 character words: substring scan (fine below ~100k runs)
         like = f"%{word}%"
         rows = index.db.execute(
             "SELECT f.run_id FROM fulltext f JOIN runs r ON r.run_id = f.run_id WHERE r.state = 'complete' "
-            "AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?) LIMIT ?", (like, like, like, TEXT_TOP)).fetchall()
+            f"AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?){where_sql} LIMIT ?", (like, like, like, *where_params, TEXT_TOP)).fetchall()
         for (run_id,) in rows:
             hits.setdefault(run_id, 0.0)
     ranked = sorted(hits.items(), key=lambda item: item[1])
@@ -145,12 +155,14 @@ class MeaningIndex:
             self._cache_key = key
         return self._ids, self._matrix
 
-    def hits(self, query: str) -> list[tuple[str, float]]:
+    def hits(self, query: str, allowed: set[str] | None = None) -> list[tuple[str, float]]:
         self.update()
         ids, matrix = self.matrix()
         if not ids:
             return []
         scores = matrix @ self.embedder.encode([query])[0]
+        if allowed is not None:
+            scores = np.where(np.fromiter((r in allowed for r in ids), dtype=bool, count=len(ids)), scores, -1.0)
         order = np.argsort(-scores)[:MEANING_TOP]
         return [(ids[i], float(scores[i])) for i in order if scores[i] >= MEANING_MIN]
 
@@ -164,17 +176,21 @@ def search(index: Index, query: str, *, where: str | None = None, mode: str = "a
     if not query and not where:
         raise CompassError("search needs words to look for, a --where filter, or both")
     allowed = where_run_ids(index, where) if where else None
+    where_sql, where_params = "", ()
+    if where:
+        compiled, params = compile_where(parse_where(where))
+        where_sql, where_params = f" AND ({compiled})", tuple(params)
     scores: dict[str, float] = {}
     why: dict[str, list[str]] = {}
 
     if query and mode in ("all", "text"):
-        ranked = [(r, s, snip) for r, s, snip in text_hits(index, query) if allowed is None or r in allowed]
+        ranked = text_hits(index, query, where_sql, where_params)
         for rank, (run_id, _, snippet) in enumerate(ranked):
             scores[run_id] = scores.get(run_id, 0.0) + 1.0 / (RRF_K + rank + 1)
             why.setdefault(run_id, []).append(f"words in {snippet}")
     if query and mode in ("all", "meaning"):
         meaning = meaning or MeaningIndex(index)
-        ranked_m = [(r, c) for r, c in meaning.hits(query) if allowed is None or r in allowed]
+        ranked_m = meaning.hits(query, allowed)
         for rank, (run_id, cosine) in enumerate(ranked_m):
             scores[run_id] = scores.get(run_id, 0.0) + 1.0 / (RRF_K + rank + 1)
             why.setdefault(run_id, []).append(f"meaning: cosine {cosine:.2f}")

@@ -185,9 +185,10 @@ def cmp_sql(cmp: Cmp) -> tuple[str, list]:
             parts.append(f"SELECT f.run_id FROM figures f WHERE f.key = ? AND {cond}")
             params += [key, *values]
         else:
-            parts.append("SELECT a.run_id FROM figures f JOIN runs ar ON ar.run_id = f.run_id "
-                         "JOIN ancestry a ON a.ancestor_id = f.run_id "
-                         f"WHERE f.key = ? AND (ar.stage = ? OR ar.name = ?) AND {cond}")
+            # CROSS JOIN fixes the order: the figure's index range first, then its run, then descendants
+            parts.append("SELECT a.run_id FROM figures f CROSS JOIN runs ar CROSS JOIN ancestry a "
+                         "WHERE ar.run_id = f.run_id AND a.ancestor_id = f.run_id "
+                         f"AND f.key = ? AND (ar.stage = ? OR ar.name = ?) AND {cond}")
             params += [key, prefix, prefix, *values]
     return " UNION ".join(parts), params
 
@@ -236,10 +237,11 @@ def figure_value(db, run_id: str, name: str) -> tuple[str, str] | None:
             if row:
                 return row[0], "self"
         else:
+            # the run's few ancestors first (CROSS JOIN keeps that order), then their figures by (run_id, key)
             row = db.execute(
-                "SELECT f.text, a.ancestor_id, a.depth FROM ancestry a JOIN runs ar ON ar.run_id = a.ancestor_id "
-                "JOIN figures f ON f.run_id = a.ancestor_id WHERE a.run_id = ? AND f.key = ? AND (ar.stage = ? OR ar.name = ?) "
-                "ORDER BY a.depth LIMIT 1", (run_id, key, prefix, prefix)).fetchone()
+                "SELECT f.text, a.ancestor_id, a.depth FROM ancestry a CROSS JOIN runs ar CROSS JOIN figures f "
+                "WHERE a.run_id = ? AND ar.run_id = a.ancestor_id AND f.run_id = a.ancestor_id AND f.key = ? "
+                "AND (ar.stage = ? OR ar.name = ?) ORDER BY a.depth LIMIT 1", (run_id, key, prefix, prefix)).fetchone()
             if row:
                 return row[0], "self" if row[2] == 0 else f"ancestor {row[1][:8]}"
     return None
