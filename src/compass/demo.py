@@ -7,25 +7,50 @@ from importlib import resources
 from pathlib import Path
 
 from compass.pipeline import run_recipe
+from compass.runner import StageResult
 
 RECIPE_DIR = resources.files("compass") / "recipes"
+# the tiny recipe's stages the closing summary reads (names in recipes/tiny.yaml)
+TRAINING_STAGES = ("sft", "dpo", "doc_sft")
+EVAL_STAGES = {"eval_base": "Phase 0 (base)", "eval_sft": "Phase 1 (SFT)", "eval_dpo": "Phase 2 (SFT+DPO)"}
+DOC_EVAL_STAGE = "eval_doc"
+DOC_EVAL_ROWS = ("accuracy", "f1", "single_page.accuracy", "cross_page.accuracy", "unanswerable.accuracy", "mean_output_tokens", "n")
 
 
 def packaged_recipe(name: str) -> Path:
     return Path(str(RECIPE_DIR / f"{name}.yaml"))
 
 
-def run_demo(workdir: Path | None = None) -> dict:
-    workdir = workdir or Path("compass-demo") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    t0 = time.perf_counter()
-    results = run_recipe(packaged_recipe("tiny"), workdir)
-    print()
-    print(f"demo finished in {time.perf_counter() - t0:.1f}s; results in {Path(workdir).resolve()}")
-    for name, result in results.items():
-        metrics = ", ".join(f"{k}={v}" for k, v in result.manifest.metrics.items() if not isinstance(v, (dict, list)))
-        print(f"  {name:<14} {result.out_dir}  {metrics}")
-    # every stage run is in the ledger: end on the leaderboard of this demo's own runs
+def training_summary(results: dict[str, StageResult]) -> list[str]:
+    lines = []
+    for name in TRAINING_STAGES:
+        m = results[name].manifest.metrics
+        lines.append(f"  {name:<8} loss {m['first_loss']:.4f} (step {m['first_loss_step']}) -> "
+                     f"{m['last_loss']:.4f} (step {m['last_loss_step']}), {m['steps']} steps")
+    dpo = results["dpo"].manifest.metrics
+    lines.append(f"  dpo held-out pairs ({dpo['eval_pairs']}): reward accuracy {dpo['eval_before.reward_accuracy']:.3f} -> "
+                 f"{dpo['eval_after.reward_accuracy']:.3f}, margin {dpo['eval_before.reward_margin']:.4f} -> "
+                 f"{dpo['eval_after.reward_margin']:.4f}")
+    return lines
+
+
+def run_demo(workdir: Path | None = None) -> dict[str, StageResult]:
+    from compass.evals.compare import compare_table
     from compass.ledger.cli import print_demo_leaderboard
 
+    workdir = Path(workdir or Path("compass-demo") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    t0 = time.perf_counter()
+    results = run_recipe(packaged_recipe("tiny"), workdir)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.1f}s; results in {workdir.resolve()}")
+    print("\ntraining:")
+    print("\n".join(training_summary(results)))
+    print("\nheld-out reasoning-gym problems (never trained on):")
+    print(compare_table([(label, results[name].manifest.metrics) for name, label in EVAL_STAGES.items()]).rstrip())
+    print("\nlong documents (generated PDFs), merged VLM with and without <cot>:")
+    doc_metrics = results[DOC_EVAL_STAGE].manifest.metrics
+    columns = [(f"<cot> {mode}", {f"mmlongbench.{row}": doc_metrics[f"mmlongbench.cot_{mode}.{row}"] for row in DOC_EVAL_ROWS})
+               for mode in ("on", "off")]
+    print(compare_table(columns).rstrip())
+    # every stage run is in the ledger: end on the leaderboard of this demo's own runs
     print_demo_leaderboard([result.manifest.run_id for result in results.values()])
     return results

@@ -18,7 +18,7 @@ def run_demo(workdir, env):
 
 
 def test_demo_runs_offline_then_is_all_cached(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "COMPASS_HOME": str(tmp_path / "ledger")}
     workdir = tmp_path / "demo"
     first, first_s = run_demo(workdir, env)
     recipe, _ = load_recipe(packaged_recipe("tiny"))
@@ -27,6 +27,11 @@ def test_demo_runs_offline_then_is_all_cached(tmp_path):
         manifest = read_manifest(workdir / name)
         assert manifest is not None and manifest.status == "complete", name
     assert f"results in {workdir}" in first
+    # the closing summary: losses, DPO's held-out reward accuracy, the Phase 0/1/2 table, <cot> on/off, the leaderboard
+    summary = first[first.index("demo finished"):]
+    for expected in ("sft      loss", "dpo held-out pairs (", "Phase 0 (base)", "Phase 2 (SFT+DPO)",
+                     "format_valid_rate", "<cot> on", "<cot> off", "leaderboard (problems.accuracy"):
+        assert expected in summary, expected
     assert first_s < 300, f"demo took {first_s:.0f}s"
 
     second, _ = run_demo(workdir, env)
