@@ -79,7 +79,6 @@ def test_sft_under_accelerate_launch_directly(tiny_models, traces, tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
     assert set(manifest["outputs"]) >= {"adapter/adapter_model.safetensors", "merged/model.safetensors", "log_history.json"}
     assert all(math.isfinite(x) for x in _losses(out)) and m["last_loss"] < m["first_loss"]
-    assert proc.stdout.count("sft: done") == 2  # both processes ran the verb
 
     single = execute_stage("sft", sft.Config(**TINY), {"model": tiny_models.llm, "data": traces}, tmp_path / "single")
     assert single.manifest.metrics["device.gradient_accumulation_steps"] == 2
