@@ -2,7 +2,7 @@
 MiniLM meaning) beside MLflow's own search_runs on the same runs, in one process.
 
     python bench/ledger_search.py                 # 10,000 runs (built once into --home, reused after)
-    python bench/ledger_search.py --runs 2000 --home /tmp/ledger-bench-2k
+    python bench/ledger_search.py --runs 2000 --home bench-out/ledger-2k
 
 The runs are recorded through the real path (compass.ledger.record_stage_run: store, MLflow sqlite,
 index), as chains sources -> pairs -> sft -> dpo -> eval with varied configs, notes and metrics.
@@ -11,6 +11,7 @@ Prints p50/p95 per query and the ratio MLflow / ledger where both can answer.
 """
 from __future__ import annotations
 
+import tempfile
 import argparse
 import hashlib
 import os
@@ -105,7 +106,7 @@ def timed(fn, repeat: int) -> tuple[float, float, object]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10_000)
-    parser.add_argument("--home", type=Path, default=Path("/tmp/compass-ledger-bench"))
+    parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "compass-ledger-bench")
     parser.add_argument("--repeat", type=int, default=40)
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()

@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     demo = sub.add_parser("demo", help="run the tiny recipe offline on a CPU and print where results are",
-                          epilog="example:\n  compass demo --workdir /tmp/demo", formatter_class=argparse.RawDescriptionHelpFormatter)
+                          epilog="example:\n  compass demo --workdir work/demo", formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_argument("--workdir", type=Path, help="work directory (default: a fresh compass-demo/<timestamp>)")
     demo.set_defaults(handler=cmd_demo)
 

@@ -25,7 +25,7 @@ EXAMPLES = {
     "leaderboard": "compass runs leaderboard --metric gsm8k.accuracy --format md",
     "lineage": "compass runs lineage 3f2a1b9c",
     "diff": "compass runs diff 3f2a1b9c 7c01d2e4",
-    "reproduce": "compass runs reproduce 3f2a1b9c --out /tmp/repro",
+    "reproduce": "compass runs reproduce 3f2a1b9c --out repro/",
     "report": "compass runs report --out runs.html --metric gsm8k.accuracy",
     "check": "compass runs check --repair",
 }
