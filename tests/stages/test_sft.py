@@ -87,6 +87,54 @@ def test_merged_logits_equal_base_plus_adapter(text_run, tiny_models):
     torch.testing.assert_close(logits(merged, ids), expected, atol=1e-5, rtol=0)
 
 
+def test_modules_to_save_train_embeddings_and_output_head_fully(tiny_models, traces, tmp_path):
+    """modules_to_save [embed_tokens, lm_head]: one epoch (12 steps x 4 = the 48 traces), LoRA plus both modules
+    trained fully. Every output-head row changes (softmax reaches every token), exactly the embedding rows of
+    the tokens in the data change (Adam moves no row without a gradient), both ride in the adapter, and the
+    merged model is base + adapter."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = sft.Config(max_steps=12, merge=True, modules_to_save=["embed_tokens", "lm_head"], **TINY)
+    result = execute_stage("sft", config, {"model": tiny_models.llm, "data": traces}, tmp_path / "run")
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_models.llm))
+    base_state = base.state_dict()
+    vocab, hidden = base_state["lm_head.weight"].shape
+    lora = sum(t.numel() for t in initial_adapter(tiny_models.llm, M.lora_config(sft.Config(**TINY), base, "llm", []),
+                                                  config.seed).values())
+    assert result.manifest.metrics["trainable_params"] == lora + 2 * vocab * hidden
+    saved = adapter_tensors(result.out_dir / "adapter")
+    assert {k for k in saved if "lora_" not in k} == {"base_model.model.model.embed_tokens.weight",
+                                                       "base_model.model.lm_head.weight"}
+
+    merged = AutoModelForCausalLM.from_pretrained(str(result.out_dir / "merged")).state_dict()
+    assert (merged["lm_head.weight"] != base_state["lm_head.weight"]).any(dim=1).all()
+    tokenized = D.tokenize_sft(M.load_processing_class(tiny_models.llm, "llm"), D.read_sft_examples(traces), 256)
+    in_data = torch.zeros(vocab, dtype=torch.bool)
+    in_data[sorted({t for row in tokenized.dataset["input_ids"] for t in row})] = True
+    changed = (merged["model.embed_tokens.weight"] != base_state["model.embed_tokens.weight"]).any(dim=1)
+    assert torch.equal(changed, in_data)
+    assert all(not torch.equal(merged[k], base_state[k]) for k in base_state if k.endswith("_proj.weight"))  # LoRA too
+
+    ids = torch.tensor([[1, 40, 41, 42, 300, 301, 302, 7, 8]])
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_models.llm)),
+                                             str(result.out_dir / "adapter"))
+    reloaded = AutoModelForCausalLM.from_pretrained(str(result.out_dir / "merged"))
+    torch.testing.assert_close(logits(reloaded, ids), logits(with_adapter.eval(), ids), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["embeddings"], "no module path of LlamaForCausalLM ends in 'embeddings'"),
+    (["head"], "ends in 'head'"),  # PEFT would match it against the end of 'lm_head'; names end at a dot here
+    (["q_proj"], "names LoRA targets"),
+])
+def test_modules_to_save_must_name_modules_that_are_not_lora_targets(tiny_models, traces, tmp_path, names, message):
+    config = sft.Config(max_steps=1, modules_to_save=names, **TINY)
+    with pytest.raises(CompassError, match=message):
+        execute_stage("sft", config, {"model": tiny_models.llm, "data": traces}, tmp_path / "o")
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
 def test_labels_are_trls_own_assistant_only_labels(tiny_models, traces, tmp_path):
     """Our pre-tokenization (needed for padding-free) gives exactly what TRL builds from messages with
     assistant_only_loss=True."""
@@ -186,6 +234,13 @@ def test_text_records_with_images_need_a_vlm(tiny_models, tmp_path):
         execute_stage("sft", sft.Config(max_steps=1, train="projector", **TINY),
                       {"model": tiny_models.llm, "data": data}, tmp_path / "o")
     assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_vlm_modules_to_save_need_lora(tiny_models, tmp_path):
+    data = write_doc_examples(tmp_path / "docs", 2)
+    config = sft.Config(max_steps=1, train="projector", modules_to_save=["embed_tokens"], **TINY)
+    with pytest.raises(CompassError, match="train: projector trains no LoRA; use train: both"):
+        execute_stage("sft", config, {"model": tiny_models.vlm, "data": data}, tmp_path / "o")
 
 
 def test_global_batch_must_split_over_micro_batches():

@@ -2,7 +2,8 @@
 
 Text records train an LLM directory (e.g. the LLM taken out of a VLM with `compass decompose`). Records with
 images train a whole VLM directory: `train` picks LoRA on the language model (llm), the projector fully
-(projector) or both; the vision tower stays frozen unless `train_vision`. Writes out_dir/adapter (PEFT
+(projector) or both; the vision tower stays frozen unless `train_vision`. `modules_to_save` (e.g. embed_tokens,
+lm_head) trains those modules fully beside LoRA, for tokens the model has never learned. Writes out_dir/adapter (PEFT
 adapter, plus fully trained parts), out_dir/merged with `merge: true` (safetensors + tokenizer/processor),
 and out_dir/log_history.json. An interrupted run resumes from its latest checkpoint when rerun in the same
 out dir. Under `accelerate launch` every process trains; only the main process writes outputs.
@@ -14,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from compass.errors import CompassError
 from compass.stages import Port
 from compass.train.config import TrainConfig
 
@@ -54,6 +56,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     kind = M.model_kind(inputs["model"])
     parts = M.full_parts(kind, config.train, config.train_vision)
     use_lora = kind == "llm" or config.train in ("llm", "both")
+    if config.modules_to_save and not use_lora:
+        raise CompassError(f"modules_to_save {config.modules_to_save} are saved in the LoRA adapter, but train: "
+                           f"{config.train} trains no LoRA; use train: both")
     examples = D.read_sft_examples(inputs["data"])
     batching = choose_batching(config.batching, vision=kind == "vlm")
     processing_class = M.load_processing_class(inputs["model"], kind)

@@ -33,6 +33,12 @@ class TrainConfig(StageConfig):
         "all-linear",
         description="LoRA targets: 'all-linear' (every linear layer of the LLM except the output head) or leaf "
                     "module names such as [q_proj, v_proj]; in a VLM only the language model's layers are matched")
+    modules_to_save: list[str] = Field(
+        default_factory=list,
+        description="modules trained fully beside LoRA and saved in the adapter (PEFT modules_to_save), named by how "
+                    "their module path ends, e.g. [embed_tokens, lm_head]: needed when the data brings tokens the "
+                    "model never learned (<cot>, <think>, new XML tags), whose embedding rows and output weights LoRA "
+                    "cannot train; must not be LoRA targets")
     # device and precision: None = chosen per device (see compass.train.device)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present (and not launched with --cpu), else CPU")
     bf16: bool | None = Field(None, description="bf16 mixed precision; default on where the GPU supports it, off on CPU")

@@ -107,15 +107,43 @@ def full_parts(kind: ModelKind, train: str, train_vision: bool) -> list[str]:
     return parts + (["vision_tower"] if train_vision else [])
 
 
+def check_modules_to_save(model, kind: ModelKind, config) -> None:
+    """PEFT matches each modules_to_save name against the end of every module path and trains nothing, silently,
+    when none matches; a module that is also a LoRA target would be wrapped twice. Both are refused here."""
+    import torch
+
+    targets = lora_target_modules(model, kind, config.target_modules)
+    output_head = model.get_output_embeddings()
+
+    def lora_targeted(path: str, module) -> bool:
+        if isinstance(targets, list):
+            return path.rsplit(".", 1)[-1] in targets
+        if targets == "all-linear":  # PEFT's rule: every linear layer but the output head
+            return isinstance(module, torch.nn.Linear) and module is not output_head
+        return re.fullmatch(targets, path) is not None  # the VLM regex
+
+    for name in config.modules_to_save:
+        matched = {path: module for path, module in model.named_modules() if path == name or path.endswith("." + name)}
+        if not matched:
+            raise CompassError(f"modules_to_save: no module path of {type(model).__name__} ends in {name!r} "
+                               "(e.g. embed_tokens, lm_head)")
+        doubled = sorted(path for path, module in matched.items() if lora_targeted(path, module))
+        if doubled:
+            raise CompassError(f"modules_to_save: {name!r} names LoRA targets ({', '.join(doubled[:3])}); a module "
+                               "trains either through LoRA or fully, so leave it out of one of target_modules / modules_to_save")
+
+
 def lora_config(config, model, kind: ModelKind, parts: list[str]):
+    """LoRA on the chosen linear layers; `parts` (whole VLM parts) and config.modules_to_save train fully beside it."""
     from peft import LoraConfig
 
+    check_modules_to_save(model, kind, config)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=lora_target_modules(model, kind, config.target_modules),
-        modules_to_save=parts or None,
+        modules_to_save=(parts + config.modules_to_save) or None,
         task_type="CAUSAL_LM",
     )
 
