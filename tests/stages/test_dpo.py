@@ -104,6 +104,22 @@ def test_killed_run_resumes_to_the_same_final_loss(dpo_run, tiny_models, pairs, 
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
 
 
+def test_sft_loss_weight_adds_the_chosen_nll(dpo_run, tiny_models, pairs, tmp_path):
+    """sft_loss_weight (RPO): at step 1 policy == reference, so the DPO term is exactly log 2 and the rest of
+    the loss is weight x the chosen answers' NLL: twice the weight, twice the extra. Preference learning on
+    held-out pairs still happens with the NLL term in."""
+    inputs = {"model": tiny_models.llm, "pairs": pairs[0], "eval_pairs": pairs[1]}
+    runs = {w: execute_stage("dpo", dpo.Config(max_steps=steps, sft_loss_weight=w, **TINY), inputs, tmp_path / str(w))
+            .manifest.metrics for w, steps in ((1.0, STEPS), (2.0, 1))}
+    log2 = dpo_run[1].manifest.metrics["first_loss"]  # plain DPO's first loss
+    nll = runs[1.0]["first_loss"] - log2
+    assert nll > 1.0, runs[1.0]  # an untrained model: the chosen answers are far from likely
+    assert runs[2.0]["first_loss"] - log2 == pytest.approx(2 * nll, rel=1e-5)
+    m = runs[1.0]
+    assert m["eval_after.reward_accuracy"] >= 0.6 and m["eval_after.reward_margin"] > 0.05, m
+    assert m["last_loss"] < m["first_loss"] - 0.1, m
+
+
 def test_dpo_refuses_a_vlm(tiny_models, pairs, tmp_path):
     with pytest.raises(CompassError, match="is a VLM"):
         execute_stage("dpo", dpo.Config(max_steps=1, **TINY), {"model": tiny_models.vlm, "pairs": pairs[0]}, tmp_path)

@@ -1,10 +1,10 @@
 """LoRA DPO with TRL's DPOTrainer on Pair records; the reference is the same model with its adapter disabled.
 
 METHOD.md A step 3: from the SFT-merged LLM, lr 5e-6, global batch 32, micro batch 1, 1 epoch, beta 0.1,
-max length 2048. With eval_pairs, DPO's reward accuracy and margin on those held-out pairs are measured
-once before training (adapter at its initial, no-op state) and once after. Writes out_dir/adapter,
-out_dir/merged with `merge: true`, and out_dir/log_history.json. Resumes like sft; under `accelerate
-launch` only the main process writes.
+max length 2048; `sft_loss_weight` adds an NLL term on the chosen answers (RPO). With eval_pairs, DPO's
+reward accuracy and margin on those held-out pairs are measured once before training (adapter at its
+initial, no-op state) and once after. Writes out_dir/adapter, out_dir/merged with `merge: true`, and
+out_dir/log_history.json. Resumes like sft; under `accelerate launch` only the main process writes.
 """
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class Config(TrainConfig):
                                    "gradient accumulation = global / (micro x processes)")
     max_length: int = Field(2048, gt=0, description="tokens of prompt + answer; longer ones are cut (start kept)")
     beta: float = Field(0.1, gt=0, description="DPO beta: how far the policy may move from the reference")
+    sft_loss_weight: float = Field(
+        0.0, ge=0, description="weight of an NLL (SFT) loss on the chosen answers added to the DPO loss (RPO, TRL loss_type "
+                               "[sigmoid, sft]): DPO alone can make the chosen answers less likely too, which on few pairs "
+                               "breaks the output format; 0 = plain DPO (the recipe's). eval losses include the term")
 
 
 INPUTS = {
@@ -62,6 +66,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     args = DPOConfig(
         **common_args(config, plan, out_dir),
         beta=config.beta,
+        # RPO: DPO's sigmoid loss plus the chosen answers' NLL, weighted
+        **(dict(loss_type=["sigmoid", "sft"], loss_weights=[1.0, config.sft_loss_weight]) if config.sft_loss_weight else {}),
         max_length=config.max_length,
         eval_strategy="no",  # held-out pairs are evaluated exactly twice, below
     )
