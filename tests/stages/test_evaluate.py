@@ -182,7 +182,7 @@ def test_openai_backend_with_llm_extractor_gives_exact_metrics(tmp_path):
     assert len(model_requests) == 8  # 4 questions x (cot on, cot off)
     parts = model_requests[0]["messages"][-1]["content"]
     assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url", "text"]
-    assert parts[0]["text"] == "Page 1:" and parts[2]["text"] == "Page 2:"
+    assert parts[0]["text"] == "Page 1:\n" and parts[2]["text"] == "Page 2:\n"
     assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
 
 

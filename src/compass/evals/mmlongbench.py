@@ -131,7 +131,8 @@ def build_request(item: DocItem, pages: list[Path], *, cot: bool, for_http: bool
     token when cot is on, absent otherwise (the vision branch has no system prompt, METHOD.md B.3)."""
     parts: list[dict] = []
     for number, page in enumerate(pages, 1):
-        parts.append({"type": "text", "text": f"Page {number}:"})
+        # the label on its own line before the image, as in the SFT examples doc-traces writes
+        parts.append({"type": "text", "text": f"Page {number}:\n"})
         parts.append({"type": "image_url", "image_url": {"url": _data_url(page)}} if for_http else {"type": "image"})
     parts.append({"type": "text", "text": item.question})
     messages = ([{"role": "system", "content": COT_TOKEN}] if cot else []) + [{"role": "user", "content": parts}]
