@@ -133,5 +133,20 @@ def iter_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> Iterato
                     ) from None
 
 
+def iter_json_objects(path: str | os.PathLike) -> Iterator[dict]:
+    """Rows of one JSONL file in a dataset's own schema: each line a JSON object, errors with file:line."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CompassError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise CompassError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            yield row
+
+
 def read_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> list:
     return list(iter_jsonl(path, model))

@@ -28,6 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from compass.formats.boxed import match_brace
 from compass.formats.reasoning import FormatError, parse_reasoning
 from compass.records import Message, Pair, Reject, Trace
 
@@ -189,7 +190,7 @@ def final_boxed_span(text: str, begin: int = 0) -> tuple[int, int] | None:
         while i < len(text) and text[i].isspace():
             i += 1
         if i < len(text) and text[i] == "{":
-            close = _closing_brace(text, i)
+            close = match_brace(text, i)
             if close is None:
                 return None
             spans.append((i + 1, close))
@@ -204,23 +205,6 @@ def final_boxed_span(text: str, begin: int = 0) -> tuple[int, int] | None:
         spans.append((token.start(), end))
         pos = token.end()
     return spans[-1] if spans else None
-
-
-def _closing_brace(text: str, open_at: int) -> int | None:
-    depth, i = 0, open_at
-    while i < len(text):
-        char = text[i]
-        if char == "\\":
-            i += 2  # an escaped character, e.g. a literal \\{ of a LaTeX set
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
 
 
 def answer_region_start(text: str) -> int:

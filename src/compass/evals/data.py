@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from compass.errors import CompassError
+from compass.io import iter_json_objects
 
 
 def parse_hub_spec(spec: str) -> tuple[str, str | None, str]:
@@ -39,7 +39,7 @@ def read_json_rows(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if suffix == ".jsonl":
-        return list(iter_jsonl_rows(path))
+        return list(iter_json_objects(path))
     if suffix == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -51,20 +51,6 @@ def read_json_rows(path: Path) -> list[dict[str, Any]]:
             raise CompassError(f"{path}: expected a JSON list of records (or {{\"data\": [...]}}), got {type(data).__name__}")
         return data
     raise CompassError(f"{path}: unsupported data file type {suffix!r} (expected .jsonl, .json or .parquet)")
-
-
-def iter_jsonl_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CompassError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(row, dict):
-                raise CompassError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
 
 
 def require(row: dict[str, Any], keys: tuple[str, ...], where: str) -> None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.evals.data import iter_jsonl_rows, read_json_rows, require
+from compass.evals.data import read_json_rows, require
+from compass.io import iter_json_objects
 from compass.evals.mmlongbench_score import ANSWER_FORMATS, NOT_ANSWERABLE, aggregate, is_abstention, scored
 from compass.generate.base import GenRequest, GenResult
 
@@ -80,7 +81,7 @@ def items_from_rows(rows: list[dict], origin: str) -> list[DocItem]:
 
 def load_items(path: Path) -> list[DocItem]:
     path = Path(path)
-    rows = list(iter_jsonl_rows(path)) if path.suffix.lower() == ".jsonl" else read_json_rows(path)
+    rows = list(iter_json_objects(path)) if path.suffix.lower() == ".jsonl" else read_json_rows(path)
     return items_from_rows(rows, str(path))
 
 

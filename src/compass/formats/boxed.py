@@ -16,7 +16,7 @@ _BRACELESS = re.compile(r"[^\s${}]+")
 _TRAILING_PUNCT = ".,;:。、"
 
 
-def _match_brace(text: str, open_at: int) -> int | None:
+def match_brace(text: str, open_at: int) -> int | None:
     """Index of the brace closing the one at `open_at`, skipping backslash escapes; None when unbalanced."""
     depth = 0
     i = open_at
@@ -44,7 +44,7 @@ def find_boxes(text: str) -> tuple[list[str], bool]:
         while i < len(text) and text[i].isspace():
             i += 1
         if i < len(text) and text[i] == "{":
-            close = _match_brace(text, i)
+            close = match_brace(text, i)
             if close is None:
                 return boxes, True
             boxes.append(text[i + 1 : close].strip())

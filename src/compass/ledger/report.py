@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compass.ledger.explore import lineage_tree, render_lineage
 from compass.ledger.flat import as_text, format_number
-from compass.ledger.index import Index, RunRow
+from compass.ledger.index import Index
 from compass.ledger.query import headline_metrics, leaderboard
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")

@@ -7,7 +7,6 @@ answer (a proof, a program-of-thought solution). Skips are counted by reason, ne
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import Counter
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from compass.errors import CompassError
+from compass.io import iter_json_objects
 from compass.records import Lang, Problem
 
 LOCAL_SUFFIXES = (".jsonl", ".parquet")
@@ -53,19 +53,7 @@ def problem_id(source: str, split: str, index: int) -> str:
 
 def _read_local_file(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise CompassError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if not isinstance(row, dict):
-                    raise CompassError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-                rows.append(row)
-        return rows
+        return list(iter_json_objects(path))
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
