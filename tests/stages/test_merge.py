@@ -157,7 +157,7 @@ def test_mismatched_finetuned_model_fails_loudly_and_leaves_no_model(tmp_path, t
     save_file(tensors, str(ft / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CompassError, match=message):
         merge(tmp_path, "bad", base=tiny_models.llm, finetuned=ft, weights=[0.25])
-    assert not (tmp_path / "bad" / "model").exists() and not (tmp_path / "bad" / ".model.partial").exists()
+    assert not (tmp_path / "bad" / "model").exists() and not list((tmp_path / "bad").glob(".model*"))
 
 
 def test_config_and_inputs_are_checked(tmp_path, tiny_models, capsys):

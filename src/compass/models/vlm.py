@@ -4,10 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,23 +50,6 @@ class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
 def load_processor(path: str | Path) -> ImageOnlyOnevisionProcessor:
     """The processor of a VLM directory written by compass (tiny builder or compose)."""
     return ImageOnlyOnevisionProcessor.from_pretrained(str(path))
-
-
-@contextmanager
-def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield a hidden temp dir beside `final`; on success it replaces `final` in one rename, on failure it is
-    removed. A model directory is never seen half-written."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 # --- composition -----------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ OUTPUTS = {"vlm": "vlm"}
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from compass.models.vlm import compose_vlm, load_projector, staged_dir
+    from compass.io import staged_dir
+    from compass.models.vlm import compose_vlm, load_projector
 
     torch.set_num_threads(1)
     projector = None

@@ -26,7 +26,8 @@ OUTPUTS = {"vision": "vision", "projector": "projector", "llm": "llm"}
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     import torch
 
-    from compass.models.vlm import decompose_vlm, staged_dir
+    from compass.io import staged_dir
+    from compass.models.vlm import decompose_vlm
 
     torch.set_num_threads(1)
     with staged_dir(out_dir / OUTPUTS["vision"]) as vision, staged_dir(out_dir / OUTPUTS["projector"]) as projector, \

@@ -62,19 +62,11 @@ def finetuned_models(path: Path) -> list[Path]:
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    import shutil
+    from compass.io import staged_dir
 
     # build in a hidden directory and rename at the end: a failed merge never leaves a model-looking directory
-    out = out_dir / OUTPUTS["model"]
-    partial = out_dir / f".{OUTPUTS['model']}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    with staged_dir(out_dir / OUTPUTS["model"]) as partial:
         metrics = _merge(config, inputs, partial)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    shutil.rmtree(out, ignore_errors=True)
-    partial.rename(out)
     return {"method": config.method, **metrics}
 
 

@@ -27,7 +27,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     import torch
 
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer, build_tiny_vision, build_tiny_vlm
-    from compass.models.vlm import staged_dir
+    from compass.io import staged_dir
 
     torch.set_num_threads(1)
     with staged_dir(out_dir / OUTPUTS["tokenizer"]) as tmp:
