@@ -248,3 +248,14 @@ def test_transformers_backend_batches_with_left_padding(tiny_models):
     with pytest.raises(CompassError, match="text-only"):
         image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
         list(TransformersBackend(tiny_models.llm).generate([GenRequest("i", [{"role": "user", "content": [image]}])]))
+
+
+def test_sampling_batches_split_on_size_and_on_changed_settings():
+    from compass.generate.base import GenRequest, sampling_batches
+
+    def req(i, temperature=0.0):
+        return GenRequest(id=str(i), messages=[], max_tokens=8, temperature=temperature, top_p=1.0, seed=None)
+
+    requests = [req(0), req(1), req(2), req(3, 0.7), req(4, 0.7), req(5)]
+    batches = [[r.id for r in batch] for batch in sampling_batches(iter(requests), 2)]
+    assert batches == [["0", "1"], ["2"], ["3", "4"], ["5"]]

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.generate.base import GenRequest, GenResult
+from compass.generate.base import GenRequest, GenResult, sampling_batches
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -158,13 +158,7 @@ class LocalModel:
     # --- generation (VLM, or text on a VLM) -------------------------------------------------------------
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
-        batch: list[GenRequest] = []
-        for request in requests:
-            if batch and (len(batch) == self.batch_size or _sampling(request) != _sampling(batch[0])):
-                yield from self._generate_batch(batch)
-                batch = []
-            batch.append(request)
-        if batch:
+        for batch in sampling_batches(requests, self.batch_size):
             yield from self._generate_batch(batch)
 
     def _generate_batch(self, batch: list[GenRequest]) -> list[GenResult]:
@@ -221,10 +215,6 @@ def _page_image(path: str):
 
     with Image.open(path) as image:
         return image.convert("RGB")
-
-
-def _sampling(request: GenRequest) -> tuple:
-    return (request.max_tokens, request.temperature, request.top_p, request.seed)
 
 
 def _max_positions(config: dict) -> int:

@@ -73,3 +73,20 @@ def has_images(messages: list[dict[str, Any]]) -> bool:
     return any(
         not isinstance(m["content"], str) and any(p["type"] == "image_url" for p in m["content"]) for m in messages
     )
+
+
+def sampling_batches(requests: Iterable[GenRequest], batch_size: int) -> Iterator[list[GenRequest]]:
+    """Consecutive requests in batches of at most `batch_size` that share their sampling settings: one
+    generate() call takes one set of them. Lazy, so the input is never held whole."""
+    batch: list[GenRequest] = []
+    for request in requests:
+        if batch and (len(batch) == batch_size or _sampling_key(request) != _sampling_key(batch[0])):
+            yield batch
+            batch = []
+        batch.append(request)
+    if batch:
+        yield batch
+
+
+def _sampling_key(request: GenRequest) -> tuple:
+    return (request.max_tokens, request.temperature, request.top_p, request.seed)

@@ -6,12 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.generate.base import GenRequest, GenResult, content_text, has_images
-
-
-def _sampling_key(request: GenRequest) -> tuple:
-    # one generate() call takes one set of sampling settings, so a batch holds requests that share them
-    return (request.max_tokens, request.temperature, request.top_p, request.seed)
+from compass.generate.base import GenRequest, GenResult, content_text, has_images, sampling_batches
 
 
 class TransformersBackend:
@@ -56,16 +51,11 @@ class TransformersBackend:
         self._tokenizer, self._model = tokenizer, model
 
     def generate(self, requests: Iterable[GenRequest]) -> Iterator[GenResult]:
-        batch: list[GenRequest] = []
-        for request in requests:
-            if has_images(request.messages):
-                raise CompassError(f"transformers backend: request {request.id!r} has images; this backend is text-only "
-                                   "(serve a VLM with `transformers serve` or vLLM and use the openai backend)")
-            if batch and (len(batch) == self.batch_size or _sampling_key(request) != _sampling_key(batch[0])):
-                yield from self._run(batch)
-                batch = []
-            batch.append(request)
-        if batch:
+        for batch in sampling_batches(requests, self.batch_size):
+            for request in batch:
+                if has_images(request.messages):
+                    raise CompassError(f"transformers backend: request {request.id!r} has images; this backend is text-only "
+                                       "(serve a VLM with `transformers serve` or vLLM and use the openai backend)")
             yield from self._run(batch)
 
     def _run(self, batch: list[GenRequest]) -> list[GenResult]:
