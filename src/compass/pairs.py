@@ -28,7 +28,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from compass.formats.boxed import match_brace
+from compass.formats.boxed import box_spans
 from compass.formats.reasoning import FormatError, parse_reasoning
 from compass.records import Message, Pair, Reject, Trace
 
@@ -45,9 +45,6 @@ FALLBACKS: dict[str, tuple[str, ...]] = {
 
 THINK_OPEN, THINK_CLOSE = "<Thinking>", "</Thinking>"
 ANSWER_OPEN, ANSWER_CLOSE = "<Answer>", "</Answer>"
-BOXED_RE = re.compile(r"\\boxed(?![A-Za-z])")
-BRACELESS_RE = re.compile(r"[^\s${}]+")
-TRAILING_PUNCT = ".,;:。、"
 
 # thousands-grouped first (so "1,234" is one number), then plain digits; either with a decimal part
 NUMBER_RE = re.compile(r"(?<![A-Za-z_0-9])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")
@@ -183,28 +180,8 @@ def final_boxed_span(text: str, begin: int = 0) -> tuple[int, int] | None:
     rules of compass.formats.boxed.extract_boxed (a box inside a box is part of the outer one; `\\{` and `\\}`
     are literal; `\\boxed 72` boxes one token). None when there is no box, or when the last \\boxed is
     malformed: then there is no final answer, and an earlier box is not one."""
-    spans: list[tuple[int, int]] = []
-    pos = begin
-    while (match := BOXED_RE.search(text, pos)) is not None:
-        i = match.end()
-        while i < len(text) and text[i].isspace():
-            i += 1
-        if i < len(text) and text[i] == "{":
-            close = match_brace(text, i)
-            if close is None:
-                return None
-            spans.append((i + 1, close))
-            pos = close + 1
-            continue
-        token = BRACELESS_RE.match(text, i)
-        if token is None:
-            return None
-        end = token.start() + len(token.group(0).rstrip(TRAILING_PUNCT))
-        if end == token.start():
-            return None
-        spans.append((token.start(), end))
-        pos = token.end()
-    return spans[-1] if spans else None
+    spans, malformed = box_spans(text, begin)
+    return None if malformed or not spans else spans[-1]
 
 
 def answer_region_start(text: str) -> int:

@@ -35,10 +35,11 @@ def match_brace(text: str, open_at: int) -> int | None:
     return None
 
 
-def find_boxes(text: str) -> tuple[list[str], bool]:
-    """Contents (stripped) of the well-formed boxes in order, and whether the text ends in a malformed \\boxed."""
-    boxes: list[str] = []
-    pos = 0
+def box_spans(text: str, begin: int = 0) -> tuple[list[tuple[int, int]], bool]:
+    """(start, end) of the contents of each well-formed \\boxed at or after `begin`, in order, and whether the
+    text ends in a malformed \\boxed. The one scanner behind extraction here and answer tampering in pairs."""
+    spans: list[tuple[int, int]] = []
+    pos = begin
     while (match := _BOXED.search(text, pos)) is not None:
         i = match.end()
         while i < len(text) and text[i].isspace():
@@ -46,19 +47,25 @@ def find_boxes(text: str) -> tuple[list[str], bool]:
         if i < len(text) and text[i] == "{":
             close = match_brace(text, i)
             if close is None:
-                return boxes, True
-            boxes.append(text[i + 1 : close].strip())
+                return spans, True
+            spans.append((i + 1, close))
             pos = close + 1
             continue
         token = _BRACELESS.match(text, i)
         if token is None:
-            return boxes, True
-        value = token.group(0).rstrip(_TRAILING_PUNCT)
-        if not value:
-            return boxes, True
-        boxes.append(value)
+            return spans, True
+        end = token.start() + len(token.group(0).rstrip(_TRAILING_PUNCT))
+        if end == token.start():
+            return spans, True
+        spans.append((token.start(), end))
         pos = token.end()
-    return boxes, False
+    return spans, False
+
+
+def find_boxes(text: str) -> tuple[list[str], bool]:
+    """Contents (stripped) of the well-formed boxes in order, and whether the text ends in a malformed \\boxed."""
+    spans, malformed = box_spans(text)
+    return [text[start:end].strip() for start, end in spans], malformed
 
 
 def extract_all_boxed(text: str) -> list[str]:
