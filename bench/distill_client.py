@@ -1,6 +1,6 @@
 """Generation client throughput against a local OpenAI-compatible server with a known limit.
 
-The server (compass.generate.scripted_server, its own process) answers each request after a fixed latency
+The server (support.scripted_server, its own process) answers each request after a fixed latency
 and works on at most `slots` at once, so no client can exceed slots / latency requests per second. Side by
 side, same server, same prompts:
   - compass OpenAIBackend (streaming pool), the backend alone and the whole `distill` stage
@@ -23,12 +23,16 @@ import tempfile
 import time
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # test support (support.*) lives there, not in the package
+sys.path.insert(0, str(TESTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def start_server(latency_s: float, slots: int) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "compass.generate.scripted_server", "--latency-s", str(latency_s), "--slots", str(slots)],
+        [sys.executable, "-m", "support.scripted_server", "--latency-s", str(latency_s), "--slots", str(slots)],
         stdout=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline().strip()

@@ -52,9 +52,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from compass.evals import math as math_eval
     from compass.evals import mmlongbench
-    from compass.evals.local import LocalModel
+    from compass.generate.local_model import LocalModel
     from compass.generate.local import TransformersBackend
-    from compass.longdoc.fixtures import generate_reports
+    from compass.longdoc.synthetic_reports import generate_reports
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer, build_tiny_vlm
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Per-page evidence extraction throughput and memory against a local OpenAI-compatible server.
 
-The server (compass.generate.scripted_server, its own process) answers every request with a valid
+The server (support.scripted_server, its own process) answers every request with a valid
 evidence JSON after a fixed latency and works on at most `slots` requests at once, so nothing can exceed
 slots / latency pages per second. Side by side, same server, same page images (rendered by `compass pages`
 at the default 1400 px long side, sent as data URLs):
@@ -26,12 +26,16 @@ import time
 import tracemalloc
 from pathlib import Path
 
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # test support (support.*) lives there, not in the package
+sys.path.insert(0, str(TESTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPLY = json.dumps({"evidence": "The page shows a table of revenue by segment: Consumer 4,812; Industrial 4,457.",
                     "relevance_score": 7})
 SERVER = ("import asyncio, sys\n"
-          "from compass.generate.scripted_server import ScriptedServer, fixed_reply\n"
+          "from support.scripted_server import ScriptedServer, fixed_reply\n"
           "server = ScriptedServer(fixed_reply(sys.argv[1]), latency_s=float(sys.argv[2]), slots=int(sys.argv[3]))\n"
           "asyncio.run(server.serve_forever())\n")
 

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # test support (support.*) lives there, not in the package
+sys.path.insert(0, str(TESTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
 
 CHILD = r"""
 import json, sys, time
@@ -29,7 +34,7 @@ import psutil
 mode, traces, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 from compass.io import iter_jsonl, write_jsonl
 from compass.records import Trace
-from compass.pairs import make_pair, normalized_weights
+from compass.data.pairs import make_pair, normalized_weights
 from compass.stages import pairs as stage
 proc = psutil.Process()
 # peak = VmHWM of this process after resetting it here (ru_maxrss would also count the forked parent's pages)
@@ -54,7 +59,7 @@ print(json.dumps({"n": n, "wall_s": wall, "rss_at_start": rss0, "peak_rss": peak
 
 def write_traces(path: Path, n: int) -> None:
     from compass.io import write_jsonl
-    from compass.pairs import synthetic_trace
+    from support.traces import synthetic_trace
 
     write_jsonl(path, (synthetic_trace(i) for i in range(n)))
 
@@ -62,7 +67,7 @@ def write_traces(path: Path, n: int) -> None:
 def measure(mode: str, traces: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env_cmd = [sys.executable, "-c", CHILD, mode, str(traces), str(out)]
-    proc = subprocess.run(env_cmd, capture_output=True, text=True, env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(env_cmd, capture_output=True, text=True, env={"TQDM_DISABLE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": os.environ["PYTHONPATH"]})
     if proc.returncode != 0:
         raise SystemExit(f"{mode} run failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

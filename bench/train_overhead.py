@@ -17,11 +17,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import shutil
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # test support (support.*) lives there, not in the package
+sys.path.insert(0, str(TESTS))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH", "")]))
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,7 +76,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from compass.io import write_jsonl
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer
-    from compass.pairs import synthetic_trace
+    from support.traces import synthetic_trace
     from compass.stages import sft
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-overhead-"))

@@ -12,7 +12,7 @@ import pytest
 
 from compass.config import Launch
 from compass.io import write_jsonl
-from compass.pairs import synthetic_trace
+from support.traces import synthetic_trace
 from compass.pipeline import run_recipe
 from compass.runner import execute_stage, launch_command
 from compass.stages import sft

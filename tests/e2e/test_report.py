@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import ledger_support  # noqa: E402
+from support import ledger_runs as ledger_support  # noqa: E402
 
 from compass.ledger.cli import main  # noqa: E402
 

@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from fault_proxy import FaultProxy
+from support.fault_proxy import FaultProxy
 
 from compass.errors import CompassError
 from compass.generate import GenRequest, OpenAIBackend
-from compass.generate.scripted_server import ScriptedServer
+from support.scripted_server import ScriptedServer
 from compass.io import read_jsonl, write_jsonl
 from compass.records import Problem
 from compass.stages import distill

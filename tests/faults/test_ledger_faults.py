@@ -11,15 +11,14 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-import ledger_support  # noqa: E402
-import ledger_worker  # noqa: E402
+from support import ledger_runs as ledger_support  # noqa: E402
+from support import ledger_worker  # noqa: E402
 
 from compass.ledger.check import check_ledger  # noqa: E402
 from compass.ledger.index import Index  # noqa: E402
 from compass.ledger.record import tracker_for  # noqa: E402
 
-WORKER = Path(__file__).with_name("ledger_worker.py")
+WORKER = Path(__file__).parents[1] / "support" / "ledger_worker.py"
 
 
 def start_worker(worker: int, count: int, workdir: Path, home: Path) -> subprocess.Popen:

@@ -9,7 +9,7 @@ import pytest
 
 from compass.config import load_stage_config
 from compass.errors import CompassError
-from compass.generate.scripted_server import ScriptedServer
+from support.scripted_server import ScriptedServer
 from compass.io import hash_tree, read_jsonl, sha256_file, write_jsonl
 from compass.records import Problem, Reject, Trace
 from compass.runner import execute_stage

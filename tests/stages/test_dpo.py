@@ -10,7 +10,7 @@ from compass.errors import CompassError
 from compass.runner import execute_stage
 from compass.stages import dpo
 from compass.train import model as M
-from train_records import (
+from support.train_records import (
     adapter_tensors,
     cli,
     initial_adapter,

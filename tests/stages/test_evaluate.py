@@ -94,7 +94,7 @@ def test_compare_cli_prints_runs_side_by_side(llm_run, tmp_path, capsys):
 
 def test_mmlongbench_on_tiny_vlm_with_generated_pdfs(tiny_models, tmp_path):
     from compass.io import write_jsonl
-    from compass.longdoc.fixtures import generate_reports
+    from compass.longdoc.synthetic_reports import generate_reports
 
     docs = tmp_path / "pdfs"
     docs.mkdir()
@@ -137,7 +137,7 @@ def _annual_report_pdf(path: Path) -> None:
 
 
 def test_openai_backend_with_llm_extractor_gives_exact_metrics(tmp_path):
-    from compass.generate.scripted_server import ScriptedServer
+    from support.scripted_server import ScriptedServer
 
     docs = tmp_path / "docs"
     docs.mkdir()

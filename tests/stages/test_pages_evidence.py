@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from compass.errors import CompassError
-from compass.generate.scripted_server import ScriptedServer, prompt_key
+from support.scripted_server import ScriptedServer, prompt_key
 from compass.io import read_jsonl, sha256_file, write_jsonl
 from compass.longdoc.evidence import IRRELEVANT
 from compass.longdoc.pageindex import PageIndex
@@ -321,7 +321,7 @@ def test_doc_traces_openai_answerers_vision_and_text_branches(corpus, lexical, t
 
 
 def test_synthesized_questions_record_their_seed_pages_as_gold(corpus, tmp_path):
-    from compass.longdoc import synth
+    from compass.stages import doc_questions as synth
 
     def reply(body):
         parts = body["messages"][0]["content"]

@@ -11,7 +11,7 @@ from compass.runner import execute_stage
 from compass.stages import sft
 from compass.train import data as D
 from compass.train import model as M
-from train_records import (
+from support.train_records import (
     adapter_tensors,
     cli,
     initial_adapter,

@@ -3,7 +3,7 @@ import textwrap
 
 import pytest
 
-import echo_stage  # noqa: F401 - registered below
+from support import echo_stage  # noqa: F401 - registered below
 from compass import stages
 from compass.config import load_recipe, load_stage_config
 from compass.errors import CompassError
@@ -19,7 +19,7 @@ GOOD_STAGE = """\
 
 @pytest.fixture(autouse=True)
 def echo_registered(monkeypatch):
-    monkeypatch.setitem(stages.STAGES, "echo", "echo_stage")
+    monkeypatch.setitem(stages.STAGES, "echo", "support.echo_stage")
 
 
 # (recipe text, regex the one-line message must match) - each a different way to get a recipe wrong

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from compass.decontam import decontaminate, ngrams, tokens
+from compass.data.decontam import decontaminate, ngrams, tokens
 from compass.errors import CompassError
 from compass.io import read_jsonl, write_jsonl
 from compass.records import Problem
 from compass.runner import execute_stage
-from compass.sources import load_source
+from compass.data.sources import load_source
 from compass.stages import decontaminate as stage
 
 FIX = Path(__file__).parents[1] / "fixtures" / "sources"

@@ -268,7 +268,7 @@ def test_loglikelihoods_match_a_direct_forward_and_do_not_depend_on_batching(tin
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compass.evals.local import LocalModel
+    from compass.generate.local_model import LocalModel
 
     torch.set_num_threads(1)
     pairs = [("センテンス: 売上は増加した\n回答:", " positive"), ("short", " negative word"), ("【答え】\n", "A")]
@@ -291,7 +291,7 @@ def test_loglikelihoods_match_a_direct_forward_and_do_not_depend_on_batching(tin
 
 
 def test_trailing_context_spaces_move_to_the_continuation(tiny_models):
-    from compass.evals.local import LocalModel
+    from compass.generate.local_model import LocalModel
 
     model = LocalModel(tiny_models.llm)
     model._load()

@@ -19,7 +19,7 @@ from compass.generate import (
     make_backend,
 )
 from compass.generate.openai_backend import backoff_delay, parse_retry_after
-from compass.generate.scripted_server import ScriptedServer
+from support.scripted_server import ScriptedServer
 from compass.records import Problem
 
 

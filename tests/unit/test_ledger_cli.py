@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import ledger_support
+from support import ledger_runs as ledger_support  # noqa: E402
 from compass.cli import main as compass_main
 from compass.ledger.cli import EXAMPLES, main
 from compass.ledger.index import Index

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-import ledger_support
+from support import ledger_runs as ledger_support  # noqa: E402
 from compass.errors import CompassError
 from compass.ledger.index import Index
 from compass.ledger.query import MeaningIndex, leaderboard, search, where_run_ids

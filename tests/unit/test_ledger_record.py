@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-import ledger_support
+from support import ledger_runs as ledger_support  # noqa: E402
 from compass.errors import CompassError
 from compass.io import sha256_file
 from compass.ledger.index import Index

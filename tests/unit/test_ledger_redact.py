@@ -2,7 +2,7 @@
 reach the ledger: not MLflow's database or artifacts, not the index, not the search text, not the store."""
 import pytest
 
-import ledger_support
+from support import ledger_runs as ledger_support  # noqa: E402
 from compass.ledger.index import Index
 from compass.ledger.record import add_note, tracker_for
 from compass.ledger.redact import REDACTED, Redactor, is_secret_key

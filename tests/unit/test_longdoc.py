@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from compass.errors import CompassError
-from compass.longdoc import fixtures, traces
+from compass.longdoc import synthetic_reports, traces
 from compass.longdoc.evidence import (
     IRRELEVANT,
     LexicalExtractor,
@@ -23,7 +23,7 @@ from compass.longdoc.evidence import (
     text_units,
     tokens,
 )
-from compass.longdoc.synth import MalformedQuestion, SeedSet, draw_seed_pages, parse_question
+from compass.stages.doc_questions import MalformedQuestion, SeedSet, draw_seed_pages, parse_question
 from compass.records import DocQuestion, Page, PageEvidence
 
 
@@ -187,15 +187,15 @@ def test_answer_prompts_of_the_two_branches():
 
 @pytest.fixture(scope="module")
 def reports():
-    return fixtures.generate_reports(2, seed=3, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
+    return synthetic_reports.generate_reports(2, seed=3, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
 
 
 def test_fixture_pdfs_same_seed_same_bytes(reports):
-    again = fixtures.generate_reports(2, seed=3, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
+    again = synthetic_reports.generate_reports(2, seed=3, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
     digest = lambda rs: hashlib.sha256(b"".join(r.pdf for r in rs)).hexdigest()  # noqa: E731
     assert digest(again) == digest(reports)
     assert [q.model_dump() for r in again for q in r.questions] == [q.model_dump() for r in reports for q in r.questions]
-    other = fixtures.generate_reports(2, seed=4, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
+    other = synthetic_reports.generate_reports(2, seed=4, min_extra_pages=0, max_extra_pages=1, ja_fraction=0.5)
     assert digest(other) != digest(reports)
 
 
@@ -247,7 +247,7 @@ def test_cross_page_answers_combine_two_pages(reports):
 
 
 def test_text_outside_the_font_subset_fails_loudly(reports):
-    from compass.longdoc.fixtures import ReportPDF, make_company
+    from compass.longdoc.synthetic_reports import ReportPDF, make_company
 
     company = make_company(random.Random(0), "x", set())
     with pytest.raises(CompassError, match="outside the shipped font subset"):

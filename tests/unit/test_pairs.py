@@ -14,7 +14,7 @@ from compass.errors import CompassError
 from compass.formats.boxed import extract_boxed
 from compass.formats.reasoning import parse_reasoning
 from compass.io import read_jsonl, sha256_file, write_jsonl
-from compass.pairs import (
+from compass.data.pairs import (
     NUMBER_RE,
     apply_strategy,
     corrupt,
@@ -22,12 +22,12 @@ from compass.pairs import (
     make_pair,
     normalized_weights,
     record_rng,
-    synthetic_trace,
     tamper_answer_value,
     tamper_number,
     tamper_numbers,
 )
 from compass.records import Message, Pair, Reject, Trace
+from support.traces import synthetic_trace
 from compass.runner import execute_stage
 from compass.stages import pairs as pairs_stage
 

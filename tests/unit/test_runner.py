@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-import echo_stage
+from support import echo_stage
 from compass import stages
 from compass.config import StageConfig
 from compass.errors import CompassError
@@ -16,7 +16,7 @@ from compass.runner import execute_stage
 
 @pytest.fixture(autouse=True)
 def echo_registered(monkeypatch):
-    monkeypatch.setitem(stages.STAGES, "echo", "echo_stage")
+    monkeypatch.setitem(stages.STAGES, "echo", "support.echo_stage")
     echo_stage.CALLS.clear()
 
 

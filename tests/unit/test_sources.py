@@ -11,8 +11,8 @@ from compass.errors import CompassError
 from compass.io import read_jsonl, sha256_file
 from compass.records import Problem
 from compass.runner import execute_stage
-from compass.sources import SOURCE_NAMES, SOURCES, load_source
-from compass.sources.base import last_number, number_text
+from compass.data.sources import SOURCE_NAMES, SOURCES, load_source
+from compass.data.sources.base import last_number, number_text
 from compass.stages import sources as sources_stage
 
 FIX = Path(__file__).parents[1] / "fixtures" / "sources"

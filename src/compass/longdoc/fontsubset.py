@@ -4,7 +4,7 @@
 
 The full font (16 MB) is SIL OFL 1.1: the PyPI wheel `noto-cjk-sans-jp-regular==0.0.1` carries it, as do
 Debian's `fonts-noto-cjk` and Google's noto-cjk releases. The subset keeps ASCII plus every character in
-compass.longdoc.fixtures.vocabulary_text(), so the generated PDFs need nothing installed on the machine.
+compass.longdoc.synthetic_reports.vocabulary_text(), so the generated PDFs need nothing installed on the machine.
 The license text ships beside the subset as fonts/OFL.txt.
 Run it again whenever the fixture vocabulary gains characters (the generator fails naming them).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compass.longdoc.fixtures import FONT_FILE, vocabulary_text
+from compass.longdoc.synthetic_reports import FONT_FILE, vocabulary_text
 
 # Full-width digits and a few CJK punctuation marks on top of the vocabulary, for hand-written variants.
 ALWAYS = "０１２３４５６７８９　"

@@ -39,7 +39,7 @@ STAGES: dict[str, str] = {
     "pages": "compass.stages.pages",
     "evidence": "compass.stages.evidence",
     "doc-traces": "compass.stages.doc_traces",
-    "doc-questions": "compass.longdoc.synth",  # question synthesis from seed pages (a served VLM)
+    "doc-questions": "compass.stages.doc_questions",
     "eval": "compass.stages.evaluate",
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import Field
 
 from compass.config import StageConfig
-from compass.decontam import DEFAULT_LINK_KEYS, DEFAULT_NGRAM, DEFAULT_THRESHOLD
+from compass.data.decontam import DEFAULT_LINK_KEYS, DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.errors import CompassError
 from compass.io import iter_jsonl, write_jsonl
 from compass.records import Problem
@@ -36,7 +36,7 @@ OUTPUTS = {"problems": "problems.jsonl", "report": "dropped.jsonl"}
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.decontam import decontaminate
+    from compass.data.decontam import decontaminate
 
     problems = list(iter_jsonl(inputs["problems"], Problem))
     eval_problems = list(iter_jsonl(inputs["eval"], Problem))

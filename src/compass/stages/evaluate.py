@@ -174,7 +174,7 @@ class Engines:
         self._scorer = None
 
     def _local_model(self):
-        from compass.evals.local import LocalModel
+        from compass.generate.local_model import LocalModel
 
         return LocalModel(self.model, device=self.config.device, dtype=self.config.dtype, batch_size=self.config.batch_size)
 
@@ -187,7 +187,7 @@ class Engines:
 
             self._generator = make_backend("openai", self.config.openai, TransformersSettings())
             return self._generator
-        from compass.evals.local import is_vlm
+        from compass.generate.local_model import is_vlm
 
         if is_vlm(self.model):
             self._generator = self._local_model()  # VLM: images, or text through the VLM
@@ -202,7 +202,7 @@ class Engines:
         if self._scorer is not None:
             return self._scorer
         if self._generator is not None and self.config.backend == "local":
-            from compass.evals.local import LocalModel
+            from compass.generate.local_model import LocalModel
 
             if isinstance(self._generator, LocalModel):  # already loaded: one model serves both roles
                 self._scorer = self._generator
@@ -409,7 +409,7 @@ def check_data(config: Config, inputs: dict[str, Path]) -> None:
             if "mmlongbench" not in inputs or "mmlongbench_docs" not in inputs:
                 raise CompassError("task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR")
             if config.backend == "local":
-                from compass.evals.local import is_vlm
+                from compass.generate.local_model import is_vlm
 
                 if not is_vlm(inputs["model"]):
                     raise CompassError(f"mmlongbench needs a vision-language model; {inputs['model']} is a text-only LLM")

@@ -54,7 +54,7 @@ OUTPUTS = {"pairs": "pairs.jsonl", "rejects": "rejects.jsonl"}
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from tqdm import tqdm
 
-    from compass.pairs import make_pairs, normalized_weights
+    from compass.data.pairs import make_pairs, normalized_weights
 
     weights = normalized_weights(config.weights.model_dump())
     traces = tqdm(iter_jsonl(inputs["traces"], Trace), desc="pairs", unit="rec", mininterval=2.0)

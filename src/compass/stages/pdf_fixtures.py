@@ -30,7 +30,7 @@ OUTPUTS = {"pdfs": "pdfs", "questions": "questions.jsonl"}
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.longdoc.fixtures import generate_reports
+    from compass.longdoc.synthetic_reports import generate_reports
 
     reports = generate_reports(config.n_docs, config.seed, config.min_extra_pages, config.max_extra_pages,
                                config.ja_fraction)

@@ -85,14 +85,14 @@ def question_key(question: str) -> str:
 
 
 def _local_files(location: Path, split: str) -> list[Path]:
-    from compass.sources.base import local_split_files
+    from compass.data.sources.base import local_split_files
 
     return [location] if location.is_file() else local_split_files(location, split)
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.sources import SOURCES, load_source
-    from compass.sources import reasoning_gym as gym
+    from compass.data.sources import SOURCES, load_source
+    from compass.data.sources import reasoning_gym as gym
 
     base = inputs.get("data")
     problems: list[Problem] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compass.formats.boxed import extract_boxed
 from compass.records import Problem
-from compass.sources.base import SkipRow, SourceSpec, problem_id, text_field
+from compass.data.sources.base import SkipRow, SourceSpec, problem_id, text_field
 
 NAME = "math"
 

@@ -6,7 +6,7 @@ import re
 
 from compass.errors import CompassError
 from compass.records import Problem
-from compass.sources.base import SourceSpec, problem_id, text_field
+from compass.data.sources.base import SourceSpec, problem_id, text_field
 
 NAME = "aqua_rat"
 _OPTION = re.compile(r"^\(?([A-E])\)")

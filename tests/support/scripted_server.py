@@ -16,7 +16,7 @@ fault, so a test knows exactly which attempt fails how:
     "drop"      close the connection, no answer "slow"   answer after slow_s (past a client timeout)
     "truncate"  headers and half the body, then close     "400"    HTTP 400 (not retryable)
 
-Run standalone: python -m compass.generate.scripted_server --latency-s 0.2 --slots 32 [--port 0]
+Run standalone: python -m support.scripted_server --latency-s 0.2 --slots 32 [--port 0]
 (prints `listening on http://127.0.0.1:PORT/v1` once ready).
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A fault-injecting HTTP proxy for tests: put it in front of a real OpenAI-compatible server.
 
-Like compass.generate.scripted_server, faults are keyed by the n-th arrival (1-based) of the same prompt, so
+Like support.scripted_server, faults are keyed by the n-th arrival (1-based) of the same prompt, so
 a test knows which attempt fails how: "500", "429" (with Retry-After), "drop" (connection closed without an
 answer), "slow" (held for slow_s before forwarding). Every other request is forwarded to the upstream server
 unchanged and its answer relayed back unchanged.
@@ -14,7 +14,7 @@ from collections import Counter
 
 import httpx
 
-from compass.generate.scripted_server import prompt_key
+from support.scripted_server import prompt_key
 
 
 class FaultProxy:

@@ -13,7 +13,7 @@ from collections import Counter
 
 from compass.errors import CompassError
 from compass.records import Problem
-from compass.sources import (
+from compass.data.sources import (
     aqua_rat,
     gsm8k,
     hendrycks_math,
@@ -26,7 +26,7 @@ from compass.sources import (
     reasoning_gym,
     svamp,
 )
-from compass.sources.base import SkipRow, SourceSpec, convert_rows, read_rows
+from compass.data.sources.base import SkipRow, SourceSpec, convert_rows, read_rows
 
 SOURCES: dict[str, SourceSpec] = {
     spec.name: spec

@@ -5,7 +5,7 @@ test items, so decontamination can pair them exactly."""
 from __future__ import annotations
 
 from compass.records import Problem
-from compass.sources.base import SkipRow, SourceSpec, problem_id, strip_calculator, text_field
+from compass.data.sources.base import SkipRow, SourceSpec, problem_id, strip_calculator, text_field
 
 NAME = "gsm8k"
 

@@ -6,7 +6,7 @@ recorded as meta['gsm8k_test_index'] so decontamination drops them when GSM8K te
 from __future__ import annotations
 
 from compass.records import Problem
-from compass.sources.base import SourceSpec, number_text, problem_id, text_field
+from compass.data.sources.base import SourceSpec, number_text, problem_id, text_field
 
 NAME = "mgsm_ja"
 MGSM_TEST_SIZE = 250

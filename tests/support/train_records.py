@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from compass.io import write_jsonl
-from compass.pairs import make_pair, synthetic_trace
+from compass.data.pairs import make_pair
+from support.traces import synthetic_trace
 from compass.records import DocExample, Message
 
 WEIGHTS = {"omit_thinking": 0.34, "tamper_thinking_numbers": 0.33, "tamper_answer": 0.33}

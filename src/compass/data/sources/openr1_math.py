@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compass.records import Problem
-from compass.sources.base import SkipRow, SourceSpec, problem_id, text_field
+from compass.data.sources.base import SkipRow, SourceSpec, problem_id, text_field
 
 NAME = "openr1_math"
 

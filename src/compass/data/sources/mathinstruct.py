@@ -7,7 +7,7 @@ import re
 
 from compass.formats.boxed import extract_boxed
 from compass.records import Problem
-from compass.sources.base import SkipRow, SourceSpec, problem_id, text_field
+from compass.data.sources.base import SkipRow, SourceSpec, problem_id, text_field
 
 NAME = "mathinstruct"
 _THE_ANSWER_IS = re.compile(r"[Tt]he answer is[:\s]*(.+?)\s*\.?\s*$", re.MULTILINE)

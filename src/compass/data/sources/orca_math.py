@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from compass.formats.boxed import extract_boxed
 from compass.records import Problem
-from compass.sources.base import SkipRow, SourceSpec, last_number, problem_id, text_field
+from compass.data.sources.base import SkipRow, SourceSpec, last_number, problem_id, text_field
 
 NAME = "orca_math"
 

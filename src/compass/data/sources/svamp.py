@@ -3,7 +3,7 @@ The question is Body + Question; the dataset's equation becomes the reference so
 from __future__ import annotations
 
 from compass.records import Problem
-from compass.sources.base import SourceSpec, number_text, problem_id, text_field
+from compass.data.sources.base import SourceSpec, number_text, problem_id, text_field
 
 NAME = "svamp"
 

@@ -1,0 +1,1 @@
+"""Data-side domain logic: dataset sources, decontamination, DPO pair corruption."""
