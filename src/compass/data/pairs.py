@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from compass.formats.boxed import box_spans
 from compass.formats.reasoning import FormatError, parse_reasoning
 from compass.records import Message, Pair, Reject, Trace
+from compass.vocab import ANSWER_CLOSE, ANSWER_OPEN, THINKING_CLOSE as THINK_CLOSE, THINKING_OPEN as THINK_OPEN
 
 STRATEGIES = ("omit_thinking", "tamper_thinking_numbers", "tamper_answer")
 
@@ -43,8 +44,6 @@ FALLBACKS: dict[str, tuple[str, ...]] = {
     "tamper_answer": ("tamper_thinking_numbers", "omit_thinking"),
 }
 
-THINK_OPEN, THINK_CLOSE = "<Thinking>", "</Thinking>"
-ANSWER_OPEN, ANSWER_CLOSE = "<Answer>", "</Answer>"
 
 # thousands-grouped first (so "1,234" is one number), then plain digits; either with a decimal part
 NUMBER_RE = re.compile(r"(?<![A-Za-z_0-9])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:\.[0-9]+)?")

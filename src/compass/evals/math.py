@@ -21,9 +21,9 @@ from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
 from compass.evals.metrics import mean
 from compass.generate.base import GenRequest, GenResult
+from compass.vocab import COT as COT_TOKEN
 
 TASK_LANG = {"gsm8k": "en", "mgsm_ja": "ja", "problems": None}  # None: each Problem record says
-COT_TOKEN = "<cot>"
 
 
 @dataclass(frozen=True)

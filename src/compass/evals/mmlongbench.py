@@ -31,8 +31,8 @@ from compass.evals.data import read_json_rows, require
 from compass.io import iter_json_objects
 from compass.evals.mmlongbench_score import ANSWER_FORMATS, NOT_ANSWERABLE, aggregate, is_abstention, scored
 from compass.generate.base import GenRequest, GenResult
+from compass.vocab import COT as COT_TOKEN, after_thinking
 
-COT_TOKEN = "<cot>"
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,6 @@ _ANSWER_LINE = re.compile(
     r"\s*(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*(.+?)\s*$",
     re.IGNORECASE | re.MULTILINE,
 )
-
-
-def after_thinking(text: str) -> str | None:
-    """The answer part of an output: what follows </think>; None when a <think> is never closed."""
-    if "</think>" in text:
-        return text.rsplit("</think>", 1)[1].strip()
-    if "<think>" in text:
-        return None
-    return text.strip()
 
 
 def rule_extract(text: str | None) -> str:

@@ -20,9 +20,8 @@ from typing import Literal
 
 from compass.errors import CompassError
 from compass.records import DocQuestion, Message, PageEvidence
+from compass.vocab import COT, IMAGE_TOKEN as IMAGE_MARK, think_block
 
-COT = "<cot>"
-IMAGE_MARK = "<image>"  # where an image goes in a user turn (compass.train.data reads it)
 Placement = Literal["system", "user_prepend", "user_append", "none"]
 PLACEMENTS: tuple[Placement, ...] = ("system", "user_prepend", "user_append", "none")
 
@@ -138,6 +137,6 @@ def example_messages(question: str, pages: list[int], placement: Placement, trac
         user = f"{user}\n{COT}"
     messages = [Message(role="system", content=COT)] if placement == "system" else []
     messages.append(Message(role="user", content=user))
-    assistant = answer if placement == "none" else f"<think>\n{trace}\n</think>\n\n{answer}"
+    assistant = answer if placement == "none" else f"{think_block(trace)}\n\n{answer}"
     messages.append(Message(role="assistant", content=assistant))
     return messages

@@ -9,15 +9,14 @@ from pathlib import Path
 
 from compass.errors import CompassError
 from compass.models.tiny_corpus import corpus_lines
+from compass.vocab import IMAGE_TOKEN, OUTPUT_MARKERS, VIDEO_TOKEN
 
 # --- special tokens ----------------------------------------------------------------------------------
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 TURN_START = "<|im_start|>"
-IMAGE_TOKEN, VIDEO_TOKEN = "<image>", "<video>"
 # Markers that the model writes in its answers: added tokens (one id each) but not "special", so that
 # decode(skip_special_tokens=True) keeps them and answer extraction still sees <Answer> and </think>.
-TEXT_TOKENS = ["<cot>", "<think>", "</think>", "<Problem>", "</Problem>", "<Thinking>", "</Thinking>",
-               "<Answer>", "</Answer>"]
+TEXT_TOKENS = list(OUTPUT_MARKERS)
 SPECIAL_TOKENS = [PAD, BOS, EOS, TURN_START, IMAGE_TOKEN, VIDEO_TOKEN]
 
 TOKENIZER_VOCAB = 3000

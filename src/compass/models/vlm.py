@@ -12,7 +12,7 @@ from transformers import LlavaOnevisionProcessor
 from compass.errors import CompassError
 from compass.io import write_json_atomic
 
-from compass.models.tiny import IMAGE_TOKEN, VIDEO_TOKEN
+from compass.vocab import IMAGE_TOKEN, VIDEO_TOKEN
 
 
 class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
@@ -31,7 +31,7 @@ class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
         num_image_tokens=None,
         vision_feature_select_strategy=None,
         chat_template=None,
-        image_token="<image>",
+        image_token=IMAGE_TOKEN,
         vision_aspect_ratio="anyres_max_9",
         **kwargs,
     ):

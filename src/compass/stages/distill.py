@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
 from compass.stages import Port
+from compass.vocab import strip_leading_think
 
 EXAMPLE = ("compass distill --problems problems.jsonl --out distill/ --backend openai "
            "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen3-30B-A3B}' --n 2")
@@ -54,7 +54,6 @@ FORMAT_INSTRUCTIONS = {
 }
 
 # Reasoning models (Qwen3 without a server-side reasoning parser) put their scratchpad first.
-_THINK_BLOCK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
 REASONS = ("server_error", "no_reference", "empty", "bad_tags", "wrong_answer")
 
@@ -309,8 +308,7 @@ def judge(result, teacher: str, sampling: dict, config: Config):
         return reason, Reject(id=result.id, reason=reason, detail=result.error,
                               record={"problem_id": problem.id, "sample": index, "attempts": result.attempts})
     raw = result.text or ""
-    text = _THINK_BLOCK.sub("", raw, count=1) if config.strip_think else raw
-    text = text.strip()
+    text = strip_leading_think(raw) if config.strip_think else raw.strip()
     trace = Trace(
         id=result.id, problem_id=problem.id, source=problem.source, lang=problem.lang,
         messages=[Message(role="system", content=SYSTEM_PROMPTS[problem.lang]),

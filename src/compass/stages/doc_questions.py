@@ -29,6 +29,7 @@ from compass.io import atomic_open, dumps_record
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
 from compass.stages import Port
+from compass.vocab import strip_leading_think
 
 EXAMPLE = ("compass doc-questions --pages work/pages/pages.jsonl --out work/questions --n-per-doc 8 "
            "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
@@ -115,12 +116,11 @@ def synth_messages(seed: SeedSet, images_root: Path) -> list[dict]:
     return [{"role": "user", "content": parts}]
 
 
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
 
 def parse_question(seed: SeedSet, text: str) -> DocQuestion:
-    body = _THINK.sub("", text, count=1).strip()
+    body = strip_leading_think(text)
     fenced = _FENCE.match(body)
     if fenced:
         body = fenced.group(1).strip()

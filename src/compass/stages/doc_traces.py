@@ -34,6 +34,7 @@ from compass.io import atomic_open, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, PageEvidence, Reject
 from compass.stages import Port
+from compass.vocab import strip_leading_think
 
 EXAMPLE = ("compass doc-traces --evidence work/evidence/evidence.jsonl --questions work/pdfs/questions.jsonl "
            "--pages work/pages/pages.jsonl --out work/doc-traces --top-k 24 --seed 42")
@@ -222,9 +223,7 @@ class DocImages:
 
 def strip_think(text: str) -> str:
     """Drop a reasoning model's leading <think>...</think>: the answer is what follows."""
-    from compass.longdoc.evidence import _THINK
-
-    return _THINK.sub("", text, count=1).strip()
+    return strip_leading_think(text)
 
 
 # --- the stage -------------------------------------------------------------------------------------------

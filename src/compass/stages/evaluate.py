@@ -34,6 +34,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
 from compass.stages import Port
+from compass.vocab import COT, IMAGE_TOKEN
 
 EXAMPLE = ("compass eval --model work/sft/merged --tasks gsm8k,mgsm_ja --gsm8k data/gsm8k_test.jsonl "
            "--mgsm-ja data/mgsm_ja.tsv --limit 100 --cot both --out work/eval-sft")
@@ -327,8 +328,8 @@ def run_doc(task: str, config: Config, inputs: dict[str, Path], engines: Engines
                                               max_tokens=config.max_new_tokens, seed=config.seed) for item in items]
         results = _collect(generator, requests, f"{task}{suffix}")
         extracted = _extract(items, results, config, mmlongbench, f"{task}{suffix}")
-        prompts = {item.id: ("<cot> | " if cot else "") + "".join(
-            f"Page {n}:<image> " for n in range(1, len(pages[item.doc_id]) + 1)) + item.question for item in items}
+        prompts = {item.id: (f"{COT} | " if cot else "") + "".join(
+            f"Page {n}:{IMAGE_TOKEN} " for n in range(1, len(pages[item.doc_id]) + 1)) + item.question for item in items}
         shown = {item.id: len(pages[item.doc_id]) for item in items}
         rows, metrics = mmlongbench.score(items, results, shown, extracted, prompts)
         metrics["docs_truncated"] = truncated

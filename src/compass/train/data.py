@@ -20,8 +20,8 @@ from pathlib import Path
 from compass.errors import CompassError
 from compass.io import iter_jsonl, jsonl_files
 from compass.records import DocExample, Pair, Trace
+from compass.vocab import IMAGE_TOKEN as IMAGE_MARK
 
-IMAGE_MARK = "<image>"
 
 
 @dataclass
