@@ -63,14 +63,15 @@ class Reject(Record):
 
 
 class Pair(Record):
-    """A DPO preference pair: the chosen assistant answer and one corruption of it."""
+    """A DPO preference pair. Where it came from: a corruption pair's `strategy` names the corruption and its
+    `source_id` the Trace; a real preference pair (`strategy` "preference") has `source_id` '<dataset>#<row>'."""
 
     id: str
     source_id: str
     prompt: list[Message]
     chosen: str
     rejected: str
-    strategy: Literal["omit_thinking", "tamper_thinking_numbers", "tamper_answer"]
+    strategy: Literal["omit_thinking", "tamper_thinking_numbers", "tamper_answer", "preference"]
 
 
 class Page(Record):

@@ -1,4 +1,4 @@
-"""Trace -> DPO Pair records: chosen = the trace's answer, rejected = it with one corruption (METHOD.md A step 2).
+"""Trace -> DPO Pair records: chosen = the trace's answer, rejected = it with one corruption (docs/method.md A step 2).
 
 Strategies, drawn per record with the configured weights: omit_thinking (the <Thinking> contents removed,
 tags kept), tamper_thinking_numbers (numbers in the reasoning changed in value, kept in format),
@@ -45,9 +45,15 @@ class Config(StageConfig):
     require_tags: bool = Field(True, description="reject records whose answer is not in the <Problem>/<Thinking>/<Answer> format")
     require_verified: bool = Field(True, description="reject traces whose answer did not match the reference (chosen would be wrong)")
     max_reject_rate: float = Field(0.1, ge=0, le=1, description="fail (writing nothing) when more than this share of records is rejected")
+    preference_ratio: float = Field(0.0, ge=0, lt=1, description="share of real preference pairs (from the `preference` input, a "
+                                    "seeded sample) among all output pairs, beside the corruption pairs; 0 = corruption only")
 
 
-INPUTS = {"traces": Port("Trace records: a JSONL file or a directory of *.jsonl shards")}
+INPUTS = {
+    "traces": Port("Trace records: a JSONL file or a directory of *.jsonl shards"),
+    "preference": Port("real preference pairs to mix in at preference_ratio: Pair records (preference-sources) or "
+                       "prompt/chosen/rejected, HH or UltraFeedback rows", required=False),
+}
 OUTPUTS = {"pairs": "pairs.jsonl", "rejects": "rejects.jsonl"}
 
 
@@ -55,6 +61,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from tqdm import tqdm
 
     from compass.data.pairs import make_pairs, normalized_weights
+    from compass.data.preference import write_preference_share
 
     weights = normalized_weights(config.weights.model_dump())
     traces = tqdm(iter_jsonl(inputs["traces"], Trace), desc="pairs", unit="rec", mininterval=2.0)
@@ -83,6 +90,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                 f"pairs: {n_rejects} of {n} records rejected ({n_rejects / n:.1%} > max_reject_rate "
                 f"{config.max_reject_rate:.1%}); reasons {dict(sorted(reasons.items()))}"
             )
+        # real preference pairs after the corruption pairs (DPO shuffles); each names its dataset row in source_id
+        preference = write_preference_share(pairs_fh, inputs.get("preference"), n - n_rejects, config.preference_ratio,
+                                            config.seed)
     n_pairs = n - n_rejects
     return {
         "traces": n,
@@ -92,4 +102,5 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         "strategies": {name: applied[name] for name in weights},
         "strategy_share": {name: round(applied[name] / n_pairs, 4) if n_pairs else 0.0 for name in weights},
         "fallbacks": dict(sorted(fallbacks.items())),
+        **preference,
     }

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from compass.data.sft_formats import DataSource, SftFormat
 from compass.errors import CompassError
 from compass.stages import Port
 from compass.train.config import TrainConfig
@@ -34,11 +35,19 @@ class Config(TrainConfig):
     train: Literal["llm", "projector", "both"] = Field(
         "llm", description="VLM: LoRA on the language model (llm), the projector fully (projector), or both")
     train_vision: bool = Field(False, description="VLM: also train the vision tower (fully); frozen by default")
+    data_format: Literal["auto"] | SftFormat = Field(
+        "auto", description="format of the `data` rows: messages, prompt_completion, sharegpt, alpaca, trace, doc_example; "
+                            "auto = detected from the first row")
+    mix: list[DataSource] = Field(
+        default_factory=list, description="several datasets mixed with weights, e.g. [{path: a.jsonl, weight: 2}, "
+                                          "{hub_id: teknium/OpenHermes-2.5, weight: 0.1}]; paths are relative to the `data` input")
 
 
 INPUTS = {
     "model": Port("model directory: an LLM (text SFT) or a LLaVA-style VLM (SFT with images)"),
-    "data": Port("Trace records (JSONL file or shard directory), or DocExample records with images for a VLM"),
+    "data": Port("SFT rows (JSONL/parquet file or shard directory): TRL messages or prompt/completion (with images for a VLM), "
+                 "ShareGPT, alpaca, Trace or DocExample records; with `mix`, the directory its paths are read from",
+                 required=False),
 }
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
@@ -59,11 +68,13 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if config.modules_to_save and not use_lora:
         raise CompassError(f"modules_to_save {config.modules_to_save} are saved in the LoRA adapter, but train: "
                            f"{config.train} trains no LoRA; use train: both")
-    examples = D.read_sft_examples(inputs["data"])
+    # rows carrying image bytes (parquet/hub) are written once under out_dir/data_images, named by hash
+    examples, data_sources = D.sft_examples(inputs.get("data"), config.data_format, config.mix, config.seed,
+                                            out_dir / "data_images")
     batching = choose_batching(config.batching, vision=kind == "vlm")
     processing_class = M.load_processing_class(inputs["model"], kind)
 
-    data_metrics: dict = {"examples": len(examples)}
+    data_metrics: dict = {"examples": len(examples), **data_sources}
     if kind == "llm":
         tokenized = D.tokenize_sft(processing_class, examples, config.max_length)
         dataset = tokenized.dataset

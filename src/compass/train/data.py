@@ -1,88 +1,69 @@
 """Records -> training datasets.
 
-SFT takes Trace records (text; `images` optional) or DocExample records (page images + question). Text
-examples are tokenized here with the model's chat template: labels are the assistant tokens (the
-template's {% generation %} span), everything else -100, cut to max_length. Tokenizing here rather than
-inside TRL gives every batching mode (padded, padding-free, packing) the same truncated sequences, which
-padding-free needs (TRL refuses a max_length there). Vision examples stay messages + images: TRL's
-vision collator renders and masks them per batch.
+SFT takes any format of compass.data.sft_formats (TRL messages / prompt-completion, with images for a VLM;
+ShareGPT; alpaca; compass Trace or DocExample records), detected from the first row or given, from a file, a
+directory of shards, or several datasets mixed with weights. Text examples are tokenized here with the model's
+chat template: labels are the assistant tokens (the template's {% generation %} span), everything else -100,
+cut to max_length. Tokenizing here rather than inside TRL gives every batching mode (padded, padding-free,
+packing) the same truncated sequences, which padding-free needs (TRL refuses a max_length there). Vision
+examples stay messages + images: TRL's vision collator renders and masks them per batch.
 
 Images: a user turn may mark where its images go with the literal `<image>` (one per image, in order);
 without markers all images of the record go before the first user text. Relative image paths are
 resolved against the directory of the JSONL file they come from.
+
+DPO takes Pair records or any preference format of compass.data.preference (converted on reading).
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from compass.data.sft_formats import IMAGE_MARK, DataSource, SftExample, convert_sft_rows, load_mix, load_rows
 from compass.errors import CompassError
-from compass.io import iter_jsonl, jsonl_files
-from compass.records import DocExample, Pair, Trace
-from compass.vocab import IMAGE_TOKEN as IMAGE_MARK
+from compass.io import jsonl_files
+from compass.records import Pair
+
+__all__ = ["IMAGE_MARK", "SftExample", "read_sft_examples", "sft_examples", "read_pairs", "dpo_dataset"]
 
 
-
-@dataclass
-class SftExample:
-    id: str
-    messages: list[dict]  # role/content, content a string
-    images: list[Path] = field(default_factory=list)
-
-
-def read_sft_examples(path: Path) -> list[SftExample]:
-    """Trace or DocExample records (a JSONL file or a directory of shards; one record type per input)."""
-    examples: list[SftExample] = []
-    kind: type | None = None
-    for file in jsonl_files(path):
-        for lineno, raw in _numbered_lines(file):
-            this = DocExample if "question_id" in raw else Trace
-            if kind is None:
-                kind = this
-            elif this is not kind:
-                raise CompassError(f"{file}:{lineno}: a {this.__name__} record among {kind.__name__} records; "
-                                   "give one record type per input")
-            record = _validate(this, raw, file, lineno)
-            images = [_resolve_image(file, image, record.id) for image in record.images]
-            messages = [m.model_dump() for m in record.messages]
-            if not any(m["role"] == "assistant" for m in messages):
-                raise CompassError(f"{file}:{lineno}: record {record.id!r} has no assistant message to train on")
-            examples.append(SftExample(id=record.id, messages=messages, images=images))
-    if not examples:
-        raise CompassError(f"no records in {path}")
+def read_sft_examples(path: Path, data_format: str = "auto", image_dir: Path | None = None) -> list[SftExample]:
+    """SFT examples of one input: a JSONL/parquet file or a directory of shards, every row in one format."""
+    examples, _ = _read_input(Path(path), data_format, image_dir)
     return examples
 
 
-def _numbered_lines(file: Path):
-    with open(file, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CompassError(f"{file}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+def _read_input(path: Path, data_format: str, image_dir: Path | None) -> tuple[list[SftExample], str]:
+    """Every file in the format of the first row (or the one given); example ids are '<file stem>/<row>'."""
+    files = [path] if path.is_file() else jsonl_files(path)
+    examples: list[SftExample] = []
+    fmt = data_format
+    for file in files:
+        rows = load_rows(file).rows
+        if rows:
+            converted, fmt = convert_sft_rows(rows, fmt, id_prefix=file.stem, image_dir=image_dir)
+            examples.extend(converted)
+    if not examples:
+        raise CompassError(f"no records in {path}")
+    return examples, fmt
 
 
-def _validate(model, raw: dict, file: Path, lineno: int):
-    from pydantic import ValidationError
-
-    try:
-        return model.model_validate(raw)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "<record>"
-        raise CompassError(f"{file}:{lineno}: field '{where}': {first['msg']} (expected a {model.__name__} record)") from None
-
-
-def _resolve_image(jsonl_file: Path, image: str, record_id: str) -> Path:
-    path = Path(image)
-    if not path.is_absolute():
-        path = jsonl_file.parent / path
-    if not path.is_file():
-        raise CompassError(f"{jsonl_file}: record {record_id!r}: image not found: {path}")
-    return path
+def sft_examples(data: Path | None, data_format: str, mix: Sequence[DataSource], seed: int,
+                 image_dir: Path | None) -> tuple[list[SftExample], dict[str, Any]]:
+    """The SFT stage's examples and what they came from: the `data` input alone, or the `mix` (whose relative
+    paths are read from the `data` input directory); per-source counts, formats, file hashes and hub revisions."""
+    if mix:
+        if data_format != "auto":
+            raise CompassError(f"data_format {data_format!r} applies to the `data` input; with `mix` give each "
+                               "dataset its own `format`")
+        examples, reports = load_mix(mix, data, seed, image_dir)
+        return examples, {"sources": reports}
+    if data is None:
+        raise CompassError("give the `data` input (a file or directory of SFT rows) or a `mix` of datasets")
+    examples, fmt = _read_input(data, data_format, image_dir)
+    return examples, {"data_format": fmt}
 
 
 # --- text SFT ------------------------------------------------------------------------------------------
@@ -176,7 +157,11 @@ def vision_sft_dataset(examples: list[SftExample]):
 
 
 def read_pairs(path: Path) -> list[Pair]:
-    pairs = list(iter_jsonl(path, Pair))
+    """Pair records, or preference rows in any format of compass.data.preference (converted on reading; rows that
+    give no pair, such as UltraFeedback ties, are left out)."""
+    from compass.data.preference import read_preference_pairs
+
+    pairs, _ = read_preference_pairs(path)
     if not pairs:
         raise CompassError(f"no Pair records in {path}")
     return pairs
