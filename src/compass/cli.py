@@ -14,7 +14,8 @@ from compass.stages import STAGES, get_stage
 
 MAIN_EXAMPLE = """examples:
   compass demo                                  # the tiny recipe, offline, on a CPU
-  compass run recipes/tiny.yaml --workdir work  # any recipe, cached stages skipped
+  compass run tiny --workdir work               # a recipe by name or file, cached stages skipped
+  compass recipes                               # the packaged recipes; `compass recipes copy NAME DIR`
   compass pairs --traces traces.jsonl --out pairs/ --seed 42
   compass runs leaderboard --metric gsm8k.accuracy
   compass VERB --help                           # every verb shows an example
@@ -41,6 +42,60 @@ def _is_bool(annotation) -> bool:
     return annotation is bool
 
 
+def default_text(value) -> str:
+    """A config default as the user would write it on the command line: YAML (flow style), not a Python repr."""
+    from pydantic_core import to_jsonable_python
+
+    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, allow_unicode=True, width=10_000).strip()
+    return text.removesuffix("\n...").strip()
+
+
+def input_metavar(help_text: str) -> str:
+    """DIR for inputs that are directories only; PATH for a file (or either)."""
+    lowered = help_text.lower()
+    return "DIR" if "directory" in lowered and "file" not in lowered and "jsonl" not in lowered else "PATH"
+
+
+class CompassParser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for unknown flags and verbs (Python 3.11's argparse has neither)."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self._verb_parser(namespace)
+            unknown = [x for x in extras if x.startswith("-")]
+            hints = [hint for x in unknown if (hint := closest(x.split("=", 1)[0], list(parser._option_string_actions)))]
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            parser.error(message + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
+        return namespace
+
+    def _verb_parser(self, namespace) -> argparse.ArgumentParser:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                verb = getattr(namespace, action.dest)
+                if verb in action.choices:
+                    return action.choices[verb]._verb_parser(namespace)
+        return self
+
+    def error(self, message: str):
+        # "argument VERB: invalid choice: 'sft2' (choose from ...)": name the closest choice instead of all
+        if "invalid choice: " in message:
+            for action in self._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    word = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0].strip("'")
+                    hint = closest(word, list(action.choices))
+                    message = f"unknown {action.metavar or 'choice'} {word!r}" + (f"; did you mean {hint!r}?" if hint else
+                                                                            f"; choose from {', '.join(action.choices)}")
+        super().error(message)
+
+
+def closest(word: str, candidates: list[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
 def add_stage_verb(sub, kind: str) -> None:
     module = get_stage(kind)
     doc = (module.__doc__ or kind).strip()
@@ -53,12 +108,12 @@ def add_stage_verb(sub, kind: str) -> None:
     parser.add_argument("--force", action="store_true", help="run even when a matching completed run exists in --out")
     inputs = parser.add_argument_group("inputs")
     for name, port in module.INPUTS.items():
-        inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path,
+        inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path, metavar=input_metavar(port.help),
                             help=port.help + ("" if port.required else " (optional)"))
     options = parser.add_argument_group("config (defaults shown)")
     for field_name, field in module.Config.model_fields.items():
         flag = f"--{field_name.replace('_', '-')}"
-        text = f"{field.description or ''} (default: {field.get_default(call_default_factory=True)!r})"
+        text = f"{field.description or ''} (default: {default_text(field.get_default(call_default_factory=True))})"
         if _is_bool(field.annotation):
             options.add_argument(flag, dest=f"cfg__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
@@ -90,8 +145,24 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from compass.pipeline import run_recipe
 
-    workdir = args.workdir or Path("runs") / Path(args.recipe).stem
+    workdir = args.workdir or Path("runs") / Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml")
     run_recipe(args.recipe, workdir, only=args.only)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from compass.packaged import copy_recipe, describe_recipes
+
+    if args.action is None:
+        rows = describe_recipes()
+        width = max(len(name) for name, _, _ in rows)
+        for name, description, n_stages in rows:
+            print(f"{name:<{width}}  {n_stages:>2} stages  {description}")
+        print("\nrun one: compass run NAME; edit one: compass recipes copy NAME DIR")
+        return 0
+    for path in copy_recipe(args.name, args.dir, overwrite=args.force):
+        print(f"wrote {path}")
+    print(f"edit it, then: compass run {args.dir / (args.name + '.yaml')}")
     return 0
 
 
@@ -103,7 +174,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CompassParser(
         prog="compass", description="Reproducible recipes for reasoning-enhanced Japanese document VLMs.",
         epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -116,11 +187,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=cmd_demo)
 
     run = sub.add_parser("run", help="run a recipe end to end; completed stages are skipped (cached)",
-                         epilog="example:\n  compass run recipes/tiny.yaml --workdir work/tiny", formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("recipe", type=Path)
+                         epilog="examples:\n  compass run tiny --workdir work/tiny        # a packaged recipe, by name\n"
+                                "  compass run my-recipes/tiny.yaml           # a recipe file",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("recipe", help="a recipe file, or the name of a packaged recipe (`compass recipes` lists them)")
     run.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>)")
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
     run.set_defaults(handler=cmd_run)
+
+    recipes = sub.add_parser("recipes", help="list the packaged recipes, or copy one out to edit",
+                             epilog="examples:\n  compass recipes\n  compass recipes copy tiny my-recipes/",
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    recipes_sub = recipes.add_subparsers(dest="action", metavar="ACTION")
+    copy = recipes_sub.add_parser("copy", help="write NAME.yaml and the launch configs it names into DIR")
+    copy.add_argument("name", help="a packaged recipe (see `compass recipes`)")
+    copy.add_argument("dir", type=Path, help="directory for the copy (created)")
+    copy.add_argument("--force", action="store_true", help="replace files already there")
+    recipes.set_defaults(handler=cmd_recipes)
 
     for kind in STAGES:
         if importlib_find(STAGES[kind]):

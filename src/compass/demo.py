@@ -3,22 +3,17 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from importlib import resources
 from pathlib import Path
 
+from compass.packaged import RECIPE_DIR, packaged_recipe  # noqa: F401 - RECIPE_DIR: where tests find the shipped recipes
 from compass.pipeline import run_recipe
 from compass.runner import StageResult
 
-RECIPE_DIR = resources.files("compass") / "recipes"
 # the tiny recipe's stages the closing summary reads (names in recipes/tiny.yaml)
 TRAINING_STAGES = ("sft", "dpo", "doc_sft")
 EVAL_STAGES = {"eval_base": "Phase 0 (base)", "eval_sft": "Phase 1 (SFT)", "eval_dpo": "Phase 2 (SFT+DPO)"}
 DOC_EVAL_STAGE = "eval_doc"
 DOC_EVAL_ROWS = ("accuracy", "f1", "single_page.accuracy", "cross_page.accuracy", "unanswerable.accuracy", "mean_output_tokens", "n")
-
-
-def packaged_recipe(name: str) -> Path:
-    return Path(str(RECIPE_DIR / f"{name}.yaml"))
 
 
 def training_summary(results: dict[str, StageResult]) -> list[str]:

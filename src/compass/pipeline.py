@@ -59,8 +59,14 @@ def run_recipe(
     only: list[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, StageResult]:
-    recipe, doc = load_recipe(recipe_path)
+    from compass.packaged import resolve_launch_config, resolve_recipe
+
+    recipe_file = resolve_recipe(recipe_path)
+    recipe, doc = load_recipe(recipe_file)
     configs = check_recipe(recipe, doc)
+    # launch configs are found now (beside the recipe, else under the cwd), before any stage runs
+    launches = {e.name: e.launch.model_copy(update={"accelerate_config": str(resolve_launch_config(e.launch.accelerate_config, recipe_file))})
+                if e.launch is not None and e.launch.accelerate_config else e.launch for e in recipe.stages}
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     stage_names = {e.name for e in recipe.stages}
@@ -79,7 +85,7 @@ def run_recipe(
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
         result = execute_stage(
             entry.stage, configs[entry.name], inputs, workdir / entry.name,
-            name=entry.name, launch=entry.launch, recipe=str(Path(recipe_path)),
+            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path),
         )
         state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")

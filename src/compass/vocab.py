@@ -1,7 +1,7 @@
 """The words compass puts into prompts and training targets, defined once: control tokens, the reasoning
 tags of both recipes, the image placeholder, and the helpers that strip or split on them.
 
-- `<cot>` (COT): the control token of the long-document recipe (METHOD.md B.4): present, the model writes a
+- `<cot>` (COT): the control token of the long-document recipe (docs/method.md B.4): present, the model writes a
   `<think> ... </think>` trace before its answer; absent, it answers directly.
 - `<think>` / `</think>` (THINK_OPEN / THINK_CLOSE): the trace delimiters of reasoning models and of the
   DocExample targets. Teachers (Qwen3-class) may also lead their replies with such a block.

@@ -158,7 +158,7 @@ def test_openai_teacher_every_reject_reason(tmp_path, teacher_problems):
     assert metrics["rejects_by_reason"] == {"server_error": 1, "empty": 1, "bad_tags": 1, "wrong_answer": 1}
     assert (metrics["traces"], metrics["acceptance_rate"], metrics["traces_by_source"]) == (2, 0.3333, {"toy": 2})
 
-    # what the teacher was sent: METHOD.md system prompt by language + the format instruction, then the question
+    # what the teacher was sent: docs/method.md system prompt by language + the format instruction, then the question
     sent = {r["messages"][-1]["content"]: r for r in server.requests_seen}
     ja_sent = sent[PROBLEMS[1].question]["messages"][0]["content"]
     assert ja_sent.startswith("あなたは高度な数学AIアシスタントです。") and "<Thinking>" in ja_sent

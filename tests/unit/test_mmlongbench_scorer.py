@@ -1,5 +1,5 @@
 """MMLongBench-Doc scoring, table-driven: every answer format, and every fault of the reference scorer
-(METHOD.md B.6) with the case that exposes it. Each row: gold, answer_format, predicted short answer,
+(docs/method.md B.6) with the case that exposes it. Each row: gold, answer_format, predicted short answer,
 expected score, why."""
 import pytest
 

@@ -1,4 +1,4 @@
-"""DPO pairs by corruption (METHOD.md A step 2): each Trace gives (prompt, chosen, rejected), where rejected
+"""DPO pairs by corruption (docs/method.md A step 2): each Trace gives (prompt, chosen, rejected), where rejected
 is the chosen assistant text with exactly one corruption:
 
     omit_thinking            the contents of <Thinking> removed; the tags stay, each on its own line

@@ -95,7 +95,7 @@ def build_requests(items: list[MathItem], *, cot: bool, max_tokens: int, seed: i
     requests = []
     for item in items:
         system = SYSTEM_PROMPTS[item.lang]
-        if cot:  # the control token leads the system message, as in training (METHOD.md B.4)
+        if cot:  # the control token leads the system message, as in training (docs/method.md B.4)
             system = f"{COT_TOKEN}\n{system}"
         messages = [{"role": "system", "content": system}, {"role": "user", "content": item.question}]
         requests.append(GenRequest(id=item.id, messages=messages, max_tokens=max_tokens, temperature=0.0, seed=seed))

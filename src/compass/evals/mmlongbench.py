@@ -129,7 +129,7 @@ def _data_url(path: Path) -> str:
 
 def build_request(item: DocItem, pages: list[Path], *, cot: bool, for_http: bool, max_tokens: int, seed: int) -> GenRequest:
     """User turn: 'Page N:' + image for each page, then the question; the system message is the <cot> control
-    token when cot is on, absent otherwise (the vision branch has no system prompt, METHOD.md B.3)."""
+    token when cot is on, absent otherwise (the vision branch has no system prompt, docs/method.md B.3)."""
     parts: list[dict] = []
     for number, page in enumerate(pages, 1):
         # the label on its own line before the image, as in the SFT examples doc-traces writes

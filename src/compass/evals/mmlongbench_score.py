@@ -1,4 +1,4 @@
-"""MMLongBench-Doc answer scoring by answer format (METHOD.md B.6), with the reference scorer's faults fixed.
+"""MMLongBench-Doc answer scoring by answer format (docs/method.md B.6), with the reference scorer's faults fixed.
 
 The protocol: a free-form answer is reduced to a short answer, then scored against the gold answer by the
 gold's `answer_format` (Int, Float, Str, List, None), and the run reports accuracy (mean score), F1 (recall

@@ -1,4 +1,4 @@
-"""The <Problem>/<Thinking>/<Answer> reasoning format of METHOD.md A, step 0: render, parse, validate.
+"""The <Problem>/<Thinking>/<Answer> reasoning format of docs/method.md A, step 0: render, parse, validate.
 
 The canonical layout (what `render_reasoning` writes, and what the teacher is asked for):
 

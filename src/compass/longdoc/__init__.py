@@ -1,2 +1,2 @@
-"""Internalized reasoning over long visual documents (METHOD.md B): synthetic PDFs, per-page evidence,
+"""Internalized reasoning over long visual documents (docs/method.md B): synthetic PDFs, per-page evidence,
 top-K evidence traces, <cot> placement and the SFT examples built from them."""

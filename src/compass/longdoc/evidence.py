@@ -1,4 +1,4 @@
-"""Per-page evidence (METHOD.md B.1): the extraction prompt, strict parsing of the JSON reply, score
+"""Per-page evidence (docs/method.md B.1): the extraction prompt, strict parsing of the JSON reply, score
 clamping, and the offline `lexical` extractor.
 
 A reply must be one JSON object with exactly two keys, `evidence` (a non-empty string) and

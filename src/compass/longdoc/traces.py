@@ -1,4 +1,4 @@
-"""From per-page evidence to SFT examples (METHOD.md B.2-B.4).
+"""From per-page evidence to SFT examples (docs/method.md B.2-B.4).
 
 - select_pages: keep pages scoring above the threshold (1.0), sort high to low (ties: page order), keep
   the top K (24). Irrelevant pages never enter a trace: listing them made the model loop on "irrelevant".

@@ -1,5 +1,5 @@
 """Model merges on safetensors checkpoints: a LoRA adapter into its base (PEFT merge_and_unload), and task
-arithmetic theta = base + sum_i w_i * (theta_i - base) (METHOD.md B.5) tensor by tensor.
+arithmetic theta = base + sum_i w_i * (theta_i - base) (docs/method.md B.5) tensor by tensor.
 
 Task arithmetic works on the files, not on a model object, so it is the same for an LLM and a VLM: every
 tensor of the base is merged and written under the same name, into a shard of the same name, in the base's

@@ -1,6 +1,6 @@
 """Teacher traces: Problem records -> verified Trace records in the <Problem>/<Thinking>/<Answer> format.
 
-METHOD.md A, step 0. Each problem is sent `n` times to the teacher with the system prompt of its language
+docs/method.md A, step 0. Each problem is sent `n` times to the teacher with the system prompt of its language
 (EN or JA) and the question as the user turn. A reply is parsed and validated, its \\boxed answer compared
 with the reference answer (rejection sampling); verified traces are kept, the rest go to rejects.jsonl with
 a reason: server_error (every retry failed), no_reference (the reference teacher has no solution to
@@ -38,7 +38,7 @@ OUTPUTS = {"traces": "traces", "rejects": "rejects.jsonl"}
 STATE_FILE = ".distill-state.json"  # hidden: not an artifact, excluded from the manifest's hashes
 SHARD_NAME = "traces-{:05d}.jsonl"
 
-# Told to the teacher only (appended to its system prompt): the Trace's own messages keep the plain METHOD.md
+# Told to the teacher only (appended to its system prompt): the Trace's own messages keep the plain docs/method.md
 # system prompt, so the student learns to write the format without being told.
 FORMAT_INSTRUCTIONS = {
     "en": (

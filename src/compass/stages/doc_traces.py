@@ -1,4 +1,4 @@
-"""Top-K evidence traces and <cot> SFT examples for long documents (METHOD.md B.2-B.4).
+"""Top-K evidence traces and <cot> SFT examples for long documents (docs/method.md B.2-B.4).
 
 For each question: pages scoring above `threshold` are sorted high to low and cut to `top_k`; the trace is
 their "Page i:" + evidence blocks (a question with no relevant page is dropped, into rejects.jsonl). The

@@ -1,6 +1,6 @@
 """LoRA DPO with TRL's DPOTrainer on Pair records; the reference is the same model with its adapter disabled.
 
-METHOD.md A step 3: from the SFT-merged LLM, lr 5e-6, global batch 32, micro batch 1, 1 epoch, beta 0.1,
+docs/method.md A step 3: from the SFT-merged LLM, lr 5e-6, global batch 32, micro batch 1, 1 epoch, beta 0.1,
 max length 2048; `sft_loss_weight` adds an NLL term on the chosen answers (RPO). With eval_pairs, DPO's
 reward accuracy and margin on those held-out pairs are measured once before training (adapter at its
 initial, no-op state) and once after. Writes out_dir/adapter, out_dir/merged with `merge: true`, and

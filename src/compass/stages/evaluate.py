@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on benchmarks: predictions JSONL per task + metrics (METHOD.md A evaluation, B.6).
+"""Evaluate a checkpoint on benchmarks: predictions JSONL per task + metrics (docs/method.md A evaluation, B.6).
 
 Tasks:
   gsm8k, mgsm_ja, problems     math with the XML reasoning prompt (EN/JA): accuracy, format_valid_rate,

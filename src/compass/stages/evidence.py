@@ -1,4 +1,4 @@
-"""Per-page evidence: for every (question, page of its document), {evidence, relevance_score} (METHOD.md B.1).
+"""Per-page evidence: for every (question, page of its document), {evidence, relevance_score} (docs/method.md B.1).
 
 Backends: `openai` sends the page image (a data URL) and the extraction prompt to a VLM behind any
 OpenAI-compatible server (vLLM, SGLang) through compass.generate's streaming pool; `lexical` is the offline

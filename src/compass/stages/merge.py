@@ -2,7 +2,7 @@
 
 method lora: PEFT merge_and_unload of --adapter into --base, saved as safetensors.
 method task_arithmetic: tensor by tensor over the safetensors shards (memory: a few tensors, not the model),
-in the base's layout, config/tokenizer/processor files copied from the base. METHOD.md B.5 uses one
+in the base's layout, config/tokenizer/processor files copied from the base. docs/method.md B.5 uses one
 finetuned model with weight 0.25. For several, --finetuned is a directory of model directories, merged in
 sorted name order with one weight each. Either way the output must have exactly the base's tensor names,
 shapes and dtypes, or the stage fails naming the first bad tensor.
