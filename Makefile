@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test test-fast venv bench clean
 
 venv: $(STAMP)
 
@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/compass demo
 
+# the whole suite: what CI (.ci/run) and the README run
 test: $(STAMP)
-	bash scripts/ensure-chromium.sh
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+
+# the edit loop: unit tests that build no model and open no browser (under a minute)
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/pytest -q tests/unit -m "not (models or slow or browser or e2e or faults)"
 
 clean:
 	rm -rf $(VENV) compass-demo runs .pytest_cache

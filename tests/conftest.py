@@ -56,3 +56,18 @@ def ledger_home(tmp_path_factory) -> Path:
     home = tmp_path_factory.mktemp("compass-home")
     os.environ["COMPASS_HOME"] = str(home)
     return home
+
+
+# --- test tiers (markers registered in pyproject.toml) -------------------------------------------------
+MODEL_FIXTURES = {"tiny_models"}  # session fixtures that build models: a test using one is tier "models"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+        if "faults" in parts:
+            item.add_marker(pytest.mark.faults)
+        if MODEL_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.models)

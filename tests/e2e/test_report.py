@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.browser  # headless Chromium, installed by chromium() below when missing
+
 from support import ledger_runs as ledger_support  # noqa: E402
 
-from compass.ledger.cli import main  # noqa: E402
+from compass.commands.runs import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 # flags for a root user on a machine with no network: no sandbox, no GPU, no background connections
