@@ -23,7 +23,7 @@ MAIN_EXAMPLE = """examples:
 
 # verbs with their own argument parsers, dispatched with the rest of the command line
 DELEGATED = {
-    "runs": ("compass.ledger.cli", "search, compare and reproduce recorded runs",
+    "runs": ("compass.commands.runs", "search, compare and reproduce recorded runs",
              "compass runs list | show RUN | search QUERY | leaderboard | diff A B | lineage RUN | reproduce RUN | report"),
 }
 

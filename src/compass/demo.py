@@ -31,7 +31,7 @@ def training_summary(results: dict[str, StageResult]) -> list[str]:
 
 def run_demo(workdir: Path | None = None) -> dict[str, StageResult]:
     from compass.evals.compare import compare_table
-    from compass.ledger.cli import print_demo_leaderboard
+    from compass.commands.demo_tables import print_demo_leaderboard
 
     workdir = Path(workdir or Path("compass-demo") / dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ import pytest
 
 from support import ledger_runs as ledger_support  # noqa: E402
 from compass.cli import main as compass_main
-from compass.ledger.cli import EXAMPLES, main
+from compass.commands.runs import EXAMPLES, main
 from compass.ledger.index import Index
 
 
@@ -139,7 +139,7 @@ def test_check_finds_damage_and_repair_restores_from_the_run_directory(chain, tm
 
 
 def test_demo_ends_on_the_leaderboard_of_its_own_runs(chain, capsys):
-    from compass.ledger.cli import print_demo_leaderboard
+    from compass.commands.demo_tables import print_demo_leaderboard
 
     ws, ids = chain
     print_demo_leaderboard(list(ids.values()), prefer=("problems.accuracy", "gsm8k.accuracy"))

@@ -251,7 +251,7 @@ def cmd_diff(workspace: Workspace, args) -> int:
 
 def cmd_reproduce(workspace: Workspace, args) -> int:
     from compass.ledger.flat import as_text
-    from compass.ledger.reproduce import parse_overrides, reproduce_run
+    from compass.commands.reproduce import parse_overrides, reproduce_run
 
     index = _index(workspace)
     try:
@@ -302,32 +302,6 @@ def cmd_check(workspace: Workspace, args) -> int:
         print(f"  PROBLEM: {line}")
     print("OK" if report.ok else f"{len(report.problems)} problem(s)")
     return 0 if report.ok else 1
-
-
-def print_demo_leaderboard(run_ids: list[str], prefer: tuple[str, ...] = ("problems.accuracy",)) -> None:
-    """The leaderboard of a recipe's own runs (the demo's last lines), on the first metric they have."""
-    from compass.ledger.index import Index
-    from compass.ledger.query import leaderboard
-    from compass.ledger.report import default_metrics
-    from compass.ledger.tables import render
-
-    workspace = Workspace.current()
-    index = Index(workspace.index_db, create=False)
-    try:
-        ids = set(run_ids)
-        candidates = list(prefer) + default_metrics(index)
-        for metric in candidates:
-            keys = index.db.execute("SELECT 1 FROM figures WHERE key = ? AND num IS NOT NULL AND run_id IN (%s) LIMIT 1"
-                                    % ",".join("?" * len(ids)), (metric, *ids)).fetchone()
-            if keys:
-                board = leaderboard(index, metric, run_ids=ids)
-                print(f"\nleaderboard ({metric}; ledger {workspace.root}):")
-                print(render(board, ["rank", "run", "name", metric, "pairs", "hparams"], "table", max_width=60))
-                print(f"more: compass runs leaderboard --metric {metric} | compass runs report | compass runs lineage {board[0]['run']}")
-                return
-        print(f"\nledger: {workspace.root} (compass runs list)")
-    finally:
-        index.close()
 
 
 HANDLERS = {

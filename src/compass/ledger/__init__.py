@@ -2,7 +2,8 @@
 leaderboards, search by words / meaning / figures, diff, reproduce and a static HTML report.
 
 Importing this package is cheap (no MLflow, no torch): the runner calls record_stage_run() after every
-stage. The `compass runs ...` verbs live in compass.ledger.cli.
+stage. The ledger is a library below the runner; the `compass runs ...` verbs and reproduce (which runs
+stages again) live above it, in compass.commands.
 """
 from compass.ledger.record import record_stage_run
 from compass.ledger.store import detach_links

@@ -61,23 +61,14 @@ def check_ledger(workspace: Workspace, *, repair: bool = False, verify_bytes: bo
 
 def _check(workspace: Workspace, index: Index, store: ContentStore, report: CheckReport, *, repair: bool,
            verify_bytes: bool, mlflow: bool) -> None:
-    db = index.db
     # 1. SQLite's own view of the file, and of the full-text index
-    integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-    if integrity != "ok":
-        report.problems.append(f"index.db integrity: {integrity}")
-    try:
-        db.execute("INSERT INTO fulltext(fulltext) VALUES ('integrity-check')")
-    except Exception as err:  # noqa: BLE001 - sqlite3 raises DatabaseError subclasses: each is a finding
-        report.problems.append(f"full-text index damaged: {err}")
+    report.problems += index.integrity()
 
     # 2. every complete run has all its rows; interrupted recordings are leftovers
-    complete = {r[0] for r in db.execute("SELECT run_id FROM runs WHERE state='complete'")}
-    recording = [r[0] for r in db.execute("SELECT run_id FROM runs WHERE state='recording'")]
+    complete = set(index.run_ids("complete"))
+    recording = index.run_ids("recording")
     report.checked_runs = len(complete)
-    in_fts = {r[0] for r in db.execute("SELECT run_id FROM fulltext")}
-    with_self = {r[0] for r in db.execute("SELECT run_id FROM ancestry WHERE depth = 0")}
-    file_counts = dict(db.execute("SELECT run_id, count(*) FROM files GROUP BY run_id").fetchall())
+    in_fts, with_self, file_counts = index.row_presence()
     for run_id in sorted(complete):
         row = index.run(run_id)
         expected = len(row.manifest["outputs"]) + sum(len(rec["files"]) for rec in row.manifest["inputs"].values())
@@ -125,7 +116,7 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
     if mlflow:
         tracker = tracker_for(workspace)
         in_mlflow = tracker.compass_runs()
-        ours = dict(db.execute("SELECT run_id, mlflow_run_id FROM runs WHERE state='complete' AND tracking_uri = ?", (tracker.uri,)).fetchall())
+        ours = index.mlflow_runs(tracker.uri)
         for run_id, mlflow_id in sorted(ours.items()):
             found = in_mlflow.get(run_id)
             if found is None or found[0] != mlflow_id:
@@ -176,10 +167,7 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
 
 def _find_copy(index: Index, sha: str) -> Path | None:
     """A file in some run's output or input location that still holds these bytes."""
-    rows = index.db.execute(
-        "SELECT f.role, f.port, f.path, r.out_dir, i.path, i.is_file FROM files f JOIN runs r ON r.run_id = f.run_id "
-        "LEFT JOIN inputs i ON i.run_id = f.run_id AND i.port = f.port WHERE f.sha256 = ?", (sha,)).fetchall()
-    for role, _, rel, out_dir, in_path, is_file in rows:
+    for role, rel, out_dir, in_path, is_file in index.file_locations(sha):
         candidate = Path(out_dir) / rel if role == "out" else (Path(in_path) if is_file else Path(in_path) / rel)
         if candidate.is_file() and _hash_file(candidate) == sha:
             return candidate

@@ -5,9 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compass.ledger.flat import as_number, as_text, flatten, format_number
+from compass.ledger.flat import as_number, as_text, flatten, format_number, human_size
 from compass.ledger.index import Index, RunRow
-from compass.ledger.record import _human_size
 from compass.ledger.store import ContentStore
 
 
@@ -51,7 +50,7 @@ def show_text(index: Index, store: ContentStore, run: RunRow) -> str:
     for role, port, path, sha, size in index.files(run.run_id):
         state = "ok" if store.has(sha) else "MISSING"
         where = f"in:{port}" if role == "in" else "out"
-        lines.append(f"  {where:<12} {path:<40} {_human_size(size):>9}  {sha}  {state}")
+        lines.append(f"  {where:<12} {path:<40} {human_size(size):>9}  {sha}  {state}")
     parents = index.parents(run.run_id)
     children = index.children(run.run_id)
     siblings = sorted({c for p, _ in parents for c in index.children(p)} - {run.run_id})
@@ -127,7 +126,7 @@ def render_lineage(node: Node, max_sources: int = 5) -> str:
                     walk(item, prefix + cont)
             elif kind == "src":
                 port, path, sha, size = item
-                lines.append(f"{prefix}{branch}{port} <- source {path}  sha256 {sha[:12]}  {_human_size(size)}")
+                lines.append(f"{prefix}{branch}{port} <- source {path}  sha256 {sha[:12]}  {human_size(size)}")
             else:
                 lines.append(f"{prefix}{branch}{item[0]} <- ... {item[1]} more source file(s)")
 

@@ -49,3 +49,12 @@ def format_number(value: float) -> str:
     if abs(value) >= 1e-3:
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.6g}"
     return f"{value:.3g}"
+
+
+def human_size(size: int) -> str:
+    """1536 -> '1.5 KB'."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")

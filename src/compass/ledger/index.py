@@ -4,6 +4,9 @@ It answers the questions MLflow cannot answer quickly or at all: which run produ
 sha256 (lineage), figures of a run's ancestors (`dpo.beta` on an eval run), full text with the trigram
 tokenizer (Japanese substrings), embeddings for meaning search, and OR in figure filters.
 
+Every SQL statement of the ledger lives in this module (the other modules call Index methods), so the
+schema and the queries that depend on it change together.
+
 A recording is two-phase: a `runs` row in state 'recording' first, everything else in one transaction
 that flips it to 'complete'. Readers only see complete runs, so a process killed half-way leaves the
 index consistent; `compass runs check` lists such leftovers and `--repair` removes them.
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compass.errors import CompassError
+from compass.ledger.where import BoolOp, Cmp, Not, comparisons, name_forms
 
 SCHEMA_VERSION = "1"
 
@@ -263,6 +267,293 @@ class Index:
 
     def all_blob_refs(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT DISTINCT f.sha256 FROM files f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete'")}
+
+    def numeric_metric_keys(self) -> list[str]:
+        return [k for (k,) in self.db.execute("SELECT DISTINCT key FROM figures WHERE num IS NOT NULL AND kind = 'metric' ORDER BY key")]
+
+    def stages_of(self, run_ids: list[str], stages: tuple[str, ...]) -> dict[str, str]:
+        """run id -> stage, for those of `run_ids` whose stage is one of `stages`."""
+        out: dict[str, str] = {}
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start:start + 500]
+            rows = self.db.execute(
+                f"SELECT run_id, stage FROM runs WHERE run_id IN ({_marks(chunk)}) AND stage IN ({_marks(stages)})", (*chunk, *stages))
+            out.update(rows.fetchall())
+        return out
+
+    def any_has_figure(self, key: str, run_ids: set[str]) -> bool:
+        """Whether one of `run_ids` has a numeric figure `key`."""
+        ids = sorted(run_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            if self.db.execute(f"SELECT 1 FROM figures WHERE key = ? AND num IS NOT NULL AND run_id IN ({_marks(chunk)}) LIMIT 1",
+                               (key, *chunk)).fetchone():
+                return True
+        return False
+
+    def figure_values(self, key: str, stage_or_name: str | None = None) -> list[tuple[str, float]]:
+        """(run id, number) of complete runs with numeric figure `key` (only runs of that stage kind or
+        recipe name when given)."""
+        if stage_or_name is None:
+            return self.db.execute(
+                "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
+                "WHERE r.state = 'complete' AND f.key = ? AND f.num IS NOT NULL", (key,)).fetchall()
+        return self.db.execute(
+            "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
+            "WHERE r.state = 'complete' AND f.key = ? AND (r.stage = ? OR r.name = ?) AND f.num IS NOT NULL",
+            (key, stage_or_name, stage_or_name)).fetchall()
+
+    def figures_of_run(self, run_id: str) -> list[tuple[str, float | None, str, str]]:
+        """(key, number, text, kind) of one run's own figures."""
+        return self.db.execute("SELECT key, num, text, kind FROM figures WHERE run_id = ? ORDER BY kind, key", (run_id,)).fetchall()
+
+    def common_metric_keys(self, *, stage: str | None = None, limit: int = 4) -> list[str]:
+        """The numeric metrics most runs have (of one stage kind when given), timings left out."""
+        rows = self.db.execute(
+            "SELECT f.key, count(*) FROM figures f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete' AND f.kind='metric' "
+            "AND f.num IS NOT NULL AND (? IS NULL OR r.stage = ?) AND f.key NOT LIKE '%time%' GROUP BY f.key "
+            "ORDER BY count(*) DESC, f.key LIMIT ?", (stage, stage, limit)).fetchall()
+        return [r[0] for r in rows]
+
+    # --- figure filters (compass.ledger.where parses them; the SQL is made here) ----------------------
+
+    def where_run_ids(self, node) -> set[str]:
+        """Complete runs for which the parsed filter holds."""
+        self.check_figure_names(node)
+        sql, params = where_sql(node)
+        return {r[0] for r in self.db.execute(f"SELECT r.run_id FROM runs r WHERE r.state='complete' AND ({sql})", params)}
+
+    def check_figure_names(self, node) -> None:
+        """Fail with close matches when a name is no figure of any run (a typo would otherwise match nothing)."""
+        import difflib
+
+        for cmp in comparisons(node):
+            known = False
+            for prefix, key in name_forms(cmp.name):
+                if prefix is None:
+                    known = known or self.db.execute("SELECT 1 FROM figures WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
+                else:
+                    known = known or self.db.execute(
+                        "SELECT 1 FROM figures f JOIN runs ar ON ar.run_id = f.run_id WHERE f.key = ? AND (ar.stage = ? OR ar.name = ?) LIMIT 1",
+                        (key, prefix, prefix)).fetchone() is not None
+            if not known:
+                keys = [r[0] for r in self.db.execute("SELECT DISTINCT key FROM figures")]
+                staged = [f"{s}.{k}" for s, k in self.db.execute("SELECT DISTINCT r.stage, f.key FROM figures f JOIN runs r ON r.run_id = f.run_id")]
+                close = difflib.get_close_matches(cmp.name, keys + staged, n=4, cutoff=0.5)
+                hint = f"; close names: {', '.join(close)}" if close else ""
+                raise CompassError(f"--where: no run has a figure named {cmp.name!r}{hint}")
+
+    def figure_value(self, run_id: str, name: str) -> tuple[str, str] | None:
+        """(value text, where it came from) of `name` for one run: its own figure first, else the nearest
+        ancestor (or itself) of that stage kind / recipe name."""
+        for prefix, key in name_forms(name):
+            if prefix is None:
+                row = self.db.execute("SELECT text FROM figures WHERE run_id = ? AND key = ? LIMIT 1", (run_id, key)).fetchone()
+                if row:
+                    return row[0], "self"
+            else:
+                # the run's few ancestors first (CROSS JOIN keeps that order), then their figures by (run_id, key)
+                row = self.db.execute(
+                    "SELECT f.text, a.ancestor_id, a.depth FROM ancestry a CROSS JOIN runs ar CROSS JOIN figures f "
+                    "WHERE a.run_id = ? AND ar.run_id = a.ancestor_id AND f.run_id = a.ancestor_id AND f.key = ? "
+                    "AND (ar.stage = ? OR ar.name = ?) ORDER BY a.depth LIMIT 1", (run_id, key, prefix, prefix)).fetchone()
+                if row:
+                    return row[0], "self" if row[2] == 0 else f"ancestor {row[1][:8]}"
+        return None
+
+    # --- full text ----------------------------------------------------------------------------------
+
+    def fulltext_match(self, expression: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[tuple[str, float]]:
+        """(run id, bm25 score: lower is better) for an FTS5 MATCH expression; names weigh 5, notes 3, the rest 1.
+        `filter_sql` is an extra condition on `r` (the runs table), e.g. from where_sql()."""
+        return self.db.execute(
+            "SELECT f.run_id, bm25(fulltext, 0.0, 5.0, 3.0, 1.0) AS score FROM fulltext f JOIN runs r ON r.run_id = f.run_id "
+            f"WHERE fulltext MATCH ? AND r.state = 'complete'{filter_sql} ORDER BY score LIMIT ?",
+            (expression, *filter_params, limit)).fetchall()
+
+    def fulltext_containing(self, word: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[str]:
+        """Run ids whose name, note or text contains `word` (a substring scan, for words the trigram index cannot hold)."""
+        like = f"%{word}%"
+        rows = self.db.execute(
+            "SELECT f.run_id FROM fulltext f JOIN runs r ON r.run_id = f.run_id WHERE r.state = 'complete' "
+            f"AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?){filter_sql} LIMIT ?", (like, like, like, *filter_params, limit))
+        return [r[0] for r in rows]
+
+    def fulltext_rows(self, run_ids: list[str]) -> dict[str, dict[str, str]]:
+        """run id -> {"name", "note", "text"} as the full-text index holds them."""
+        out: dict[str, dict[str, str]] = {}
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start:start + 500]
+            for run_id, name, note, body in self.db.execute(
+                    f"SELECT run_id, name, note, body FROM fulltext WHERE run_id IN ({_marks(chunk)})", chunk):
+                out[run_id] = {"name": name, "note": note, "text": body}
+        return out
+
+    # --- embeddings ---------------------------------------------------------------------------------
+
+    def runs_without_embedding(self) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT r.run_id FROM runs r WHERE r.state = 'complete' AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.run_id = r.run_id)")]
+
+    def put_embeddings(self, rows: list[tuple[str, str, bytes]]) -> None:
+        """(run id, sha256 of the embedded text, float32 vector bytes)."""
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", rows)
+
+    def embeddings_version(self) -> tuple:
+        """Changes whenever an embedding is added, replaced or removed (a cache key)."""
+        return self.db.execute("SELECT count(*), max(rowid) FROM embeddings").fetchone()
+
+    def embeddings(self) -> list[tuple[str, bytes]]:
+        return self.db.execute(
+            "SELECT e.run_id, e.vec FROM embeddings e JOIN runs r ON r.run_id = e.run_id WHERE r.state = 'complete' ORDER BY e.rowid").fetchall()
+
+    # --- writing a recording (two phases, see the module docstring) ---------------------------------
+
+    def begin_recording(self, values: dict[str, Any]) -> None:
+        """Phase 1: the row that says a recording is under way (readers skip it)."""
+        columns = ("run_id", "tracking_uri", "name", "stage", "recipe", "started_at", "recorded_at", "wall_time_s",
+                   "config_hash", "code_commit", "code_dirty", "out_dir", "manifest", "summary")
+        with self.transaction() as db:
+            db.execute(f"INSERT INTO runs (state, {', '.join(columns)}) VALUES ('recording', {_marks(columns)})",
+                       tuple(values[c] for c in columns))
+
+    def set_mlflow_run(self, run_id: str, mlflow_run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET mlflow_run_id = ? WHERE run_id = ?", (mlflow_run_id, run_id))
+
+    def complete_recording(self, run_id: str, *, out_dir: str, out_files, in_files, inputs, parents, depths, figures, history,
+                           name: str, body: str, embedding: tuple[str, bytes] | None = None) -> None:
+        """Phase 3: every row the ledger's own queries need, in one transaction that flips the run to complete."""
+        with self.transaction() as db:
+            db.executemany("INSERT INTO files VALUES (?, 'out', '', ?, ?, ?)", [(run_id, rel, sha, size) for rel, sha, size in out_files])
+            db.executemany("INSERT INTO files VALUES (?, 'in', ?, ?, ?, ?)", [(run_id, port, rel, sha, size) for port, rel, sha, size, _ in in_files])
+            db.executemany("INSERT INTO inputs VALUES (?, ?, ?, ?)", [(run_id, port, path, int(is_file)) for port, path, is_file in inputs])
+            db.executemany("INSERT INTO parents VALUES (?, ?, ?)", [(run_id, p, port) for p, port in parents])
+            db.executemany("INSERT INTO ancestry VALUES (?, ?, ?)", [(run_id, a, d) for a, d in depths.items()])
+            db.executemany("INSERT INTO figures VALUES (?, ?, ?, ?, ?)", [(run_id, *row) for row in figures])
+            db.executemany("INSERT INTO history VALUES (?, ?, ?, ?)", [(run_id, k, s, v) for k, s, v in history])
+            db.execute("INSERT INTO fulltext (run_id, name, note, body) VALUES (?, ?, '', ?)", (run_id, name, body))
+            if embedding is not None:
+                db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (run_id, *embedding))
+            db.execute("UPDATE runs SET state = 'complete', out_dir = ? WHERE run_id = ?", (out_dir, run_id))
+
+    def recording_mlflow_run(self, run_id: str) -> tuple[bool, str | None]:
+        """(whether `run_id` has an interrupted recording, the MLflow run id it had reached)."""
+        row = self.db.execute("SELECT mlflow_run_id FROM runs WHERE run_id = ? AND state = 'recording'", (run_id,)).fetchone()
+        return (False, None) if row is None else (True, row[0])
+
+    def delete_recording(self, run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM runs WHERE run_id = ? AND state = 'recording'", (run_id,))
+
+    def set_note(self, run_id: str, text: str, embedding: tuple[str, bytes] | None) -> None:
+        """The run's note, in its row and its full text; its embedding replaced (or dropped when None)."""
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET note = ? WHERE run_id = ?", (text, run_id))
+            db.execute("UPDATE fulltext SET note = ? WHERE run_id = ?", (text, run_id))
+            if embedding is None:
+                db.execute("DELETE FROM embeddings WHERE run_id = ?", (run_id,))
+            else:
+                db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (run_id, *embedding))
+
+    def set_reproduces(self, run_id: str, original_run_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET reproduces = ? WHERE run_id = ?", (original_run_id, run_id))
+
+    # --- checking (compass runs check) --------------------------------------------------------------
+
+    def integrity(self) -> list[str]:
+        """Problems SQLite finds in the file and in the full-text index (none: [])."""
+        problems = []
+        integrity = self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            problems.append(f"index.db integrity: {integrity}")
+        try:
+            self.db.execute("INSERT INTO fulltext(fulltext) VALUES ('integrity-check')")
+        except sqlite3.DatabaseError as err:  # each subclass (corrupt, malformed) is a finding
+            problems.append(f"full-text index damaged: {err}")
+        return problems
+
+    def run_ids(self, state: str = "complete") -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT run_id FROM runs WHERE state = ? ORDER BY run_id", (state,))]
+
+    def row_presence(self) -> tuple[set[str], set[str], dict[str, int]]:
+        """(runs with a full-text row, runs with their own lineage row, file rows per run)."""
+        in_fts = {r[0] for r in self.db.execute("SELECT run_id FROM fulltext")}
+        with_self = {r[0] for r in self.db.execute("SELECT run_id FROM ancestry WHERE depth = 0")}
+        file_counts = dict(self.db.execute("SELECT run_id, count(*) FROM files GROUP BY run_id").fetchall())
+        return in_fts, with_self, file_counts
+
+    def mlflow_runs(self, tracking_uri: str) -> dict[str, str]:
+        """run id -> MLflow run id of complete runs recorded in that tracking store."""
+        return dict(self.db.execute("SELECT run_id, mlflow_run_id FROM runs WHERE state='complete' AND tracking_uri = ?",
+                                    (tracking_uri,)).fetchall())
+
+    def file_locations(self, sha: str) -> list[tuple[str, str, str, str | None, bool | None]]:
+        """(role, relative path, run out_dir, input path, input is a file) of every recorded file with these bytes."""
+        rows = self.db.execute(
+            "SELECT f.role, f.path, r.out_dir, i.path, i.is_file FROM files f JOIN runs r ON r.run_id = f.run_id "
+            "LEFT JOIN inputs i ON i.run_id = f.run_id AND i.port = f.port WHERE f.sha256 = ?", (sha,)).fetchall()
+        return [(role, rel, out_dir, in_path, None if is_file is None else bool(is_file)) for role, rel, out_dir, in_path, is_file in rows]
+
+
+def _marks(items) -> str:
+    return ",".join("?" * len(items))
+
+
+# --- figure filters as SQL -------------------------------------------------------------------------------
+
+REL_TOL = 1e-9  # numbers compare equal within this relative tolerance (0.1 + 0.2 = 0.3)
+
+
+def _value_sql(cmp: Cmp) -> tuple[str, list]:
+    if isinstance(cmp.value, float):
+        tol = REL_TOL * max(1.0, abs(cmp.value))
+        if cmp.op == "=":
+            return "f.num BETWEEN ? AND ?", [cmp.value - tol, cmp.value + tol]
+        if cmp.op == "!=":
+            return "f.num IS NOT NULL AND f.num NOT BETWEEN ? AND ?", [cmp.value - tol, cmp.value + tol]
+        return f"f.num {cmp.op} ?", [cmp.value]
+    if cmp.op == "~":
+        escaped = cmp.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return "f.text LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+    return f"f.text {cmp.op} ?", [cmp.value]
+
+
+def cmp_sql(cmp: Cmp) -> tuple[str, list]:
+    """SQL selecting run_ids for which `cmp` holds."""
+    cond, values = _value_sql(cmp)
+    parts, params = [], []
+    for prefix, key in name_forms(cmp.name):
+        if prefix is None:
+            parts.append(f"SELECT f.run_id FROM figures f WHERE f.key = ? AND {cond}")
+            params += [key, *values]
+        else:
+            # CROSS JOIN fixes the order: the figure's index range first, then its run, then descendants
+            parts.append("SELECT a.run_id FROM figures f CROSS JOIN runs ar CROSS JOIN ancestry a "
+                         "WHERE ar.run_id = f.run_id AND a.ancestor_id = f.run_id "
+                         f"AND f.key = ? AND (ar.stage = ? OR ar.name = ?) AND {cond}")
+            params += [key, prefix, prefix, *values]
+    return " UNION ".join(parts), params
+
+
+def where_sql(node) -> tuple[str, list]:
+    """A boolean SQL expression over `r.run_id` (r = the runs table) for a parsed filter."""
+    if isinstance(node, Cmp):
+        sql, params = cmp_sql(node)
+        return f"r.run_id IN ({sql})", params
+    if isinstance(node, Not):
+        sql, params = where_sql(node.item)
+        return f"NOT ({sql})", params
+    if not isinstance(node, BoolOp):
+        raise CompassError(f"not a parsed filter: {node!r}")
+    parts, params = [], []
+    for item in node.items:
+        sql, p = where_sql(item)
+        parts.append(f"({sql})")
+        params += p
+    return f" {node.op.upper()} ".join(parts), params
 
 
 class _Transaction:

@@ -10,8 +10,9 @@ import numpy as np
 from compass.errors import CompassError
 from compass.ledger.flat import as_number, format_number
 from compass.ledger.index import Index, RunRow
-from compass.ledger.record import meaning_text, text_sha
-from compass.ledger.where import check_names, compile_where, comparisons, figure_value, parse_where
+from compass.ledger.index import where_sql as filter_sql
+from compass.ledger.search_text import meaning_text, text_sha
+from compass.ledger.where import comparisons, parse_where
 
 RRF_K = 60             # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
 MEANING_MIN = 0.25     # cosine below this is no match (MiniLM: unrelated texts score about 0 to 0.2)
@@ -28,16 +29,13 @@ class Hit:
 
 
 def where_run_ids(index: Index, where: str) -> set[str]:
-    node = parse_where(where)
-    check_names(index.db, node)
-    sql, params = compile_where(node)
-    return {r[0] for r in index.db.execute(f"SELECT r.run_id FROM runs r WHERE r.state='complete' AND ({sql})", params)}
+    return index.where_run_ids(parse_where(where))
 
 
 def where_reasons(index: Index, run_id: str, where: str) -> list[str]:
     reasons = []
     for cmp in comparisons(parse_where(where)):
-        found = figure_value(index.db, run_id, cmp.name)
+        found = index.figure_value(run_id, cmp.name)
         if found is not None:
             value, origin = found
             reasons.append(f"{cmp.name}={value}" + ("" if origin == "self" else f" (from {origin})"))
@@ -66,27 +64,15 @@ def text_hits(index: Index, query: str, where_sql: str = "", where_params: tuple
         for expression, penalty in passes:  # bm25 is negative, a few units: +1000 ranks after every full match
             if len(hits) >= TEXT_TOP:
                 break
-            rows = index.db.execute(
-                "SELECT f.run_id, bm25(fulltext, 0.0, 5.0, 3.0, 1.0) AS score FROM fulltext f JOIN runs r ON r.run_id = f.run_id "
-                f"WHERE fulltext MATCH ? AND r.state = 'complete'{where_sql} ORDER BY score LIMIT ?",
-                (expression, *where_params, TEXT_TOP)).fetchall()
+            rows = index.fulltext_match(expression, where_sql, where_params, limit=TEXT_TOP)
             for run_id, score in rows:
                 if run_id not in hits:
                     hits[run_id] = score + penalty
     for word in short_cjk:  # trigram cannot index 1-2 character words: substring scan (fine below ~100k runs)
-        like = f"%{word}%"
-        rows = index.db.execute(
-            "SELECT f.run_id FROM fulltext f JOIN runs r ON r.run_id = f.run_id WHERE r.state = 'complete' "
-            f"AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?){where_sql} LIMIT ?", (like, like, like, *where_params, TEXT_TOP)).fetchall()
-        for (run_id,) in rows:
+        for run_id in index.fulltext_containing(word, where_sql, where_params, limit=TEXT_TOP):
             hits.setdefault(run_id, 0.0)
     ranked = sorted(hits.items(), key=lambda item: item[1])
-    texts = {}
-    for start in range(0, len(ranked), 500):
-        chunk = [r for r, _ in ranked[start:start + 500]]
-        marks = ",".join("?" * len(chunk))
-        for run_id, name, note, body in index.db.execute(f"SELECT run_id, name, note, body FROM fulltext WHERE run_id IN ({marks})", chunk):
-            texts[run_id] = {"name": name, "note": note, "text": body}
+    texts = index.fulltext_rows([r for r, _ in ranked])
     return [(run_id, score, word_context(texts[run_id], long_words + short_cjk)) for run_id, score in ranked]
 
 
@@ -129,8 +115,7 @@ class MeaningIndex:
         return self._embedder
 
     def missing(self) -> list[str]:
-        return [r[0] for r in self.index.db.execute(
-            "SELECT r.run_id FROM runs r WHERE r.state = 'complete' AND NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.run_id = r.run_id)")]
+        return self.index.runs_without_embedding()
 
     def update(self, batch: int = 256) -> int:
         missing = self.missing()
@@ -139,16 +124,13 @@ class MeaningIndex:
             ids = list(rows)
             texts = [meaning_text(rows[r]) for r in ids]
             vectors = self.embedder.encode(texts)
-            with self.index.transaction() as db:
-                db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)",
-                               [(r, text_sha(t), v.tobytes()) for r, t, v in zip(ids, texts, vectors)])
+            self.index.put_embeddings([(r, text_sha(t), v.tobytes()) for r, t, v in zip(ids, texts, vectors)])
         return len(missing)
 
     def matrix(self) -> tuple[list[str], np.ndarray]:
-        key = self.index.db.execute("SELECT count(*), max(rowid) FROM embeddings").fetchone()
+        key = self.index.embeddings_version()
         if key != self._cache_key:
-            rows = self.index.db.execute(
-                "SELECT e.run_id, e.vec FROM embeddings e JOIN runs r ON r.run_id = e.run_id WHERE r.state = 'complete'").fetchall()
+            rows = self.index.embeddings()
             self._ids = [r[0] for r in rows]
             self._matrix = (np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
                             if rows else np.zeros((0, 384), dtype=np.float32))
@@ -178,7 +160,7 @@ def search(index: Index, query: str, *, where: str | None = None, mode: str = "a
     allowed = where_run_ids(index, where) if where else None
     where_sql, where_params = "", ()
     if where:
-        compiled, params = compile_where(parse_where(where))
+        compiled, params = filter_sql(parse_where(where))
         where_sql, where_params = f" AND ({compiled})", tuple(params)
     scores: dict[str, float] = {}
     why: dict[str, list[str]] = {}
@@ -220,19 +202,14 @@ def leaderboard(index: Index, metric: str, *, where: str | None = None, lower_is
                 limit: int | None = None, run_ids: set[str] | None = None) -> list[dict]:
     """Runs with figure `metric` (their own; `STAGE.KEY` for the run's own KEY when it is of that kind),
     best first, with the data recipe each was made from."""
-    rows = index.db.execute(
-        "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
-        "WHERE r.state = 'complete' AND f.key = ? AND f.num IS NOT NULL", (metric,)).fetchall()
+    rows = index.figure_values(metric)
     head, dot, rest = metric.partition(".")
     if not rows and dot:
-        rows = index.db.execute(
-            "SELECT f.run_id, f.num FROM figures f JOIN runs r ON r.run_id = f.run_id "
-            "WHERE r.state = 'complete' AND f.key = ? AND (r.stage = ? OR r.name = ?) AND f.num IS NOT NULL",
-            (rest, head, head)).fetchall()
+        rows = index.figure_values(rest, head)
     if not rows:
         import difflib
 
-        keys = [k for (k,) in index.db.execute("SELECT DISTINCT key FROM figures WHERE num IS NOT NULL AND kind = 'metric'")]
+        keys = index.numeric_metric_keys()
         close = difflib.get_close_matches(metric, keys, n=5, cutoff=0.4)
         hint = f"; close names: {', '.join(close)}" if close else (f"; metrics recorded: {', '.join(keys[:10])}" if keys else "")
         raise CompassError(f"no run has a numeric figure {metric!r}{hint}")

@@ -1,5 +1,5 @@
 """Figure filters: `gsm8k.accuracy > 0.5 and (dpo.beta = 0.1 or dpo.beta = 0.2)`, parsed by hand (no eval)
-and compiled to parameterised SQL over the index's figures.
+into Cmp / BoolOp / Not nodes; compass.ledger.index compiles them to parameterised SQL over the figures.
 
 A name is a run's own config key or metric (`learning_rate`, `gsm8k.accuracy`, `train/loss`), or
 `STAGE.KEY` / `NAME.KEY`: KEY of the run itself or of an ancestor of that stage kind or recipe name, so
@@ -10,7 +10,6 @@ Operators: = != < <= > >= on numbers; = != and ~ (contains) on text. Values: num
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass
 
@@ -25,7 +24,6 @@ TOKEN = re.compile(r"""
     | (?P<name>`[^`]+`|[^\s()=<>!~'"]+)
     )""", re.X)
 KEYWORDS = {"and", "or", "not"}
-REL_TOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -153,20 +151,6 @@ def comparisons(node) -> list[Cmp]:
     return [c for item in node.items for c in comparisons(item)]
 
 
-def _value_sql(cmp: Cmp) -> tuple[str, list]:
-    if isinstance(cmp.value, float):
-        tol = REL_TOL * max(1.0, abs(cmp.value))
-        if cmp.op == "=":
-            return "f.num BETWEEN ? AND ?", [cmp.value - tol, cmp.value + tol]
-        if cmp.op == "!=":
-            return "f.num IS NOT NULL AND f.num NOT BETWEEN ? AND ?", [cmp.value - tol, cmp.value + tol]
-        return f"f.num {cmp.op} ?", [cmp.value]
-    if cmp.op == "~":
-        escaped = cmp.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return "f.text LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
-    return f"f.text {cmp.op} ?", [cmp.value]
-
-
 def name_forms(name: str) -> list[tuple[str | None, str]]:
     """(stage-or-name prefix or None, key) readings of a figure name."""
     forms: list[tuple[str | None, str]] = [(None, name)]
@@ -174,74 +158,3 @@ def name_forms(name: str) -> list[tuple[str | None, str]]:
     if dot and rest:
         forms.append((head, rest))
     return forms
-
-
-def cmp_sql(cmp: Cmp) -> tuple[str, list]:
-    """SQL selecting run_ids for which `cmp` holds."""
-    cond, values = _value_sql(cmp)
-    parts, params = [], []
-    for prefix, key in name_forms(cmp.name):
-        if prefix is None:
-            parts.append(f"SELECT f.run_id FROM figures f WHERE f.key = ? AND {cond}")
-            params += [key, *values]
-        else:
-            # CROSS JOIN fixes the order: the figure's index range first, then its run, then descendants
-            parts.append("SELECT a.run_id FROM figures f CROSS JOIN runs ar CROSS JOIN ancestry a "
-                         "WHERE ar.run_id = f.run_id AND a.ancestor_id = f.run_id "
-                         f"AND f.key = ? AND (ar.stage = ? OR ar.name = ?) AND {cond}")
-            params += [key, prefix, prefix, *values]
-    return " UNION ".join(parts), params
-
-
-def compile_where(node) -> tuple[str, list]:
-    """A boolean SQL expression over `r.run_id` (r = the runs table)."""
-    if isinstance(node, Cmp):
-        sql, params = cmp_sql(node)
-        return f"r.run_id IN ({sql})", params
-    if isinstance(node, Not):
-        sql, params = compile_where(node.item)
-        return f"NOT ({sql})", params
-    parts, params = [], []
-    for item in node.items:
-        sql, p = compile_where(item)
-        parts.append(f"({sql})")
-        params += p
-    return f" {node.op.upper()} ".join(parts), params
-
-
-def check_names(db, node) -> None:
-    """Fail with close matches when a name is no figure of any run (a typo would otherwise match nothing)."""
-    for cmp in comparisons(node):
-        known = False
-        for prefix, key in name_forms(cmp.name):
-            if prefix is None:
-                known = known or db.execute("SELECT 1 FROM figures WHERE key = ? LIMIT 1", (key,)).fetchone() is not None
-            else:
-                known = known or db.execute(
-                    "SELECT 1 FROM figures f JOIN runs ar ON ar.run_id = f.run_id WHERE f.key = ? AND (ar.stage = ? OR ar.name = ?) LIMIT 1",
-                    (key, prefix, prefix)).fetchone() is not None
-        if not known:
-            keys = [r[0] for r in db.execute("SELECT DISTINCT key FROM figures")]
-            staged = [f"{s}.{k}" for s, k in db.execute("SELECT DISTINCT r.stage, f.key FROM figures f JOIN runs r ON r.run_id = f.run_id")]
-            close = difflib.get_close_matches(cmp.name, keys + staged, n=4, cutoff=0.5)
-            hint = f"; close names: {', '.join(close)}" if close else ""
-            raise CompassError(f"--where: no run has a figure named {cmp.name!r}{hint}")
-
-
-def figure_value(db, run_id: str, name: str) -> tuple[str, str] | None:
-    """(value text, where it came from) of `name` for one run: its own figure first, else the nearest
-    ancestor (or itself) of that stage kind / recipe name."""
-    for prefix, key in name_forms(name):
-        if prefix is None:
-            row = db.execute("SELECT text FROM figures WHERE run_id = ? AND key = ? LIMIT 1", (run_id, key)).fetchone()
-            if row:
-                return row[0], "self"
-        else:
-            # the run's few ancestors first (CROSS JOIN keeps that order), then their figures by (run_id, key)
-            row = db.execute(
-                "SELECT f.text, a.ancestor_id, a.depth FROM ancestry a CROSS JOIN runs ar CROSS JOIN figures f "
-                "WHERE a.run_id = ? AND ar.run_id = a.ancestor_id AND f.run_id = a.ancestor_id AND f.key = ? "
-                "AND (ar.stage = ? OR ar.name = ?) ORDER BY a.depth LIMIT 1", (run_id, key, prefix, prefix)).fetchone()
-            if row:
-                return row[0], "self" if row[2] == 0 else f"ancestor {row[1][:8]}"
-    return None
