@@ -96,60 +96,6 @@ def closest(word: str, candidates: list[str]) -> str | None:
     return found[0] if found else None
 
 
-def default_text(value) -> str:
-    """A config default as the user would write it on the command line: YAML (flow style), not a Python repr."""
-    from pydantic_core import to_jsonable_python
-
-    text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, allow_unicode=True, width=10_000).strip()
-    return text.removesuffix("\n...").strip()
-
-
-def input_metavar(help_text: str) -> str:
-    """DIR for inputs that are directories only; PATH for a file (or either)."""
-    lowered = help_text.lower()
-    return "DIR" if "directory" in lowered and "file" not in lowered and "jsonl" not in lowered else "PATH"
-
-
-class CompassParser(argparse.ArgumentParser):
-    """argparse with a "did you mean" for unknown flags and verbs (Python 3.11's argparse has neither)."""
-
-    def parse_args(self, args=None, namespace=None):
-        namespace, extras = self.parse_known_args(args, namespace)
-        if extras:
-            parser = self._verb_parser(namespace)
-            unknown = [x for x in extras if x.startswith("-")]
-            hints = [hint for x in unknown if (hint := closest(x.split("=", 1)[0], list(parser._option_string_actions)))]
-            message = f"unrecognized arguments: {' '.join(extras)}"
-            parser.error(message + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
-        return namespace
-
-    def _verb_parser(self, namespace) -> argparse.ArgumentParser:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                verb = getattr(namespace, action.dest)
-                if verb in action.choices:
-                    return action.choices[verb]._verb_parser(namespace)
-        return self
-
-    def error(self, message: str):
-        # "argument VERB: invalid choice: 'sft2' (choose from ...)": name the closest choice instead of all
-        if "invalid choice: " in message:
-            for action in self._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    word = message.split("invalid choice: ", 1)[1].split(" (choose", 1)[0].strip("'")
-                    hint = closest(word, list(action.choices))
-                    message = f"unknown {action.metavar or 'choice'} {word!r}" + (f"; did you mean {hint!r}?" if hint else
-                                                                            f"; choose from {', '.join(action.choices)}")
-        super().error(message)
-
-
-def closest(word: str, candidates: list[str]) -> str | None:
-    import difflib
-
-    found = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return found[0] if found else None
-
-
 def add_stage_verb(sub, kind: str) -> None:
     module = get_stage(kind)
     doc = (module.__doc__ or kind).strip()
@@ -221,22 +167,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recipes(args: argparse.Namespace) -> int:
-    from compass.packaged import copy_recipe, describe_recipes
-
-    if args.action is None:
-        rows = describe_recipes()
-        width = max(len(name) for name, _, _ in rows)
-        for name, description, n_stages in rows:
-            print(f"{name:<{width}}  {n_stages:>2} stages  {description}")
-        print("\nrun one: compass run NAME; edit one: compass recipes copy NAME DIR")
-        return 0
-    for path in copy_recipe(args.name, args.dir, overwrite=args.force):
-        print(f"wrote {path}")
-    print(f"edit it, then: compass run {args.dir / (args.name + '.yaml')}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from compass.demo import run_demo
 
@@ -265,16 +195,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>)")
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
     run.set_defaults(handler=cmd_run)
-
-    recipes = sub.add_parser("recipes", help="list the packaged recipes, or copy one out to edit",
-                             epilog="examples:\n  compass recipes\n  compass recipes copy tiny my-recipes/",
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    recipes_sub = recipes.add_subparsers(dest="action", metavar="ACTION")
-    copy = recipes_sub.add_parser("copy", help="write NAME.yaml and the launch configs it names into DIR")
-    copy.add_argument("name", help="a packaged recipe (see `compass recipes`)")
-    copy.add_argument("dir", type=Path, help="directory for the copy (created)")
-    copy.add_argument("--force", action="store_true", help="replace files already there")
-    recipes.set_defaults(handler=cmd_recipes)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes, or copy one out to edit",
                              epilog="examples:\n  compass recipes\n  compass recipes copy tiny my-recipes/",
