@@ -191,3 +191,56 @@ def test_pairs_stage_mixes_real_preference_pairs_at_the_ratio(tmp_path):
     assert all(line["source_id"].startswith("uf.jsonl#") for line in lines if line["strategy"] == "preference")
     with pytest.raises(CompassError, match="needs the `preference` input"):
         execute_stage("pairs", pairs_stage.Config(preference_ratio=0.2), {"traces": traces}, tmp_path / "out2")
+
+
+# --- the sources-style stages ----------------------------------------------------------------------------
+
+
+def eval_problems(path, questions):
+    from compass.records import Problem
+
+    write_jsonl(path, [Problem(id=f"ev/{i}", source="ev", question=q, reference_answer="0") for i, q in enumerate(questions)])
+    return path
+
+
+def test_sft_sources_mixes_decontaminates_and_records_hashes(tmp_path):
+    from compass.io import read_jsonl, sha256_file
+    from compass.ledger.index import Index
+    from compass.ledger.workspace import Workspace
+    from compass.runner import execute_stage
+    from compass.stages import sft_sources
+
+    data = tmp_path / "data"
+    F.write_rows(data / "m.jsonl", F.messages_rows(6))
+    F.write_rows(data / "sg.jsonl", F.sharegpt_rows(3))
+    evals = eval_problems(tmp_path / "eval.jsonl", ["What is 4 + 4?"])  # the same question as m.jsonl row 4
+    config = sft_sources.Config(datasets=[DataSource(path="m.jsonl"), DataSource(path="sg.jsonl", weight=2, name="sharegpt")])
+    result = execute_stage("sft-sources", config, {"data": data, "eval": evals}, tmp_path / "out")
+    m = result.manifest.metrics
+    assert m["per_source"] == {"m.jsonl": 5, "sharegpt": 6} and m["decontaminated"] == 1 and m["examples"] == 11
+    dropped = read_jsonl(tmp_path / "out" / "dropped.jsonl")
+    assert [(d["id"], d["eval_id"], d["method"]) for d in dropped] == [("m.jsonl/4", "ev/0", "ngram")]
+    assert m["sources"]["m.jsonl"]["files"] == {(data / "m.jsonl").as_posix(): sha256_file(data / "m.jsonl")}
+    # the output reads back as SFT data (TRL messages rows with ids), and the ledger holds its bytes by hash
+    examples = read_sft_examples(tmp_path / "out" / "examples.jsonl")
+    assert len(examples) == 11 and examples[0].id == "m.jsonl/0"
+    index = Index(Workspace.current().index_db)
+    outs = {path: sha for _, _, path, sha, _ in index.files(result.manifest.run_id, "out")}
+    assert outs["examples.jsonl"] == sha256_file(tmp_path / "out" / "examples.jsonl")
+
+
+def test_preference_sources_ultrafeedback_and_hh(tmp_path):
+    from compass.runner import execute_stage
+    from compass.stages import preference_sources
+
+    data = tmp_path / "data"
+    F.write_rows(data / "uf.jsonl", F.ultrafeedback_rows())
+    F.write_rows(data / "hh.jsonl", F.hh_rows())
+    evals = eval_problems(tmp_path / "eval.jsonl", ["Is 9 prime?"])
+    config = preference_sources.Config(datasets=[DataSource(path="uf.jsonl"), DataSource(path="hh.jsonl")], max_drop_rate=0.5)
+    result = execute_stage("preference-sources", config, {"data": data, "eval": evals}, tmp_path / "out")
+    m = result.manifest.metrics
+    assert m["per_source"] == {"uf.jsonl": 1, "hh.jsonl": 2} and m["decontaminated"] == 1
+    assert m["sources"]["uf.jsonl"]["dropped"] == {"fewer_than_two_rated": 1, "tie": 1}
+    assert m["sources"]["uf.jsonl"]["format"] == "ultrafeedback" and m["sources"]["hh.jsonl"]["format"] == "implicit"
+    assert [p.source_id for p in read_pairs(tmp_path / "out" / "pairs.jsonl")] == ["uf.jsonl#0", "hh.jsonl#0", "hh.jsonl#1"]

@@ -368,8 +368,10 @@ class DataSource(BaseModel):
     hub_config: str | None = Field(None, description="hub config (subset) name")
     split: str = Field("train", description="split name")
     revision: str | None = Field(None, description="hub revision (commit, tag or branch) to pin; the resolved commit is recorded")
-    format: Literal["auto", "messages", "prompt_completion", "sharegpt", "alpaca", "trace", "doc_example"] = Field(
-        "auto", description="row format; auto = detected from the first row")
+    format: Literal["auto", "messages", "prompt_completion", "sharegpt", "alpaca", "trace", "doc_example",
+                    "pair", "preference", "implicit", "ultrafeedback"] = Field(
+        "auto", description="row format; auto = detected from the first row (SFT formats for SFT data, "
+                            "pair/preference/implicit/ultrafeedback for preference data)")
     weight: float = Field(1.0, gt=0, description="share of its rows in the mix: 1 = every row once, 0.5 = a seeded half, "
                                                  "2 = every row twice")
     limit: int | None = Field(None, ge=1, description="read at most this many rows (the first ones) before weighting")

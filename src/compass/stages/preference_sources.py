@@ -1,0 +1,73 @@
+"""Collect real preference data (hub ids or local files) into Pair records, mixed with weights, decontaminated.
+
+Formats of compass.data.preference: TRL prompt/chosen/rejected (plain or conversational, e.g.
+HuggingFaceH4/ultrafeedback_binarized, argilla/OpenHermesPreferences), implicit-prompt / Anthropic HH-RLHF rows
+(split at the common prefix), openbmb/UltraFeedback rows (best vs worst completion by rating; ties dropped and
+counted). A pair whose prompt overlaps an evaluation problem (compass.data.decontam n-grams) is dropped and listed in
+dropped.jsonl. pairs.jsonl feeds `compass dpo --pairs` directly or `compass pairs --preference` (mixed with the
+corruption pairs at a ratio). Metrics name every dataset's hub id and resolved revision or its files' sha256.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from compass.config import StageConfig
+from compass.data.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
+from compass.data.preference import DEFAULT_RATING_KEY
+from compass.data.sft_formats import DataSource
+from compass.stages import Port
+
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+EXAMPLE = ("compass preference-sources --out work/prefs --eval work/eval_problems/problems.jsonl "
+           "--datasets '[{hub_id: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs, weight: 0.1}]'")
+
+
+class Config(StageConfig):
+    datasets: list[DataSource] = Field(description="datasets to mix: {hub_id or path, split, revision, format, weight, limit, name}; "
+                                                   "format: auto, pair, preference, implicit or ultrafeedback")
+    rating_key: str = Field(DEFAULT_RATING_KEY, description="UltraFeedback rows: the completion field to rank by "
+                                                            "(overall_score or fine-grained_score)")
+    ngram: int = Field(DEFAULT_NGRAM, ge=1, description="decontamination n-gram length")
+    threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="drop when this share of the shorter text's n-grams is in an eval item")
+    max_drop_rate: float = Field(0.5, ge=0, le=1, description="fail (writing nothing) when more than this share of pairs is dropped")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if not self.datasets:
+            raise ValueError("give at least one dataset")
+        formats = {"auto", "pair", "preference", "implicit", "ultrafeedback"}
+        bad = [d.format for d in self.datasets if d.format not in formats]
+        if bad:
+            raise ValueError(f"preference formats are {sorted(formats)}, got {bad}")
+        return self
+
+
+INPUTS = {
+    "data": Port("directory that relative dataset `path` entries are read from (hashed with the run)", required=False),
+    "eval": Port("Problem records of the evaluation sets to decontaminate against", required=False),
+}
+OUTPUTS = {"pairs": "pairs.jsonl", "report": "dropped.jsonl"}
+
+
+def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+    from compass.data.preference import preference_converter
+    from compass.data.sft_formats import load_mix
+    from compass.data.text_decontam import decontaminate_texts, labels_by_source
+    from compass.io import write_jsonl
+
+    pairs, reports = load_mix(config.datasets, inputs.get("data"), config.seed, None, preference_converter(config.rating_key))
+    labels = labels_by_source(reports)
+    kept, dropped = decontaminate_texts(
+        [(p.id, label, "\n".join(m.content for m in p.prompt if m.role == "user")) for p, label in zip(pairs, labels, strict=True)],
+        inputs.get("eval"), ngram=config.ngram, threshold=config.threshold, max_drop_rate=config.max_drop_rate,
+        what="preference-sources")
+    rows = [p for p in pairs if p.id in kept]
+    write_jsonl(out_dir / OUTPUTS["pairs"], rows)
+    write_jsonl(out_dir / OUTPUTS["report"], dropped)
+    per_source = {label: 0 for label in reports}
+    for pair, label in zip(pairs, labels, strict=True):
+        per_source[label] += pair.id in kept
+    return {"pairs": len(rows), "per_source": per_source, "sources": reports, "decontaminated": len(dropped),
+            "decontaminated_by_source": {label: sum(d["source"] == label for d in dropped) for label in reports}}
