@@ -106,6 +106,8 @@ def add_stage_verb(sub, kind: str) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output directory (manifest.json is written last)")
     parser.add_argument("--config", type=Path, help="YAML file with this stage's config; flags override it")
     parser.add_argument("--force", action="store_true", help="run even when a matching completed run exists in --out")
+    parser.add_argument("--rehash", action="store_true", help="read every input and output file again instead of "
+                        "trusting the stat cache of hashes (and refresh it)")
     inputs = parser.add_argument_group("inputs")
     for name, port in module.INPUTS.items():
         inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path, metavar=input_metavar(port.help),
@@ -135,7 +137,7 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
         overrides[field_name] = value if _is_text(field.annotation) or _is_bool(field.annotation) else yaml.safe_load(value)
     config = load_stage_config(module.Config, args.config, overrides)
     inputs = {name: getattr(args, f"input__{name}") for name in module.INPUTS if getattr(args, f"input__{name}") is not None}
-    result = execute_stage(kind, config, inputs, args.out, force=args.force)
+    result = execute_stage(kind, config, inputs, args.out, force=args.force, rehash=args.rehash)
     state = "cached (matching completed run)" if result.cached else f"done in {result.manifest.wall_time_s:.1f}s"
     print(f"{kind}: {state} -> {result.out_dir}")
     for key, value in result.manifest.metrics.items():
@@ -147,7 +149,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compass.pipeline import run_recipe
 
     workdir = args.workdir or Path("runs") / Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml")
-    run_recipe(args.recipe, workdir, only=args.only)
+    run_recipe(args.recipe, workdir, only=args.only, rehash=args.rehash)
     return 0
 
 
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="a recipe file, or the name of a packaged recipe (`compass recipes` lists them)")
     run.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>)")
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
+    run.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
     run.set_defaults(handler=cmd_run)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes, or copy one out to edit",

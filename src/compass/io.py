@@ -1,11 +1,13 @@
-"""Atomic file writes, sha256 hashing, and JSONL reading/writing with line-numbered errors."""
+"""Atomic file writes, sha256 hashing (with a stat cache), and JSONL reading/writing with line-numbered errors."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,21 +84,94 @@ def is_hidden_work_file(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
-def hash_tree(path: str | os.PathLike, exclude: Iterable[str] = ()) -> dict[str, str]:
-    """sha256 of a file, or of every file under a directory (relative posix path -> hex), sorted."""
+# --- stat cache -------------------------------------------------------------------------------------
+#
+# Like git's index (and DVC's state db), a file's sha256 is remembered with the stat fields that change when
+# its bytes can have changed; a file whose stat still matches is not read again. The key is (device, inode,
+# size, mtime_ns, ctime_ns). mtime alone is not enough: `os.utime` can put mtime back after a write, and a
+# copy tool can preserve it. ctime cannot be set from user space: every write, chmod, rename or utime sets
+# it to "now", so a same-size edit with its mtime restored still changes ctime. The inode catches a file
+# replaced by another (an atomic rename of a new version). What stays out of reach, as for git: a change
+# that leaves every one of these fields as it was (a raw write to the block device, or resetting the system
+# clock to the old ctime before editing). Racy entries: a file changed within RACY_NS of its hashing could
+# change again within the same timestamp tick, keeping its stat; such a hash is used but not remembered, so
+# the file is read again next time (git's "racily clean" rule). `--rehash` reads every file and refreshes
+# the cache. On NFS, RACY_NS also covers clock skew between the client and the server up to that window.
+
+RACY_NS = 2_000_000_000
+HASH_CACHE_NAME = "hash-cache.db"
+
+
+class HashCache:
+    """Stat-keyed sha256 cache in one sqlite file (shared by processes; WAL journal, 60 s busy timeout)."""
+
+    def __init__(self, path: str | os.PathLike, *, rehash: bool = False):
+        self.path = Path(path)
+        self.rehash = rehash
+        self.reads = 0  # files actually read (misses and --rehash), for benches and tests
+        self.hits = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, "
+            "mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT)"
+        )
+
+    def sha256(self, file: Path) -> str:
+        return self.sha256_many([file])[0]
+
+    def sha256_many(self, files: list[Path]) -> list[str]:
+        """sha256 of each file, from the cache where the stat matches; new hashes are stored in one transaction."""
+        out: list[str] = []
+        updates = []
+        for file in files:
+            key = os.path.abspath(file)
+            st = os.stat(key)
+            stat = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            if not self.rehash:
+                row = self._db.execute(
+                    "SELECT dev, ino, size, mtime_ns, ctime_ns, sha256 FROM files WHERE path = ?", (key,)
+                ).fetchone()
+                if row is not None and tuple(row[:5]) == stat:
+                    self.hits += 1
+                    out.append(row[5])
+                    continue
+            started_ns = time.time_ns()
+            digest = sha256_file(key)
+            self.reads += 1
+            after = os.stat(key)
+            same = (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == stat
+            if same and max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - RACY_NS:
+                updates.append((key, *stat, digest))
+            out.append(digest)
+        if updates:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", updates)
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def hash_tree(path: str | os.PathLike, exclude: Iterable[str] = (), cache: HashCache | None = None) -> dict[str, str]:
+    """sha256 of a file, or of every file under a directory (relative posix path -> hex), sorted. With a
+    `cache`, files whose stat matches a remembered hash are not read."""
     path = Path(path)
     if path.is_file():
-        return {path.name: sha256_file(path)}
+        return {path.name: cache.sha256(path) if cache else sha256_file(path)}
     if not path.is_dir():
         raise CompassError(f"input path does not exist: {path}")
     excluded = set(exclude)
-    out: dict[str, str] = {}
+    files: dict[str, Path] = {}
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path)
         if rel.as_posix() in excluded or is_hidden_work_file(rel):
             continue
-        out[rel.as_posix()] = sha256_file(file)
-    return out
+        files[rel.as_posix()] = file
+    if cache is None:
+        return {rel: sha256_file(file) for rel, file in files.items()}
+    return dict(zip(files, cache.sha256_many(list(files.values()))))
 
 
 def dumps_record(record: BaseModel | dict) -> str:

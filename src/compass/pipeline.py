@@ -57,6 +57,7 @@ def run_recipe(
     workdir: str | Path,
     *,
     only: list[str] | None = None,
+    rehash: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, StageResult]:
     from compass.packaged import resolve_launch_config, resolve_recipe
@@ -85,7 +86,7 @@ def run_recipe(
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
         result = execute_stage(
             entry.stage, configs[entry.name], inputs, workdir / entry.name,
-            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path),
+            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash,
         )
         state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from compass.config import Launch, StageConfig, config_hash
 from compass.errors import CompassError
-from compass.io import hash_tree, write_json_atomic
+from compass.io import HASH_CACHE_NAME, HashCache, hash_tree, write_json_atomic
 from compass.ledger import detach_links, record_stage_run
+from compass.ledger.workspace import find_workspace
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
 from compass.stages import get_stage
 
@@ -62,14 +63,20 @@ def resolve_inputs(kind: str, inputs: dict[str, str | Path]) -> dict[str, Path]:
     return resolved
 
 
-def cached_manifest(out_dir: Path, cfg_hash: str, input_hashes: dict[str, dict[str, str]]) -> Manifest | None:
+def hash_cache(rehash: bool = False) -> HashCache:
+    """The stat cache of file hashes, beside the ledger (one per workspace, shared by its processes)."""
+    return HashCache(find_workspace() / HASH_CACHE_NAME, rehash=rehash)
+
+
+def cached_manifest(out_dir: Path, cfg_hash: str, input_hashes: dict[str, dict[str, str]],
+                    cache: HashCache | None = None) -> Manifest | None:
     manifest = read_manifest(out_dir)
     if manifest is None or manifest.status != "complete":
         return None
     if manifest.config_hash != cfg_hash or manifest.input_key() != input_hashes:
         return None
     # outputs must still be the bytes the manifest recorded
-    if hash_tree(out_dir, exclude=[MANIFEST_NAME]) != manifest.outputs:
+    if hash_tree(out_dir, exclude=[MANIFEST_NAME], cache=cache) != manifest.outputs:
         return None
     return manifest
 
@@ -84,20 +91,22 @@ def execute_stage(
     launch: Launch | None = None,
     recipe: str | None = None,
     force: bool = False,
+    rehash: bool = False,
 ) -> StageResult:
     module = get_stage(kind)
     if not isinstance(config, module.Config):
         raise CompassError(f"stage {kind}: config must be {module.Config.__name__}, got {type(config).__name__}")
     out_dir = Path(out_dir).resolve()
     paths = resolve_inputs(kind, inputs)
-    input_hashes = {key: hash_tree(path) for key, path in paths.items()}
+    cache = hash_cache(rehash)  # rehash: read every file again (and refresh the cache)
+    input_hashes = {key: hash_tree(path, cache=cache) for key, path in paths.items()}
     cfg_hash = config_hash(config)
     # Under `accelerate launch ... compass <verb>` every process runs this function and trains; only rank 0
     # keeps the books (stale manifest, ledger, new manifest). All ranks reach the same cache decision: they
     # hash the same files, and rank 0 only removes a manifest that does not match.
     secondary = process_rank() > 0
     if not force:
-        cached = cached_manifest(out_dir, cfg_hash, input_hashes)
+        cached = cached_manifest(out_dir, cfg_hash, input_hashes, cache)
         if cached is not None:
             if not secondary:
                 # a cached hit makes no new ledger run; this only records it if it never was (idempotent)
@@ -129,7 +138,7 @@ def execute_stage(
         code=code_version(),
         versions=library_versions(),
         inputs={key: InputRecord(path=str(paths[key]), files=input_hashes[key]) for key in paths},
-        outputs={} if secondary else hash_tree(out_dir, exclude=[MANIFEST_NAME]),
+        outputs={} if secondary else hash_tree(out_dir, exclude=[MANIFEST_NAME], cache=cache),
         started_at=started_at,
         wall_time_s=round(wall, 3),
         metrics=metrics,
