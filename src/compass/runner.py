@@ -7,7 +7,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,9 @@ from compass.io import HASH_CACHE_NAME, HashCache, hash_tree, write_json_atomic
 from compass.ledger import detach_links, record_stage_run
 from compass.ledger.workspace import find_workspace
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
+from compass.ledger.redact import redact_value
+from compass.stagekit import (DirLock, check_out_dir_location, claim_out_dir, clear_finished_run, clear_interrupted_run,
+                              remove_orphan_temps, tidy_failed_out_dir)
 from compass.stages import get_stage
 
 WORKER_METRICS = ".metrics.json"  # written by rank 0 of a launched stage
@@ -81,7 +83,32 @@ def cached_manifest(out_dir: Path, cfg_hash: str, input_hashes: dict[str, dict[s
     return manifest
 
 
-def execute_stage(
+def execute_stage(kind: str, config: StageConfig, inputs: dict[str, str | Path], out_dir: str | Path, **options) -> StageResult:
+    """Run one stage into `out_dir` (options: see _execute_stage) holding the directory's lock; refuses an
+    output directory compass did not make, or one that overlaps an input, before anything is written. A
+    failed run leaves no empty files, temp files or (when it made it) empty directory behind."""
+    module = get_stage(kind)
+    if not isinstance(config, module.Config):
+        raise CompassError(f"stage {kind}: config must be {module.Config.__name__}, got {type(config).__name__}")
+    out_dir = Path(out_dir).resolve()
+    if process_rank() > 0:  # rank 0 of the same launch holds the lock and keeps the books
+        return _execute_stage(kind, config, inputs, out_dir, **options)
+    check_out_dir_location(out_dir, resolve_inputs(kind, inputs))  # before anything is created
+    existed = out_dir.exists()
+    with DirLock(out_dir, "output directory") as lock:
+        try:
+            fresh = claim_out_dir(out_dir) or not existed
+        except CompassError:
+            lock.discard()  # a directory compass may not use is left exactly as it was
+            raise
+        try:
+            return _execute_stage(kind, config, inputs, out_dir, **options)
+        except BaseException:
+            tidy_failed_out_dir(out_dir, remove_if_empty=fresh)
+            raise
+
+
+def _execute_stage(
     kind: str,
     config: StageConfig,
     inputs: dict[str, str | Path],
@@ -94,8 +121,6 @@ def execute_stage(
     rehash: bool = False,
 ) -> StageResult:
     module = get_stage(kind)
-    if not isinstance(config, module.Config):
-        raise CompassError(f"stage {kind}: config must be {module.Config.__name__}, got {type(config).__name__}")
     out_dir = Path(out_dir).resolve()
     paths = resolve_inputs(kind, inputs)
     cache = hash_cache(rehash)  # rehash: read every file again (and refresh the cache)
@@ -115,10 +140,15 @@ def execute_stage(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     if not secondary:
-        if read_manifest(out_dir) is not None:
+        previous = read_manifest(out_dir)
+        if previous is not None:
             # a finished run of another config or other inputs (or --force): its files must not leak into this
-            # run's outputs. A directory without a manifest is an interrupted run and is kept for the stage to resume.
-            clear_directory(out_dir)
+            # run's outputs. A directory without a manifest is an interrupted run and is kept for the stage to
+            # resume, unless --force asks for a clean start.
+            clear_finished_run(out_dir, previous.outputs)
+        elif force:
+            clear_interrupted_run(out_dir)
+        remove_orphan_temps(out_dir)  # temp files of atomic writes a killed run never renamed
         detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
     if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
@@ -132,7 +162,7 @@ def execute_stage(
         stage=kind,
         name=name or kind,
         run_id=uuid.uuid4().hex,
-        config=config.model_dump(mode="json"),
+        config=redact_value(config.model_dump(mode="json")),  # the hash above is of the real config
         config_hash=cfg_hash,
         seed=config.seed,
         code=code_version(),
@@ -141,7 +171,7 @@ def execute_stage(
         outputs={} if secondary else hash_tree(out_dir, exclude=[MANIFEST_NAME], cache=cache),
         started_at=started_at,
         wall_time_s=round(wall, 3),
-        metrics=metrics,
+        metrics=redact_value(metrics),
         launch=launch.model_dump() if launch else None,
         recipe=recipe,
     )
@@ -150,14 +180,6 @@ def execute_stage(
     write_manifest(out_dir, manifest)
     record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
     return StageResult(manifest, out_dir, cached=False)
-
-
-def clear_directory(path: Path) -> None:
-    for entry in path.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 def process_rank() -> int:

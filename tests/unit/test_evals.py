@@ -192,13 +192,13 @@ def test_math_score_accuracy_format_validity_and_tokens():
 # --- MMLongBench-Doc loading and extraction -----------------------------------------------------------
 
 
-def test_mmlongbench_loads_both_schemas_with_0_based_pages(tmp_path):
+def test_mmlongbench_loads_both_schemas_with_1_based_pages(tmp_path):
     items = mmlongbench.load_items(FIXTURES / "mmlongbench_samples.json")
-    assert [i.evidence_pages for i in items] == [(0,), (1,), (0, 1), ()]
+    assert [i.evidence_pages for i in items] == [(1,), (2,), (1, 2), ()]  # page numbers as samples.json states them
     assert items[0].id == "annual_report.pdf#0" and items[2].answer_format == "List"
     docq = tmp_path / "q.jsonl"
     docq.write_text('{"id": "r/1", "doc_id": "r", "question": "q", "answer": "5", "answer_format": "Int", "gold_pages": [3]}\n')
-    assert mmlongbench.load_items(docq)[0].evidence_pages == (3,)
+    assert mmlongbench.load_items(docq)[0].evidence_pages == (4,)  # DocQuestion gold_pages are 0-based
     bad = tmp_path / "bad.json"
     bad.write_text('[{"doc_id": "d", "question": "q", "answer": "a", "answer_format": "Str", "evidence_pages": "[1, __import__]"}]')
     with pytest.raises(CompassError, match=r"evidence_pages must look like '\[1, 2\]'"):

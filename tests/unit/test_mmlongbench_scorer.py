@@ -131,6 +131,28 @@ CASES = [
     ("Not answerable", "None", "42", 0.0, "an answer to an unanswerable question"),
     ("Not answerable", "None", "", 0.0, "empty answer"),
     ("Not answerable", "None", "Fail to answer", 0.0, "a failed reading is not an abstention"),
+    # --- the published samples.json's quirks and a careful grader's calls (issue 13) ---------------------
+    ("N/A", "Str", "N/A", 1.0, "a Str gold 'N/A' (the document says N/A) is matched by itself"),
+    ("N/A", "Str", "n/a.", 1.0, "... in any presentation"),
+    ("N/A", "Str", "Not answerable", 0.0, "an abstention is not the document's 'N/A'"),
+    ("Not answerable", "None", "[Not answerable]", 1.0, "bracketed abstention: the prompt's '[answer]' copied"),
+    ("Not answerable", "None", "['Not answerable']", 1.0, "abstention as a one-item list"),
+    ("12", "Int", "[Not answerable]", 0.0, "a bracketed abstention on an answerable question"),
+    ("[\"Cambridge 'A' Level\", 'IB Diploma']", "List", "['Cambridge 'A' Level', 'IB Diploma']", 1.0,
+     "list items with unescaped apostrophes, read at the item boundaries"),
+    ("[\"Men's health\", \"Women's health\"]", "List", "['Women's health', 'Men's health']", 1.0, "two apostrophe items"),
+    ("[1500, 8000]", "List", "[1,500, 8,000]", 1.0, "bare numbers with thousands separators in a list"),
+    ("[1500, 8000]", "List", "[1,500, 8,001]", 0.0, "... and one of them wrong"),
+    ("[1, 500]", "List", "[1, 500]", 1.0, "', ' still separates items"),
+    ("['Chapter 2', 'Chapter 3']", "List", "['Chapter 2', 'Chapter 4']", 0.0, "numbers inside list strings must agree"),
+    ("Chapter 10", "Str", "Chapter 11", 0.0, "a number inside a string must agree (the reference: ANLS 0.9)"),
+    ("Chapter 10", "Str", "chapter 10", 1.0, "... and case does not matter"),
+    ("300", "Int", "300 million", 1.0, "scale word: the stated value is the gold (reference: 0)"),
+    ("8802", "Int", "8,802", 1.0, "thousands separator (reference: int() fails)"),
+    ("73.2% ", "Float", "73.2", 1.0, "a gold with a trailing space"),
+    (" 12.35", "Float", "12.35", 1.0, "a gold with a leading space"),
+    ("92", "List", "92", 1.0, "a List gold without brackets is one item"),
+    ("$49.99", "Float", "49.99", 1.0, "currency sign on the gold"),
 ]
 
 
@@ -222,6 +244,9 @@ def test_anls_values():
 def test_gold_that_is_not_a_number_is_a_data_error():
     with pytest.raises(CompassError, match="'many'.*Int"):
         score_answer("many", "5", "Int")
+    for gold in ("yes", "14:04 CET", "21%", "GPT-4"):  # Int golds of the published samples.json
+        with pytest.raises(CompassError, match="of format Int is not an integer"):
+            score_answer(gold, gold, "Int")
     with pytest.raises(CompassError, match="answer_format"):
         score_answer("5", "5", "Integer")
 
@@ -243,6 +268,25 @@ def test_aggregate_f1_uses_one_abstention_decision():
     assert m["cross_page.accuracy"] == 0.0 and m["cross_page.n"] == 2
     assert m["unanswerable.accuracy"] == 0.5 and m["unanswerable.n"] == 2
     assert m["answered.n"] == 3 and m["n"] == 5
+
+
+def test_na_gold_answered_na_counts_as_answered_for_f1():
+    from compass.evals.mmlongbench_score import scored
+
+    s = scored("N/A", "N/A", "Str", 1)
+    assert s.score == 1.0 and not s.pred_abstains and not s.gold_abstains
+    m = aggregate([s, scored("Not answerable", "[Not answerable]", "None", 0)])
+    assert m["precision"] == 1.0 and m["recall"] == 1.0 and m["answered.n"] == 1
+
+
+def test_aggregate_groups_by_evidence_source_and_document_type():
+    items = [Scored(1.0, False, False, 1, ("Chart", "Table"), "Guidebook"),
+             Scored(0.0, False, False, 2, ("Table",), "Academic paper"),
+             Scored(1.0, True, True, 0, (), "Guidebook")]
+    m = aggregate(items)
+    assert m["source.table.accuracy"] == 0.5 and m["source.table.n"] == 2 and m["source.chart.n"] == 1
+    assert m["doc_type.guidebook.accuracy"] == 1.0 and m["doc_type.guidebook.n"] == 2
+    assert m["doc_type.academic_paper.accuracy"] == 0.0
 
 
 def test_aggregate_of_nothing_is_zero_not_a_crash():

@@ -87,10 +87,13 @@ _ABSTAIN_WHOLE = {"n/a", "na", "不明", "回答なし", "該当なし"}
 
 def is_abstention(text: str | None) -> bool:
     """True when a (short) answer says the question cannot be answered from the document. An empty or
-    missing answer is not an abstention: it is an answer that is wrong."""
+    missing answer is not an abstention: it is an answer that is wrong. A bracketed abstention (the
+    extraction prompt's '[answer]' placeholder copied: '[Not answerable]', "['Not answerable']") is one."""
     if text is None:
         return False
     norm = normalize_text(text)
+    if len(norm) >= 2 and norm[0] == "[" and norm[-1] == "]":
+        norm = normalize_text(norm[1:-1])
     if not norm:
         return False
     if norm in _ABSTAIN_WHOLE or _ABSTAIN_PREFIX.match(norm):
@@ -182,9 +185,18 @@ def _gold_number(gold: str, fmt: str) -> Number:
     return number
 
 
+_INTEGER_GOLD = re.compile(r"[-+△▲]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+
+
 def score_int(gold: str, pred: str) -> float:
-    """Exact integer: '8,802' == '8802' == '8802.0' == '8802 people'; '8.9' != '8' (no truncation)."""
-    g = _gold_number(gold, "Int")
+    """Exact integer: '8,802' == '8802' == '8802.0' == '8802 people'; '8.9' != '8' (no truncation).
+    The gold must be an integer (thousands separators allowed): 'GPT-4' or '21%' filed as Int is a data error."""
+    if not _INTEGER_GOLD.fullmatch(normalize_text(gold)):
+        raise CompassError(f"gold answer {gold!r} of format Int is not an integer")
+    return _integer_match(_gold_number(gold, "Int"), pred)
+
+
+def _integer_match(g: Number, pred: str) -> float:
     p = parse_number(pred)
     if p is None:
         return 0.0
@@ -368,16 +380,33 @@ class ListParseError(CompassError):
     """A bracketed list answer that does not tokenize (an unclosed quote, text after a quoted item)."""
 
 
-def parse_list(text: str) -> list[str]:
+def parse_list(text: str, *, lenient: bool = False) -> list[str]:
     """Items of a list answer without executing anything: "['a', \"b\", 13]" (Python/JSON style, quotes
     with backslash escapes), or a bare 'a, b; c' / one item per line. A non-list answer is one item.
-    Commas inside numbers ('1,234') do not split."""
+    Commas inside numbers ('1,234', also bare in brackets: '[1,500, 8,000]') do not split.
+
+    `lenient` (model answers): a bracketed list whose quotes do not tokenize because an item holds an
+    unescaped apostrophe ("['Men's health', 'Women's health']") is split at quote-comma-quote boundaries
+    instead, the way a reader sees it. Golds are read strictly: a malformed gold is a data error."""
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
-        return _parse_bracketed(text[1:-1])
+        try:
+            return _parse_bracketed(text[1:-1])
+        except ListParseError:
+            if not lenient:
+                raise
+            return _split_quoted_items(text[1:-1])
     parts = re.split(r"\s*(?:;|\n|、|,(?!\d{3}(?!\d))|(?<!\d),)\s*", text)
     items = [p.strip().lstrip("-*• ").strip() for p in parts]
     return [i for i in items if i]
+
+
+def _split_quoted_items(body: str) -> list[str]:
+    """A quoted-item list read by its item boundaries only: "'a's', 'b'" -> ["a's", "b"]."""
+    body = body.strip()
+    if len(body) < 2 or body[0] not in "'\"" or body[-1] not in "'\"":
+        raise ListParseError(f"list answer does not tokenize: [{body}]")
+    return [part for part in re.split(r"""['"]\s*,\s*['"]""", body[1:-1])]
 
 
 def _parse_bracketed(body: str) -> list[str]:
@@ -403,15 +432,21 @@ def _parse_bracketed(body: str) -> list[str]:
                 if not body[i].isspace():
                     raise ListParseError(f"list answer has text after a quoted item: [{body}]")
                 i += 1
-        else:  # a bare item runs to the next comma outside brackets (quote numbers with separators: '8,802')
+        else:  # a bare item runs to the next comma outside brackets that is not a thousands separator
             start = i
             depth = 0
-            while i < n and (body[i] != "," or depth > 0):
+            while i < n and (body[i] != "," or depth > 0 or _thousands_comma(body, i)):
                 depth += body[i] in "([{"
                 depth -= body[i] in ")]}"
                 i += 1
             items.append(body[start:i].strip())
     return items
+
+
+def _thousands_comma(body: str, i: int) -> bool:
+    """A comma between a digit and exactly three digits, with no space: '1,500' (a list separator is ', ')."""
+    return (i > 0 and body[i - 1].isdigit() and re.match(r",\d{3}(?!\d)", body[i:]) is not None
+            and re.search(r"(?:^|[\s,])[-+$]?\d{1,3}(?:,\d{3})*$", body[:i]) is not None)
 
 
 def _item_score(gold: str, pred: str) -> float:
@@ -423,7 +458,7 @@ def _item_score(gold: str, pred: str) -> float:
     starts_with_number = bool(re.match(r"^[-+$¥€£△▲]?\s?[\d.]", normalize_text(gold)))
     if g is not None and (kind == "numeric" or (kind == "mixed" and starts_with_number)):
         if all(_is_integral(v) for v in g.candidates()) and not g.percent:
-            return score_int(gold, pred)
+            return _integer_match(g, pred)  # '5 people' as a list item: the number is the item
         return score_float(gold, pred)
     return score_str(gold, pred)
 
@@ -448,7 +483,7 @@ def _has_perfect_matching(allowed: list[list[bool]]) -> bool:
 def score_list(gold: str | list[str], pred: str | list[str]) -> float:
     golds = parse_list(gold) if isinstance(gold, str) else list(gold)  # a malformed gold is a data error
     try:
-        preds = parse_list(pred) if isinstance(pred, str) else list(pred)
+        preds = parse_list(pred, lenient=True) if isinstance(pred, str) else list(pred)
     except ListParseError:
         return 0.0  # a malformed list answer is a wrong answer, like any unparseable one
     if len(golds) != len(preds) and isinstance(pred, str) and not pred.strip().startswith("["):
@@ -475,6 +510,15 @@ def gold_is_unanswerable(gold: str, answer_format: str) -> bool:
     return answer_format == "None" or normalize_text(gold) == NOT_ANSWERABLE.lower()
 
 
+def pred_abstains(gold: str, pred: str | None, answer_format: str) -> bool:
+    """The one abstention decision for a prediction, used for its score and for F1's precision and recall.
+    A prediction that repeats an answerable gold which merely looks like an abstention (a Str gold 'N/A':
+    the document says N/A) is that answer, not an abstention."""
+    if not is_abstention(pred):
+        return False
+    return gold_is_unanswerable(gold, answer_format) or normalize_text(pred) != normalize_text(gold)
+
+
 def score_answer(gold: str, pred: str | None, answer_format: str, question: str | None = None) -> float:
     """Score in [0, 1] of a short predicted answer against the gold answer of the given format."""
     if answer_format not in ANSWER_FORMATS:
@@ -484,7 +528,7 @@ def score_answer(gold: str, pred: str | None, answer_format: str, question: str 
         return 0.0
     if gold_abstains:
         return float(is_abstention(pred))
-    if is_abstention(pred):
+    if pred_abstains(gold, pred, answer_format):
         return 0.0
     if answer_format == "Int":
         return score_int(gold, pred)
@@ -503,15 +547,25 @@ class Scored:
     gold_abstains: bool
     pred_abstains: bool
     evidence_pages: int
+    evidence_sources: tuple[str, ...] = ()
+    doc_type: str | None = None
 
 
-def scored(gold: str, pred: str | None, answer_format: str, evidence_pages: int, question: str | None = None) -> Scored:
+def scored(gold: str, pred: str | None, answer_format: str, evidence_pages: int, question: str | None = None,
+           evidence_sources: tuple[str, ...] = (), doc_type: str | None = None) -> Scored:
     return Scored(
         score=score_answer(gold, pred, answer_format, question),
         gold_abstains=gold_is_unanswerable(gold, answer_format),
-        pred_abstains=is_abstention(pred),
+        pred_abstains=pred_abstains(gold, pred, answer_format),
         evidence_pages=evidence_pages,
+        evidence_sources=tuple(evidence_sources),
+        doc_type=doc_type,
     )
+
+
+def group_key(name: str) -> str:
+    """A group name as a metric key part: 'Pure-text (Plain-text)' -> 'pure_text_plain_text'."""
+    return re.sub(r"[^0-9a-z]+", "_", name.lower()).strip("_")
 
 
 def _mean(values: list[float]) -> float:
@@ -525,7 +579,8 @@ def aggregate(items: list[Scored]) -> dict[str, float | int]:
     precision = the same sum / number of questions the model answered (did not abstain on). An abstention on
     an answerable question scores 0, so the sum counts only questions that were both answerable and answered.
     Splits: single-page = answerable with 1 evidence page; cross-page = answerable with 2 or more;
-    unanswerable = gold abstains.
+    unanswerable = gold abstains; and, where the items carry them, one group per evidence source
+    (source.<name>, an item is in each of its sources) and per document type (doc_type.<name>).
     """
     answerable = [s for s in items if not s.gold_abstains]
     answered = [s for s in items if not s.pred_abstains]
@@ -549,4 +604,19 @@ def aggregate(items: list[Scored]) -> dict[str, float | int]:
         "cross_page.n": len(cross),
         "unanswerable.n": len(unanswerable),
         "answered.n": len(answered),
+        **_groups(items),
     }
+
+
+def _groups(items: list[Scored]) -> dict[str, float | int]:
+    members: dict[str, list[float]] = {}
+    for s in items:
+        for source in s.evidence_sources:
+            members.setdefault(f"source.{group_key(source)}", []).append(s.score)
+        if s.doc_type is not None:
+            members.setdefault(f"doc_type.{group_key(s.doc_type)}", []).append(s.score)
+    out: dict[str, float | int] = {}
+    for name in sorted(members):
+        out[f"{name}.accuracy"] = _mean(members[name])
+        out[f"{name}.n"] = len(members[name])
+    return out
