@@ -42,6 +42,20 @@ def _is_bool(annotation) -> bool:
     return annotation is bool
 
 
+def _flag_fields(config_class) -> list[tuple[tuple[str, ...], typing.Any]]:
+    """(key path, pydantic field) of every flag: top-level fields, and each field of a ConfigBlock section
+    (e.g. eval's `mmlongbench: {dpi: ...}` -> --mmlongbench-dpi)."""
+    from compass.config import ConfigBlock
+
+    flags = []
+    for name, field in config_class.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, ConfigBlock):
+            flags += [((name, sub_name), sub) for sub_name, sub in field.annotation.model_fields.items()]
+        else:
+            flags.append(((name,), field))
+    return flags
+
+
 def default_text(value) -> str:
     """A config default as the user would write it on the command line: YAML (flow style), not a Python repr."""
     from pydantic_core import to_jsonable_python
@@ -113,14 +127,14 @@ def add_stage_verb(sub, kind: str) -> None:
         inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path, metavar=input_metavar(port.help),
                             help=port.help + ("" if port.required else " (optional)"))
     options = parser.add_argument_group("config (defaults shown)")
-    for field_name, field in module.Config.model_fields.items():
-        flag = f"--{field_name.replace('_', '-')}"
+    for path, field in _flag_fields(module.Config):
+        flag = "--" + "-".join(path).replace("_", "-")
         default = "required" if field.is_required() else f"default: {default_text(field.get_default(call_default_factory=True))}"
         text = f"{field.description or ''} ({default})"
         if _is_bool(field.annotation):
-            options.add_argument(flag, dest=f"cfg__{field_name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+            options.add_argument(flag, dest="cfg__" + "__".join(path), action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            options.add_argument(flag, dest=f"cfg__{field_name}", default=None, metavar="VALUE", help=text)
+            options.add_argument(flag, dest="cfg__" + "__".join(path), default=None, metavar="VALUE", help=text)
     parser.set_defaults(handler=lambda args, kind=kind: run_stage_verb(kind, args))
 
 
@@ -130,11 +144,14 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
 
     module = get_stage(kind)
     overrides = {}
-    for field_name, field in module.Config.model_fields.items():
-        value = getattr(args, f"cfg__{field_name}")
+    for path, field in _flag_fields(module.Config):
+        value = getattr(args, "cfg__" + "__".join(path))
         if value is None:
             continue
-        overrides[field_name] = value if _is_text(field.annotation) or _is_bool(field.annotation) else yaml.safe_load(value)
+        target = overrides
+        for key in path[:-1]:  # a config block's field: {block: {field: value}}
+            target = target.setdefault(key, {})
+        target[path[-1]] = value if _is_text(field.annotation) or _is_bool(field.annotation) else yaml.safe_load(value)
     config = load_stage_config(module.Config, args.config, overrides)
     inputs = {name: getattr(args, f"input__{name}") for name in module.INPUTS if getattr(args, f"input__{name}") is not None}
     result = execute_stage(kind, config, inputs, args.out, force=args.force, rehash=args.rehash)

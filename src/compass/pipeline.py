@@ -8,6 +8,7 @@ from pathlib import Path
 from compass.config import Recipe, YamlDoc, load_recipe
 from compass.errors import CompassError
 from compass.runner import StageResult, execute_stage
+from compass.stagekit import LOCK_NAME, DirLock
 from compass.stages import get_stage
 
 
@@ -52,7 +53,22 @@ def check_recipe(recipe: Recipe, doc: YamlDoc) -> dict[str, dict]:
     return configs
 
 
-def run_recipe(
+def run_recipe(recipe_path: str | Path, workdir: str | Path, **options) -> dict[str, StageResult]:
+    """Run a recipe (options: see _run_recipe) holding the workdir's lock: one run per workdir at a time. A
+    workdir this call made is removed again when the recipe fails before any stage wrote there."""
+    workdir = Path(workdir).resolve()
+    existed = workdir.exists()
+    with DirLock(workdir, "workdir"):
+        try:
+            return _run_recipe(recipe_path, workdir, **options)
+        except BaseException:
+            if not existed and not [p for p in workdir.iterdir() if p.name != LOCK_NAME]:
+                (workdir / LOCK_NAME).unlink(missing_ok=True)
+                workdir.rmdir()
+            raise
+
+
+def _run_recipe(
     recipe_path: str | Path,
     workdir: str | Path,
     *,

@@ -1,0 +1,231 @@
+"""The stage kit: what every stage run shares, written once.
+
+- Output directories (`claim_out_dir`): compass writes only into a directory that is new, empty, or carries
+  its marker file (`.compass-out`, written when compass first takes a directory). It never deletes a file it
+  did not write: clearing a finished run removes the files its manifest lists (and compass's own hidden
+  bookkeeping), and refuses, naming them, when other files were put there since. An `--out` equal to an
+  input, inside an input directory, or holding an input is refused before anything runs, as are `/`, the
+  home directory, the current directory and its ancestors (clearing one would take the working area with it).
+  An `--out` outside the current directory (`../../x`, /scratch/...) is allowed: the marker rule alone keeps
+  whatever is there safe.
+- Locks (`DirLock`): a run holds an exclusive lock on its workdir and on each output directory (flock on a
+  hidden `.compass.lock` that names the holder's pid, host and start time). A second run refuses in one line
+  naming the holder; a lock whose holder died is released by the kernel and simply taken over.
+- Cleanup of a failed run (`tidy_failed_out_dir`): empty files and directories, orphan temp files of atomic
+  writes and the directory itself when nothing else is left; anything with content stays for the resume.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+from compass.errors import CompassError
+
+MARKER_NAME = ".compass-out"
+LOCK_NAME = ".compass.lock"
+MANIFEST_NAME = "manifest.json"  # == compass.manifest.MANIFEST_NAME (kept here so this module imports nothing heavy)
+# temp files of compass.io.atomic_open / staged_dir: ".<name>.<random>.tmp"
+ATOMIC_TEMP = re.compile(r"^\..+\.tmp$")
+BOOKKEEPING = frozenset({MARKER_NAME, LOCK_NAME})
+
+
+# --- locks ---------------------------------------------------------------------------------------------------
+
+
+class DirLock:
+    """An exclusive lock on a directory, held for the life of a run (a context manager).
+
+    flock is released by the kernel when its holder dies, so a lock file left by a killed run is free and
+    is taken over; the holder's pid/host/start written into the file are only for the refusal message."""
+
+    def __init__(self, directory: Path, what: str):
+        self.directory = Path(directory)
+        self.what = what  # "output directory", "workdir": for the message
+        self.path = self.directory / LOCK_NAME
+        self._fd: int | None = None
+        self.created_file = False
+
+    def __enter__(self) -> DirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.created_file = not self.path.exists()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise CompassError(f"{self.what} {self.directory} is in use by {self.holder()}; wait for that run to "
+                               "finish or stop it, then run again") from None
+        holder = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
+        self._fd = fd
+
+    def holder(self) -> str:
+        try:
+            info = json.loads(self.path.read_text(encoding="utf-8"))
+            return f"compass pid {info['pid']} on host {info['host']} (since {info['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another compass run (holder not yet written)"
+
+    def discard(self) -> None:
+        """Release, and remove the lock file when this lock created it (a refused directory is left as found)."""
+        self.release()
+        if self.created_file:
+            self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # the file stays: unlinking it would let a waiting run lock a different inode than a third one
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+# --- output directories ---------------------------------------------------------------------------------------
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def check_out_dir_location(out_dir: Path, inputs: dict[str, Path], *, flag: str = "--out") -> None:
+    """Refuse an output directory whose clearing could take inputs or the working area with it.
+    `out_dir` and the inputs are resolved paths. Nothing is created or changed."""
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if out_dir == Path(out_dir.anchor) or out_dir == home or cwd.is_relative_to(out_dir):
+        raise CompassError(f"{flag} {out_dir}: refusing to write into the filesystem root, the home directory, or "
+                           "the current directory or one above it; name a directory of its own, e.g. out/STAGE")
+    for name, path in inputs.items():
+        if _overlaps(out_dir, path):
+            relation = ("is the input" if out_dir == path else
+                        "is inside input" if out_dir.is_relative_to(path) else "holds input")
+            raise CompassError(f"{flag} {out_dir} {relation} '{name}' ({path}); a rerun there would overwrite or "
+                               "delete it: choose another output directory")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CompassError(f"{flag} {out_dir} is a file, not a directory")
+
+
+def visible_entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name not in BOOKKEEPING)
+
+
+def claim_out_dir(out_dir: Path, *, flag: str = "--out") -> bool:
+    """Make `out_dir` a compass output directory, or refuse one compass did not make. Call with its lock held.
+    Returns True when this call created the directory or found it empty (so it may be removed on failure)."""
+    marker = out_dir / MARKER_NAME
+    if marker.is_file():
+        return False
+    entries = visible_entries(out_dir)
+    fresh = not entries
+    if entries and not _is_compass_manifest(out_dir / MANIFEST_NAME):
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries)} entries)" if len(entries) > 5 else "")
+        raise CompassError(f"{flag} {out_dir} already holds files compass did not write ({shown}); compass writes "
+                           "only into a new or empty directory or one it made: choose another output directory")
+    # empty, or a finished run recorded before markers existed: ours from now on
+    marker.write_text(json.dumps({"made_by": "compass", "note": "compass may replace the files its manifest lists"}) + "\n",
+                      encoding="utf-8")
+    return fresh
+
+
+def _is_compass_manifest(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"stage", "run_id", "config_hash", "outputs"} <= data.keys()
+
+
+def clear_finished_run(out_dir: Path, listed_outputs: dict[str, str]) -> None:
+    """Remove a finished run's files before another run writes there: the outputs its manifest lists, the
+    manifest, and hidden bookkeeping of compass; other visible files were put there by someone else and make
+    this fail (naming them) instead of being deleted."""
+    listed = set(listed_outputs) | {MANIFEST_NAME}
+    foreign = []
+    for file in sorted(p for p in out_dir.rglob("*") if p.is_file() or p.is_symlink()):
+        rel = file.relative_to(out_dir)
+        if rel.as_posix() in listed or any(part.startswith(".") for part in rel.parts):
+            continue
+        foreign.append(rel.as_posix())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} files)" if len(foreign) > 5 else "")
+        raise CompassError(f"{out_dir} holds file(s) the finished run there did not write ({shown}); compass does not "
+                           "delete files it did not write: move them away, then run again")
+    for file in sorted((p for p in out_dir.rglob("*") if p.is_file() or p.is_symlink()), reverse=True):
+        if file.name in BOOKKEEPING and file.parent == out_dir:
+            continue
+        file.unlink()
+    _remove_empty_dirs(out_dir)
+
+
+def clear_interrupted_run(out_dir: Path) -> None:
+    """`--force` on a directory an interrupted run left (no manifest): everything in a directory compass made
+    (it carries the marker) is that run's partial output."""
+    if not (out_dir / MARKER_NAME).is_file():
+        raise CompassError(f"{out_dir} was not made by compass (no {MARKER_NAME}); --force clears only compass's own directories")
+    for file in sorted((p for p in out_dir.rglob("*") if p.is_file() or p.is_symlink()), reverse=True):
+        if file.name in BOOKKEEPING and file.parent == out_dir:
+            continue
+        file.unlink()
+    _remove_empty_dirs(out_dir)
+
+
+def remove_orphan_temps(out_dir: Path) -> int:
+    """Temp files of atomic writes a killed run left (the rename never came): never anyone's data."""
+    removed = 0
+    for file in out_dir.rglob(".*.tmp"):
+        if ATOMIC_TEMP.match(file.name):
+            if file.is_dir() and not file.is_symlink():
+                import shutil
+
+                shutil.rmtree(file)
+            else:
+                file.unlink()
+            removed += 1
+    return removed
+
+
+def _remove_empty_dirs(root: Path) -> None:
+    for directory in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass  # not empty: it holds something worth keeping
+
+
+def tidy_failed_out_dir(out_dir: Path, *, remove_if_empty: bool) -> None:
+    """After a failed run: drop orphan temps, empty files and empty directories (nothing to resume from); the
+    directory itself goes when this run made it and nothing but bookkeeping is left."""
+    if not out_dir.is_dir():
+        return
+    remove_orphan_temps(out_dir)
+    for file in out_dir.rglob("*"):
+        if file.is_file() and not file.is_symlink() and file.stat().st_size == 0 and file.name not in BOOKKEEPING:
+            file.unlink()
+    _remove_empty_dirs(out_dir)
+    if remove_if_empty and not visible_entries(out_dir) and not any(
+            p.name not in BOOKKEEPING for p in out_dir.iterdir()):
+        (out_dir / MARKER_NAME).unlink(missing_ok=True)
+        (out_dir / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            out_dir.rmdir()
+        except OSError:
+            pass
