@@ -20,6 +20,13 @@ class StageConfig(BaseModel):
     seed: int = Field(42, description="seed for every random choice the stage makes")
 
 
+class ConfigBlock(BaseModel):
+    """A nested section of a stage config (e.g. one benchmark's settings in eval): unknown keys are errors; the CLI
+    shows its fields as --<section>-<field> flags, and a flag overrides only that key of the section."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
 class Launch(BaseModel):
     """How the runner launches a stage: in-process, or under `accelerate launch` on several processes."""
 
@@ -156,7 +163,11 @@ def load_stage_config(model: type[StageConfig], path: str | Path | None, overrid
         if not isinstance(doc.data, dict):
             raise doc.error((), f"a stage config must be a mapping, got {type(doc.data).__name__}")
         data = dict(doc.data)
-    data.update(overrides)
+    for key, value in overrides.items():  # a --section-field flag replaces one key of a section, not the section
+        if isinstance(value, dict) and key in data and isinstance(data[key], dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
     try:
         return model.model_validate(data)
     except ValidationError as err:

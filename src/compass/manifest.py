@@ -1,7 +1,7 @@
 """Run manifests: what a stage run read, wrote, and measured, written atomically as manifest.json.
 
-A manifest with status "complete" marks a finished stage; its config hash and input hashes are the
-cache key the recipe runner compares. The ledger builds on these records.
+A manifest with status "complete" marks a finished stage; its config hash, input hashes, the stage's code
+version and the commits of its hub references are the cache key the recipe runner compares. The ledger builds on these records.
 """
 from __future__ import annotations
 
@@ -45,6 +45,10 @@ class Manifest(BaseModel):
     run_id: str
     config: dict[str, Any]
     config_hash: str
+    # the stage module's VERSION (0 in manifests written before versions existed: never a cache hit)
+    stage_version: int = 0
+    # hub references the stage read, 'dataset:owner/name@main' -> the commit it resolved to
+    hub_revisions: dict[str, str] = Field(default_factory=dict)
     seed: int
     code: CodeVersion
     versions: dict[str, str]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from compass.config import Launch, StageConfig, config_hash
 from compass.errors import CompassError
+from compass.hub import resolve_all
 from compass.io import HASH_CACHE_NAME, HashCache, hash_tree, write_json_atomic
 from compass.ledger import detach_links, record_stage_run
 from compass.ledger.workspace import find_workspace
@@ -23,7 +24,7 @@ from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version,
 from compass.ledger.redact import redact_value
 from compass.stagekit import (DirLock, check_out_dir_location, claim_out_dir, clear_finished_run, clear_interrupted_run,
                               remove_orphan_temps, tidy_failed_out_dir)
-from compass.stages import get_stage
+from compass.stages import get_stage, hub_inputs
 
 WORKER_METRICS = ".metrics.json"  # written by rank 0 of a launched stage
 
@@ -71,11 +72,14 @@ def hash_cache(rehash: bool = False) -> HashCache:
 
 
 def cached_manifest(out_dir: Path, cfg_hash: str, input_hashes: dict[str, dict[str, str]],
-                    cache: HashCache | None = None) -> Manifest | None:
+                    cache: HashCache | None = None, *, stage_version: int, hub_revisions: dict[str, str]) -> Manifest | None:
     manifest = read_manifest(out_dir)
     if manifest is None or manifest.status != "complete":
         return None
     if manifest.config_hash != cfg_hash or manifest.input_key() != input_hashes:
+        return None
+    # the stage's code changed what it writes, or a hub branch moved: the old outputs are not this run's
+    if manifest.stage_version != stage_version or manifest.hub_revisions != hub_revisions:
         return None
     # outputs must still be the bytes the manifest recorded
     if hash_tree(out_dir, exclude=[MANIFEST_NAME], cache=cache) != manifest.outputs:
@@ -126,12 +130,14 @@ def _execute_stage(
     cache = hash_cache(rehash)  # rehash: read every file again (and refresh the cache)
     input_hashes = {key: hash_tree(path, cache=cache) for key, path in paths.items()}
     cfg_hash = config_hash(config)
+    hub_revisions = resolve_all(hub_inputs(module, config))
     # Under `accelerate launch ... compass <verb>` every process runs this function and trains; only rank 0
     # keeps the books (stale manifest, ledger, new manifest). All ranks reach the same cache decision: they
     # hash the same files, and rank 0 only removes a manifest that does not match.
     secondary = process_rank() > 0
     if not force:
-        cached = cached_manifest(out_dir, cfg_hash, input_hashes, cache)
+        cached = cached_manifest(out_dir, cfg_hash, input_hashes, cache, stage_version=module.VERSION,
+                                 hub_revisions=hub_revisions)
         if cached is not None:
             if not secondary:
                 # a cached hit makes no new ledger run; this only records it if it never was (idempotent)
@@ -164,6 +170,8 @@ def _execute_stage(
         run_id=uuid.uuid4().hex,
         config=redact_value(config.model_dump(mode="json")),  # the hash above is of the real config
         config_hash=cfg_hash,
+        stage_version=module.VERSION,
+        hub_revisions=hub_revisions,
         seed=config.seed,
         code=code_version(),
         versions=library_versions(),

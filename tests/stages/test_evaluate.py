@@ -103,8 +103,8 @@ def test_mmlongbench_on_tiny_vlm_with_generated_pdfs(tiny_models, tmp_path):
         (docs / f"{report.doc_id}.pdf").write_bytes(report.pdf)
     questions = [q for r in reports for q in r.questions]
     write_jsonl(tmp_path / "questions.jsonl", questions)
-    config = Config(tasks=["mmlongbench"], cot="on", max_new_tokens=6, batch_size=4, mmlongbench_dpi=20,
-                    mmlongbench_max_pages=4)
+    config = Config(tasks=["mmlongbench"], cot="on", max_new_tokens=6, batch_size=4,
+                    mmlongbench={"dpi": 20, "max_pages": 4})
     result = execute_stage("eval", config, {"model": tiny_models.vlm, "mmlongbench": tmp_path / "questions.jsonl",
                                             "mmlongbench_docs": docs}, tmp_path / "out")
     metrics = result.manifest.metrics
@@ -161,8 +161,8 @@ def test_openai_backend_with_llm_extractor_gives_exact_metrics(tmp_path):
 
     with ScriptedServer(reply) as server:
         settings = {"base_urls": [server.base_url], "model": "scripted", "max_retries": 0}
-        config = Config(tasks=["mmlongbench"], backend="openai", openai=settings, extractor="llm",
-                        extractor_openai=settings, cot="both", mmlongbench_dpi=30)
+        config = Config(tasks=["mmlongbench"], backend="openai", openai=settings, cot="both",
+                        mmlongbench={"extractor": "llm", "extractor_openai": settings, "dpi": 30})
         result = execute_stage("eval", config, {"mmlongbench": FIXTURES / "mmlongbench_samples.json",
                                                 "mmlongbench_docs": docs}, tmp_path / "out")
         seen = server.requests_seen
@@ -206,6 +206,8 @@ def test_bad_requests_fail_in_one_line_before_any_generation(tiny_models, tmp_pa
 def test_mmlongbench_needs_a_vlm_on_the_local_backend(tiny_models, tmp_path, capsys):
     from compass.cli import main
 
+    (tmp_path / "docs").mkdir()
     code = main(["eval", "--model", str(tiny_models.llm), "--tasks", "mmlongbench", "--mmlongbench",
-                 str(FIXTURES / "mmlongbench_samples.json"), "--mmlongbench-docs", str(tmp_path), "--out", str(tmp_path / "o")])
+                 str(FIXTURES / "mmlongbench_samples.json"), "--mmlongbench-docs", str(tmp_path / "docs"),
+                 "--out", str(tmp_path / "o")])
     assert code == 2 and "needs a vision-language model" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.stages import Port
 
+VERSION = 1
 EXAMPLE = "compass echo --text in.txt --out echo/"
 
 

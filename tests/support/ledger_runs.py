@@ -22,6 +22,7 @@ def _module(kind: str, doc: str, config: type, inputs: dict, outputs: dict, run)
     name = f"ledger_support_{kind.replace('-', '_')}"
     module = types.ModuleType(name, doc)
     module.EXAMPLE = f"compass {kind} --out {kind}/"
+    module.VERSION = 1
     module.Config = config
     module.INPUTS = inputs
     module.OUTPUTS = outputs

@@ -21,11 +21,16 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
 from compass.evals.metrics import binary_metrics, mean, multiclass_metrics
+from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, Requests, TaskOutput
 from compass.generate.base import GenRequest, GenResult
+from compass.stages import Port
 
 TASKS = {"edinet_fraud": "fraud_detection", "edinet_earnings": "earnings_forecast", "edinet_industry": "industry_prediction"}
 INDUSTRIES = ("食品", "電気・ガス・エネルギー資源", "建設・資材", "素材・化学", "医薬品", "自動車・輸送機", "鉄鋼・非鉄",
@@ -191,3 +196,62 @@ def score(task: str, items: list[EdinetItem], results: dict[str, GenResult], req
     metrics["mean_output_tokens"] = mean([float(r["output_tokens"]) for r in rows if r["output_tokens"] is not None])
     metrics["n"] = len(rows)
     return rows, metrics
+
+
+# --- registry tasks ------------------------------------------------------------------------------------
+
+
+class EdinetSettings(BenchmarkConfig):
+    """EDINET-Bench: the three tasks share these settings."""
+
+    sheets: list[Literal["summary", "bs", "pl", "cf", "text"]] = Field(
+        ["summary", "bs", "pl", "cf"], description="EDINET-Bench record fields put into the prompt")
+    max_chars_per_sheet: int | None = Field(None, ge=1, description="cut each EDINET sheet to this many characters "
+                                            "(for short-context models; None: whole)")
+
+
+def _load(ctx) -> list[EdinetItem]:
+    sheets, cap = tuple(ctx.settings.sheets), ctx.settings.max_chars_per_sheet
+    if ctx.data_path is not None:
+        return ctx.limited(load_items(ctx.name, ctx.data_path, None, sheets, cap))
+    return ctx.limited(load_items(ctx.name, None, ctx.hub_rows(), sheets, cap))
+
+
+def _with_label_likelihoods(ctx) -> bool:
+    """ROC-AUC from label log-likelihoods: binary tasks on the local backend."""
+    return ctx.config.backend == "local" and ctx.name != "edinet_industry"
+
+
+def _requests(ctx, items: list[EdinetItem]) -> Requests:
+    name = ctx.output_name("compass")
+    out = Requests(generate={name: build_requests(items, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)})
+    if _with_label_likelihoods(ctx):
+        out.chat_loglikelihood[name] = [(messages(item), c) for item in items for c in label_continuations(ctx.name)]
+    return out
+
+
+def _score(ctx, items: list[EdinetItem], answers) -> list[TaskOutput]:
+    import math
+
+    name = ctx.output_name("compass")
+    probs = None
+    if _with_label_likelihoods(ctx):
+        lls = answers.loglikelihoods[name]
+        probs = {}
+        for index, item in enumerate(items):
+            l0, l1 = lls[2 * index], lls[2 * index + 1]
+            top = max(l0, l1)
+            probs[item.id] = math.exp(l1 - top) / (math.exp(l0 - top) + math.exp(l1 - top))
+    requests = build_requests(items, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)
+    rows, metrics = score(ctx.name, items, answers.generated[name], {r.id: r for r in requests}, probs)
+    return [TaskOutput(name, rows, metrics)]
+
+
+BENCHMARK = Benchmark("edinet", EdinetSettings, tuple(
+    EvalTask(name=task, kind="generate", load=_load, requests=_requests, score=_score,
+             inputs={task: Port(f"EDINET-Bench {config} rows (.jsonl/.json/.parquet with the dataset's fields)",
+                                required=False)},
+             hub=f"SakanaAI/EDINET-Bench:{config}:{'train' if task == 'edinet_industry' else 'test'}",
+             summary=f"EDINET-Bench {config}: strict JSON label parsing, accuracy, "
+                     + ("macro_f1, MCC" if task == "edinet_industry" else "F1, MCC, ROC-AUC from label log-likelihoods"))
+    for task, config in TASKS.items()), "EDINET-Bench settings (all three tasks)")

@@ -29,6 +29,8 @@ from pathlib import Path
 from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
 from compass.evals.metrics import macro_f1, mean
+from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, Requests, TaskOutput
+from compass.stages import Port
 
 TASKS = ("chabsa", "cma_basics", "cpa_audit", "fp2", "security_sales_1")
 
@@ -183,3 +185,52 @@ def score(task: str, items: list[ChoiceItem], logprobs: list[float]) -> tuple[li
         metrics["macro_f1"] = macro_f1(golds, [r["extracted"] for r in rows], CHABSA_OPTIONS)
         metrics["macro_f1_norm"] = macro_f1(golds, [r["extracted_norm"] for r in rows], CHABSA_OPTIONS)
     return rows, metrics
+
+
+# --- registry tasks ------------------------------------------------------------------------------------
+
+
+class FinHarnessSettings(BenchmarkConfig):
+    """japanese-lm-fin-harness: the five tasks share these settings."""
+
+
+def _load(ctx) -> list[ChoiceItem]:
+    return ctx.limited(load_items(ctx.name, ctx.data_path))
+
+
+def _requests(ctx, items: list[ChoiceItem]) -> Requests:
+    out = Requests()
+    if "compass" in ctx.protocols():
+        out.loglikelihood[ctx.output_name("compass")] = requests(items)
+    return out
+
+
+def _score(ctx, items: list[ChoiceItem], answers) -> list[TaskOutput]:
+    produced = []
+    if "compass" in ctx.protocols():
+        name = ctx.output_name("compass")
+        rows, metrics = score(ctx.name, items, answers.loglikelihoods[name])
+        produced.append(TaskOutput(name, rows, metrics))
+    return produced
+
+
+def _check(ctx) -> None:
+    if ctx.data_path is None:
+        raise CompassError(f"task {ctx.name}: give the harness's data with --{ctx.name.replace('_', '-')} PATH "
+                           "(japanese-lm-fin-harness has no hub dataset)")
+
+
+_PORTS = {
+    "chabsa": "chABSA-dataset JSON files (directory) or one such file",
+    "cma_basics": "japanese-lm-fin-harness cma_basics data.json",
+    "cpa_audit": "japanese-lm-fin-harness CPA_AUDIT.xlsx or data.json in the harness schema",
+    "fp2": "japanese-lm-fin-harness fp2 data.json",
+    "security_sales_1": "japanese-lm-fin-harness security_sales_1 data.json",
+}
+
+BENCHMARK = Benchmark("finharness", FinHarnessSettings, tuple(
+    EvalTask(name=task, kind="loglikelihood", inputs={task: Port(help_text, required=False)}, load=_load,
+             requests=_requests, score=_score, check=_check,
+             summary="japanese-lm-fin-harness, 0-shot log-likelihood multiple choice: accuracy, accuracy_norm"
+                     + (", macro_f1" if task == "chabsa" else ""))
+    for task, help_text in _PORTS.items()), "japanese-lm-fin-harness settings (all five tasks)")

@@ -20,7 +20,9 @@ from pathlib import Path
 from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
 from compass.evals.metrics import mean
+from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, Requests, TaskOutput
 from compass.generate.base import GenRequest, GenResult
+from compass.stages import Port
 from compass.vocab import COT as COT_TOKEN
 
 TASK_LANG = {"gsm8k": "en", "mgsm_ja": "ja", "problems": None}  # None: each Problem record says
@@ -132,3 +134,58 @@ def score(items: list[MathItem], results: dict[str, GenResult], requests: dict[s
     }
     return rows, metrics
 
+
+
+# --- registry tasks ------------------------------------------------------------------------------------
+
+
+class MathSettings(BenchmarkConfig):
+    """GSM8K / MGSM-ja / Problem files."""
+
+
+def _load(ctx) -> list[MathItem]:
+    if ctx.data_path is not None:
+        items = load_items(ctx.name, ctx.data_path)
+    else:
+        items = items_from_rows(ctx.name, ctx.hub_rows(), f"hub {ctx.config.hub[ctx.name]}")
+    return ctx.limited(items)
+
+
+def _requests(ctx, items: list[MathItem]) -> Requests:
+    out = Requests()
+    if "compass" in ctx.protocols():
+        for suffix, cot in ctx.cot_variants():
+            out.generate[ctx.output_name("compass", suffix)] = build_requests(
+                items, cot=cot, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)
+    return out
+
+
+def _score(ctx, items: list[MathItem], answers) -> list[TaskOutput]:
+    produced = []
+    if "compass" in ctx.protocols():
+        for suffix, cot in ctx.cot_variants():
+            name = ctx.output_name("compass", suffix)
+            requests = build_requests(items, cot=cot, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)
+            rows, metrics = score(items, answers.generated[name], {r.id: r for r in requests})
+            produced.append(TaskOutput(name, rows, metrics))
+    return produced
+
+
+def _task(name: str, port: Port, summary: str, hub: str | None) -> EvalTask:
+    return EvalTask(name=name, kind="generate", inputs={name: port}, load=_load, requests=_requests, score=_score,
+                    summary=summary, hub=hub, cot=True)
+
+
+BENCHMARKS = (
+    Benchmark("gsm8k", MathSettings, (_task(
+        "gsm8k", Port("GSM8K JSONL ({question, answer: '... #### N'}) or compass Problem JSONL", required=False),
+        "GSM8K: XML reasoning prompt, \\boxed answer: accuracy, format_valid_rate, boxed_rate, mean_output_tokens",
+        "openai/gsm8k:main:test"),), "GSM8K settings"),
+    Benchmark("mgsm_ja", MathSettings, (_task(
+        "mgsm_ja", Port("MGSM TSV (question<TAB>answer_number), JSONL {question, answer_number}, or Problem JSONL",
+                        required=False),
+        "MGSM-ja: the Japanese XML reasoning prompt, as gsm8k", "juletxara/mgsm:ja:test"),), "MGSM-ja settings"),
+    Benchmark("problems", MathSettings, (_task(
+        "problems", Port("compass Problem JSONL, e.g. held-out problems from the sources stage", required=False),
+        "compass Problem JSONL (e.g. held-out reasoning-gym problems), as gsm8k", None),), "Problem-file settings"),
+)

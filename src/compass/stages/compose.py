@@ -18,6 +18,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass compose --vision work/decompose/vision --llm work/sft/merged "
            "--projector-from work/decompose/projector --out work/compose")
 

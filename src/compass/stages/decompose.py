@@ -12,6 +12,7 @@ from pathlib import Path
 from compass.config import StageConfig
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass decompose --vlm work/tiny/vlm --out work/decompose"
 
 

@@ -18,6 +18,7 @@ from compass.io import iter_jsonl, write_jsonl
 from compass.records import Problem
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass decontaminate --problems sources/problems.jsonl --eval eval_sources/problems.jsonl --out decontam/ --ngram 5 --threshold 0.5"
 
 

@@ -29,6 +29,7 @@ from compass.generate.config import BackendKind, OpenAISettings, TransformersSet
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass distill --problems problems.jsonl --out distill/ --backend openai "
            "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen3-30B-A3B}' --n 2")
 

@@ -31,6 +31,7 @@ from compass.records import DocQuestion, Page, Reject
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass doc-questions --pages work/pages/pages.jsonl --out work/questions --n-per-doc 8 "
            "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
 

@@ -36,6 +36,7 @@ from compass.records import DocExample, DocQuestion, PageEvidence, Reject
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass doc-traces --evidence work/evidence/evidence.jsonl --questions work/pdfs/questions.jsonl "
            "--pages work/pages/pages.jsonl --out work/doc-traces --top-k 24 --seed 42")
 

@@ -16,6 +16,7 @@ from compass.errors import CompassError
 from compass.stages import Port
 from compass.train.config import TrainConfig
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass dpo --model sft/merged --pairs pairs/pairs.jsonl --eval-pairs heldout.jsonl --out dpo/ --merge "
            "--max-steps 30 --global-batch-size 4 --micro-batch-size 2")
 

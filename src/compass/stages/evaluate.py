@@ -1,63 +1,51 @@
 """Evaluate a checkpoint on benchmarks: predictions JSONL per task + metrics (docs/method.md A evaluation, B.6).
 
-Tasks:
-  gsm8k, mgsm_ja, problems     math with the XML reasoning prompt (EN/JA): accuracy, format_valid_rate,
-                               boxed_rate, mean_output_tokens (`problems`: compass Problem JSONL, e.g.
-                               held-out reasoning-gym problems from the `sources` stage)
-  chabsa, cma_basics, cpa_audit, fp2, security_sales_1
-                               japanese-lm-fin-harness, 0-shot log-likelihood multiple choice: accuracy,
-                               accuracy_norm (+ macro_f1 for chabsa); local backend only
-  edinet_fraud, edinet_earnings, edinet_industry
-                               EDINET-Bench: strict JSON label parsing, accuracy, F1/macro_f1, MCC,
-                               unparseable_rate, ROC-AUC from label log-likelihoods (local backend)
-  mmlongbench                  MMLongBench-Doc style: PDF pages as images, short-answer extraction,
-                               format-aware scoring: accuracy, f1, single/cross-page/unanswerable splits
+Every benchmark is a module of compass.evals registered in `compass.evals.registry` (how to add one is
+explained there); this stage is its config and a loop. Tasks:
+{task_list}
 
-Metrics are named TASK.METRIC (`gsm8k.accuracy`); with `cot` on or both, generation tasks (math,
-mmlongbench) are named TASK.cot_on.METRIC / TASK.cot_off.METRIC, and `both` adds TASK.cot_gain.accuracy
-(on - off) and TASK.cot_token_ratio (mean output tokens on / off). A task's data comes from its input
-(a local file in the benchmark's own schema) or else from `hub` (on a machine with the Hugging Face hub).
-Writes predictions/<task>[.cot_on|.cot_off].jsonl (input, raw output, extracted answer, score, output
-tokens), metrics.json and summary.md (the table also printed at the end).
+Each benchmark has a config block (`<block>: {{...}}` in YAML, `--<block>-<field>` flags) with
+`protocol: reference | compass | both`: reference = the benchmark's own pipeline (what published tables
+use; e.g. lm-evaluation-harness on the harness's own task files), compass = the corrected protocol
+(default), both = side by side. Texts belonging to a benchmark are read from the user's checkout of it
+(`--<block>-repo DIR`), never shipped with compass.
+
+Metrics are named TASK.METRIC (`gsm8k.accuracy`); the reference protocol is always named
+(`chabsa.reference.macro_f1`), and with `both` so is compass (`chabsa.compass.macro_f1`). With `cot` on
+or both, generation tasks name their variant: TASK.cot_on.METRIC / TASK.cot_off.METRIC, and `both` adds
+TASK.cot_gain.accuracy (on - off) and TASK.cot_token_ratio (mean output tokens on / off). A task's data
+comes from its input (a local file in the benchmark's own schema) or else from `hub`. Writes
+predictions/<output>.jsonl (input, raw output, extracted answer, score, output tokens), metrics.json and
+summary.md (the table also printed at the end).
 Checkpoints side by side: `compass eval compare RUN_DIR...` (e.g. the eval runs of base, SFT and DPO).
 """
 from __future__ import annotations
 
 import gc
-import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from compass.config import StageConfig
 from compass.errors import CompassError
+from compass.evals.registry import Answers, TaskContext, benchmarks, tasks
 from compass.generate.config import OpenAISettings
 from compass.stages import Port
-from compass.vocab import COT, IMAGE_TOKEN
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass eval --model work/sft/merged --tasks gsm8k,mgsm_ja --gsm8k data/gsm8k_test.jsonl "
            "--mgsm-ja data/mgsm_ja.tsv --limit 100 --cot both --out work/eval-sft")
 
-MATH_TASKS = ("gsm8k", "mgsm_ja", "problems")
-FIN_TASKS = ("chabsa", "cma_basics", "cpa_audit", "fp2", "security_sales_1")
-EDINET_TASKS = ("edinet_fraud", "edinet_earnings", "edinet_industry")
-DOC_TASKS = ("mmlongbench",)
-TASKS = MATH_TASKS + FIN_TASKS + EDINET_TASKS + DOC_TASKS
-COT_TASKS = MATH_TASKS + DOC_TASKS  # generation tasks that take the <cot> control token
-TaskName = Literal["gsm8k", "mgsm_ja", "problems", "chabsa", "cma_basics", "cpa_audit", "fp2", "security_sales_1",
-                   "edinet_fraud", "edinet_earnings", "edinet_industry", "mmlongbench"]
-
-HUB_DEFAULTS = {
-    "gsm8k": "openai/gsm8k:main:test",
-    "mgsm_ja": "juletxara/mgsm:ja:test",
-    "edinet_fraud": "SakanaAI/EDINET-Bench:fraud_detection:test",
-    "edinet_earnings": "SakanaAI/EDINET-Bench:earnings_forecast:test",
-    "edinet_industry": "SakanaAI/EDINET-Bench:industry_prediction:train",
-}
+TASKS = tuple(tasks())
+TaskName = Literal[TASKS]  # type: ignore[valid-type]  # the registry's task names
+HUB_DEFAULTS = {name: task.hub for name, (_, task) in tasks().items() if task.hub is not None}
+__doc__ = __doc__.format(task_list="\n".join(f"  {name:<18} {task.summary}" for name, (_, task) in tasks().items()))
 
 
-class Config(StageConfig):
+class EvalSettings(StageConfig):
+    """The run-wide settings; each benchmark's own block is added to `Config` from the registry."""
+
     tasks: list[TaskName] = Field(["gsm8k"], min_length=1, description="tasks to run, a list or 'a,b,c': " + ", ".join(TASKS))
     backend: Literal["local", "openai"] = Field("local", description="local: the --model directory with transformers "
                                                 "(LLM or VLM); openai: an OpenAI-compatible server (settings in `openai`)")
@@ -71,17 +59,6 @@ class Config(StageConfig):
     max_new_tokens: int = Field(1024, ge=1, description="generation limit per answer")
     hub: dict[str, str] = Field(default_factory=lambda: dict(HUB_DEFAULTS),
                                 description="task -> 'DATASET_ID:CONFIG:SPLIT' read when the task's data input is not given")
-    edinet_sheets: list[Literal["summary", "bs", "pl", "cf", "text"]] = Field(
-        ["summary", "bs", "pl", "cf"], description="EDINET-Bench record fields put into the prompt")
-    edinet_max_chars_per_sheet: int | None = Field(None, ge=1, description="cut each EDINET sheet to this many "
-                                                   "characters (for short-context models; None: whole)")
-    mmlongbench_dpi: float = Field(144.0, gt=0, description="page rendering resolution")
-    mmlongbench_max_long_side: int = Field(1400, ge=16, description="cap on a rendered page's longer side, pixels")
-    mmlongbench_max_pages: int = Field(32, ge=1, description="pages shown per document (the first N)")
-    extractor: Literal["rule", "llm"] = Field("rule", description="MMLongBench short-answer extraction: rule-based, "
-                                              "or an LLM through `extractor_openai` (the reference protocol)")
-    extractor_openai: OpenAISettings = Field(default_factory=OpenAISettings, description="server of the LLM extractor")
-    extractor_max_tokens: int = Field(256, ge=1, description="token limit of one extractor reply")
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -106,33 +83,43 @@ class Config(StageConfig):
             raise ValueError(f"hub has unknown task(s) {unknown}; tasks are {list(TASKS)}")
         if self.backend == "openai" and not self.openai.model:
             raise ValueError("backend 'openai' needs openai.model (the name the server serves)")
-        if self.backend == "openai" and set(self.tasks) & set(FIN_TASKS):
-            raise ValueError(f"{sorted(set(self.tasks) & set(FIN_TASKS))} score options by log-likelihood, which needs "
-                             "backend local (chat servers return no prompt log-probabilities)")
-        if "mmlongbench" in self.tasks and self.extractor == "llm" and not self.extractor_openai.model:
-            raise ValueError("extractor 'llm' needs extractor_openai.model")
+        registry = tasks()
+        for name in self.tasks:
+            bench, task = registry[name]
+            protocol = getattr(self, bench.block).protocol
+            wanted = ["reference", "compass"] if protocol == "both" else [protocol]
+            missing = [p for p in wanted if p not in task.protocols]
+            if missing:
+                raise ValueError(f"task {name} has no {missing[0]!r} protocol (it has {list(task.protocols)}); "
+                                 f"set {bench.block}.protocol accordingly")
+        loglik = [n for n in self.tasks if registry[n][1].kind == "loglikelihood"
+                  and "compass" in _protocols(getattr(self, registry[n][0].block).protocol)]
+        if self.backend == "openai" and loglik:
+            raise ValueError(f"{loglik} score options by log-likelihood, which needs backend local "
+                             "(chat servers return no prompt log-probabilities)")
         return self
 
 
-INPUTS = {
+def _protocols(chosen: str) -> list[str]:
+    return ["reference", "compass"] if chosen == "both" else [chosen]
+
+
+Config = create_model(
+    "Config", __base__=EvalSettings, __module__=__name__,
+    **{bench.block: (bench.config, Field(default_factory=bench.config, description=bench.summary)) for bench in benchmarks()},
+)
+
+INPUTS: dict[str, Port] = {
     "model": Port("model directory (LLM or VLM, transformers format); not needed with backend openai", required=False),
-    "gsm8k": Port("GSM8K JSONL ({question, answer: '... #### N'}) or compass Problem JSONL", required=False),
-    "mgsm_ja": Port("MGSM TSV (question<TAB>answer_number), JSONL {question, answer_number}, or Problem JSONL",
-                    required=False),
-    "problems": Port("compass Problem JSONL, e.g. held-out problems from the sources stage", required=False),
-    **{task: Port(f"EDINET-Bench {config} rows (.jsonl/.json/.parquet with the dataset's fields)", required=False)
-       for task, config in (("edinet_fraud", "fraud_detection"), ("edinet_earnings", "earnings_forecast"),
-                            ("edinet_industry", "industry_prediction"))},
-    "chabsa": Port("chABSA-dataset JSON files (directory) or one such file", required=False),
-    "cma_basics": Port("japanese-lm-fin-harness cma_basics data.json", required=False),
-    "cpa_audit": Port("japanese-lm-fin-harness CPA_AUDIT.xlsx or data.json in the harness schema", required=False),
-    "fp2": Port("japanese-lm-fin-harness fp2 data.json", required=False),
-    "security_sales_1": Port("japanese-lm-fin-harness security_sales_1 data.json", required=False),
-    "mmlongbench": Port("MMLongBench-Doc samples.json, or DocQuestion JSONL (pdf-fixtures stage)", required=False),
-    "mmlongbench_docs": Port("directory of the PDFs the mmlongbench questions refer to", required=False),
 }
+for _bench in benchmarks():
+    for _task in _bench.tasks:
+        for _port_name, _port in _task.inputs.items():
+            if _port_name in INPUTS and INPUTS[_port_name] != _port:
+                raise CompassError(f"eval registry: input {_port_name!r} is declared twice with different meanings")
+            INPUTS[_port_name] = _port
 OUTPUTS = {"predictions": "predictions", "metrics": "metrics.json", "summary": "summary.md"}
-PAGES_DIR = ".pages"  # rendered page images: a cache, hidden from the manifest's output hashes
+
 
 
 # --- plumbing ------------------------------------------------------------------------------------------
@@ -144,7 +131,7 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="item", leave=False)
 
 
-def _collect(backend, requests: list, desc: str) -> dict:
+def collect(backend, requests: list, desc: str) -> dict:
     """Run requests through a backend (results arrive in completion order) into id -> GenResult."""
     results = {}
     with _progress(len(requests), desc) as bar:
@@ -167,12 +154,14 @@ def _unique_ids(items, task: str) -> None:
 
 class Engines:
     """The backends of one run, created on first use; the local model is loaded once per role and released
-    before the other role loads (generation first, log-likelihood after) so two copies never coexist."""
+    before the other role loads (generation first, log-likelihood after, lm-eval last) so two copies never
+    coexist."""
 
-    def __init__(self, config: Config, model: Path | None):
+    def __init__(self, config, model: Path | None):
         self.config, self.model = config, model
         self._generator = None
         self._scorer = None
+        self._lm_eval_model = None
 
     def _local_model(self):
         from compass.generate.local_model import LocalModel
@@ -218,174 +207,46 @@ class Engines:
             self._scorer = None
             gc.collect()
 
+    def lm_eval(self, job) -> dict:
+        """One lm-evaluation-harness run on the local model (its HFLM, loaded once; the other roles released)."""
+        from compass.evals.lm_harness import run_job
 
-# --- per benchmark -------------------------------------------------------------------------------------
+        if self._lm_eval_model is None:
+            self._generator = self._scorer = None
+            gc.collect()
+            from compass.evals.lm_harness import load_hflm
 
-
-def _variants(config: Config, task: str) -> list[tuple[str, bool | None]]:
-    """(name suffix, cot flag) pairs a task runs as."""
-    if task not in COT_TASKS:
-        return [("", None)]
-    return {"off": [("", False)], "on": [(".cot_on", True)], "both": [(".cot_on", True), (".cot_off", False)]}[config.cot]
-
-
-def _limit(items: list, config: Config) -> list:
-    return items if config.limit is None else items[: config.limit]
-
-
-def _hub_rows(config: Config, task: str) -> list[dict]:
-    from compass.evals.data import load_hub_rows
-
-    return load_hub_rows(config.hub[task])  # check_data made sure the task has a hub id
-
-
-def run_math(task: str, config: Config, inputs: dict[str, Path], engines: Engines) -> list[tuple[str, list, dict]]:
-    from compass.evals import math as math_eval
-
-    if task in inputs:
-        items = math_eval.load_items(task, inputs[task])
-    else:
-        rows = _hub_rows(config, task)
-        items = math_eval.items_from_rows(task, rows, f"hub {config.hub[task]}")
-    items = _limit(items, config)
-    _unique_ids(items, task)
-    out = []
-    for suffix, cot in _variants(config, task):
-        requests = math_eval.build_requests(items, cot=bool(cot), max_tokens=config.max_new_tokens, seed=config.seed)
-        results = _collect(engines.generator(), requests, f"{task}{suffix}")
-        rows, metrics = math_eval.score(items, results, {r.id: r for r in requests})
-        out.append((task + suffix, rows, metrics))
-    return out
-
-
-def run_fin(task: str, config: Config, inputs: dict[str, Path], engines: Engines) -> list[tuple[str, list, dict]]:
-    from compass.evals import finharness
-
-    items = _limit(finharness.load_items(task, inputs[task]), config)
-    _unique_ids(items, task)
-    pairs = finharness.requests(items)
-    scorer = engines.scorer()
-    with _progress(len(pairs), task) as bar:
-        lls = scorer.loglikelihoods(pairs, progress=bar)
-    rows, metrics = finharness.score(task, items, [ll.logprob for ll in lls])
-    return [(task, rows, metrics)]
-
-
-def run_edinet(task: str, config: Config, inputs: dict[str, Path], engines: Engines):
-    """Generate the answers now; returns a function that finishes the task (label log-likelihoods for ROC-AUC
-    on the local backend, then scoring) once every generation task is done."""
-    from compass.evals import edinet
-
-    sheets = tuple(config.edinet_sheets)
-    if task in inputs:
-        items = edinet.load_items(task, inputs[task], None, sheets, config.edinet_max_chars_per_sheet)
-    else:
-        items = edinet.load_items(task, None, _hub_rows(config, task), sheets, config.edinet_max_chars_per_sheet)
-    items = _limit(items, config)
-    _unique_ids(items, task)
-    requests = edinet.build_requests(items, max_tokens=config.max_new_tokens, seed=config.seed)
-    results = _collect(engines.generator(), requests, task)
-
-    def finish() -> list[tuple[str, list, dict]]:
-        probs = None
-        if config.backend == "local" and task != "edinet_industry":
-            scorer = engines.scorer()
-            continuations = edinet.label_continuations(task)
-            pairs = [(scorer.chat_prompt(edinet.messages(item)), c) for item in items for c in continuations]
-            with _progress(len(pairs), f"{task} label log-likelihoods") as bar:
-                lls = scorer.loglikelihoods(pairs, progress=bar)
-            probs = {}
-            for index, item in enumerate(items):
-                l0, l1 = lls[2 * index].logprob, lls[2 * index + 1].logprob
-                top = max(l0, l1)
-                probs[item.id] = math.exp(l1 - top) / (math.exp(l0 - top) + math.exp(l1 - top))
-        rows, metrics = edinet.score(task, items, results, {r.id: r for r in requests}, probs)
-        return [(task, rows, metrics)]
-
-    return finish
-
-
-def run_doc(task: str, config: Config, inputs: dict[str, Path], engines: Engines, out_dir: Path) -> list[tuple[str, list, dict]]:
-    from compass.evals import mmlongbench
-
-    items = _limit(mmlongbench.load_items(inputs["mmlongbench"]), config)
-    _unique_ids(items, task)
-    docs_dir = inputs["mmlongbench_docs"]
-    pages: dict[str, list[Path]] = {}
-    truncated = 0
-    for doc_id in sorted({item.doc_id for item in items}):
-        files, total = mmlongbench.render_pages(
-            mmlongbench.pdf_path(docs_dir, doc_id), out_dir / PAGES_DIR / doc_id.replace("/", "_"),
-            dpi=config.mmlongbench_dpi, max_long_side=config.mmlongbench_max_long_side,
-            max_pages=config.mmlongbench_max_pages)
-        pages[doc_id] = files
-        truncated += total > len(files)
-    for_http = config.backend == "openai"
-    generator = engines.generator()
-    out = []
-    for suffix, cot in _variants(config, task):
-        requests = [mmlongbench.build_request(item, pages[item.doc_id], cot=bool(cot), for_http=for_http,
-                                              max_tokens=config.max_new_tokens, seed=config.seed) for item in items]
-        results = _collect(generator, requests, f"{task}{suffix}")
-        extracted = _extract(items, results, config, mmlongbench, f"{task}{suffix}")
-        prompts = {item.id: (f"{COT} | " if cot else "") + "".join(
-            f"Page {n}:{IMAGE_TOKEN} " for n in range(1, len(pages[item.doc_id]) + 1)) + item.question for item in items}
-        shown = {item.id: len(pages[item.doc_id]) for item in items}
-        rows, metrics = mmlongbench.score(items, results, shown, extracted, prompts)
-        metrics["docs_truncated"] = truncated
-        out.append((task + suffix, rows, metrics))
-    return out
-
-
-def _extract(items, results, config: Config, mmlongbench, desc: str) -> dict[str, str | None]:
-    def text(item):
-        return results[item.id].text if results[item.id].ok else None
-
-    if config.extractor == "rule":
-        return {item.id: mmlongbench.rule_extract(text(item)) for item in items}
-    from compass.generate.config import TransformersSettings, make_backend
-
-    extractor = make_backend("openai", config.extractor_openai, TransformersSettings())
-    answered = [item for item in items if text(item) is not None]
-    requests = [mmlongbench.extractor_request(item, mmlongbench.after_thinking(text(item)) or "",
-                                              max_tokens=config.extractor_max_tokens, seed=config.seed)
-                for item in answered]
-    replies = _collect(extractor, requests, f"{desc} extraction")
-    extracted: dict[str, str | None] = {item.id: None for item in items}
-    for item in answered:
-        reply = replies[item.id]
-        extracted[item.id] = mmlongbench.parse_extractor_reply(reply.text if reply.ok else None)
-    return extracted
+            self._lm_eval_model = load_hflm(self.model, device=self.config.device, dtype=self.config.dtype,
+                                            batch_size=self.config.batch_size)
+        return run_job(self._lm_eval_model, job, seed=self.config.seed)
 
 
 # --- the stage -----------------------------------------------------------------------------------------
 
 
 def _cot_comparisons(metrics: dict) -> dict:
-    """TASK.cot_gain.accuracy and TASK.cot_token_ratio for every task run both ways."""
+    """NAME.cot_gain.accuracy and NAME.cot_token_ratio for every output run both ways."""
     extra = {}
     for key in list(metrics):
         if not key.endswith(".cot_on.accuracy"):
             continue
-        task = key[: -len(".cot_on.accuracy")]
-        if f"{task}.cot_off.accuracy" not in metrics:
+        name = key[: -len(".cot_on.accuracy")]
+        if f"{name}.cot_off.accuracy" not in metrics:
             continue
-        extra[f"{task}.cot_gain.accuracy"] = metrics[key] - metrics[f"{task}.cot_off.accuracy"]
-        on, off = metrics[f"{task}.cot_on.mean_output_tokens"], metrics[f"{task}.cot_off.mean_output_tokens"]
-        extra[f"{task}.cot_token_ratio"] = on / off if off > 0 else None
+        extra[f"{name}.cot_gain.accuracy"] = metrics[key] - metrics[f"{name}.cot_off.accuracy"]
+        on, off = metrics[f"{name}.cot_on.mean_output_tokens"], metrics[f"{name}.cot_off.mean_output_tokens"]
+        extra[f"{name}.cot_token_ratio"] = on / off if off > 0 else None
     return extra
 
 
-def summary_table(metrics: dict, tasks: list[str]) -> str:
-    """Markdown: one row per task (variant), the main metrics side by side."""
-    columns = ["accuracy", "accuracy_norm", "macro_f1", "f1", "mcc", "roc_auc", "format_valid_rate",
-               "unparseable_rate", "mean_output_tokens", "n"]
-    names = []
-    for task in tasks:
-        for variant in ("", ".cot_on", ".cot_off"):
-            if f"{task}{variant}.n" in metrics:
-                names.append(task + variant)
-    used = [c for c in columns if any(f"{n}.{c}" in metrics for n in names)]
+SUMMARY_COLUMNS = ["accuracy", "accuracy_norm", "macro_f1", "f1", "mcc", "roc_auc", "exact_match_strict",
+                   "exact_match_flexible", "format_valid_rate", "unparseable_rate", "mean_output_tokens", "n"]
+
+
+def summary_table(metrics: dict, outputs: list[str]) -> str:
+    """Markdown: one row per output (task, protocol, cot variant), the main metrics side by side."""
+    names = [name for name in outputs if f"{name}.n" in metrics]
+    used = [c for c in SUMMARY_COLUMNS if any(f"{n}.{c}" in metrics for n in names)]
     lines = ["| task | " + " | ".join(used) + " |", "|---|" + "---|" * len(used)]
     for name in names:
         cells = []
@@ -400,56 +261,63 @@ def summary_table(metrics: dict, tasks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_data(config: Config, inputs: dict[str, Path]) -> None:
+def contexts(config, inputs: dict[str, Path], out_dir: Path) -> list[TaskContext]:
+    registry = tasks()
+    return [TaskContext(task=registry[name][1], settings=getattr(config, registry[name][0].block), config=config,
+                        inputs=inputs, out_dir=out_dir, collect=collect) for name in config.tasks]
+
+
+def check_data(config, inputs: dict[str, Path], out_dir: Path | None = None) -> None:
     """Every task has its data and the model suits it, checked before hours of generation start."""
-    if config.backend == "local" and "model" not in inputs:
+    needs_model = config.backend == "local" or any(
+        "reference" in ctx.protocols() for ctx in contexts(config, inputs, out_dir or Path(".")))
+    if needs_model and "model" not in inputs:
         raise CompassError("backend local needs --model DIR (the checkpoint to evaluate)")
-    for task in config.tasks:
-        flag = f"--{task.replace('_', '-')}"
-        if task in DOC_TASKS:
-            if "mmlongbench" not in inputs or "mmlongbench_docs" not in inputs:
-                raise CompassError("task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR")
-            if config.backend == "local":
-                from compass.generate.local_model import is_vlm
-
-                if not is_vlm(inputs["model"]):
-                    raise CompassError(f"mmlongbench needs a vision-language model; {inputs['model']} is a text-only LLM")
-        elif task in FIN_TASKS and task not in inputs:
-            raise CompassError(f"task {task}: give the harness's data with {flag} PATH (japanese-lm-fin-harness has no hub dataset)")
-        elif task not in inputs and task not in config.hub:
-            raise CompassError(f"task {task}: give its data with {flag} PATH (no hub id configured)")
+    for ctx in contexts(config, inputs, out_dir or Path(".")):
+        if ctx.task.check is not None:
+            ctx.task.check(ctx)
+        elif ctx.data_path is None and ctx.name not in config.hub:
+            raise CompassError(f"task {ctx.name}: give its data with --{ctx.name.replace('_', '-')} PATH "
+                               "(no hub id configured)")
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.io import write_json_atomic, write_jsonl, write_text_atomic
 
-    check_data(config, inputs)
+    check_data(config, inputs, out_dir)
     engines = Engines(config, inputs["model"] if "model" in inputs else None)
+    work = []
+    for ctx in contexts(config, inputs, out_dir):
+        items = ctx.task.load(ctx)
+        _unique_ids(items, ctx.name)
+        work.append((ctx, items, ctx.task.requests(ctx, items), Answers()))
+
+    # every generation first, every log-likelihood after, lm-eval last: a local model loads once per role
+    for ctx, _, requests, answers in work:
+        for key, batch in requests.generate.items():
+            answers.generated[key] = collect(engines.generator(), batch, key)
+    for ctx, _, requests, answers in work:
+        if requests.loglikelihood or requests.chat_loglikelihood:
+            scorer = engines.scorer()
+            for key, pairs in list(requests.loglikelihood.items()) + [
+                    (k, [(scorer.chat_prompt(m), c) for m, c in v]) for k, v in requests.chat_loglikelihood.items()]:
+                with _progress(len(pairs), key) as bar:
+                    answers.loglikelihoods[key] = [ll.logprob for ll in scorer.loglikelihoods(pairs, progress=bar)]
+    for ctx, _, requests, answers in work:
+        for key, job in requests.lm_eval.items():
+            answers.lm_eval[key] = engines.lm_eval(job)
+
     metrics: dict = {}
+    outputs: list[str] = []
     predictions = out_dir / OUTPUTS["predictions"]
-
-    def record(produced: list[tuple[str, list, dict]]) -> None:
-        for name, rows, task_metrics in produced:
-            write_jsonl(predictions / f"{name}.jsonl", rows)
-            metrics.update({f"{name}.{key}": value for key, value in task_metrics.items()})
-
-    # every generation first, every log-likelihood after: a local model loads once for each role
-    unfinished = []
-    for task in config.tasks:
-        if task in MATH_TASKS:
-            record(run_math(task, config, inputs, engines))
-        elif task in EDINET_TASKS:
-            unfinished.append(run_edinet(task, config, inputs, engines))
-        elif task in DOC_TASKS:
-            record(run_doc(task, config, inputs, engines, out_dir))
-    for finish in unfinished:
-        record(finish())
-    for task in config.tasks:
-        if task in FIN_TASKS:
-            record(run_fin(task, config, inputs, engines))
+    for ctx, items, _, answers in work:
+        for output in ctx.task.score(ctx, items, answers):
+            write_jsonl(predictions / f"{output.name}.jsonl", output.rows)
+            metrics.update({f"{output.name}.{key}": value for key, value in output.metrics.items()})
+            outputs.append(output.name)
     metrics.update(_cot_comparisons(metrics))
     write_json_atomic(out_dir / OUTPUTS["metrics"], metrics)
-    table = summary_table(metrics, config.tasks)
+    table = summary_table(metrics, outputs)
     write_text_atomic(out_dir / OUTPUTS["summary"], table)
     print(table)
     return metrics

@@ -30,6 +30,7 @@ from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, PageEvidence, Reject
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass evidence --pages work/pages/pages.jsonl --questions work/pdfs/questions.jsonl --out work/evidence "
            "--backend openai --openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
 

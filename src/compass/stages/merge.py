@@ -18,6 +18,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass merge --method task_arithmetic --base vlm/ --finetuned sft/model --weights '[0.25]' --out merged/"
 
 

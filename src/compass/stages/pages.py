@@ -17,6 +17,7 @@ from compass.io import atomic_open, dumps_record
 from compass.records import Page, Reject
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass pages --pdfs work/pdfs/pdfs --out work/pages --dpi 144 --max-long-side 1400"
 
 

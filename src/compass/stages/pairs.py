@@ -21,6 +21,7 @@ from compass.io import atomic_open, dumps_record, iter_jsonl
 from compass.records import Trace
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass pairs --traces distill/traces.jsonl --out pairs/ --seed 42 --require-tags"
 
 

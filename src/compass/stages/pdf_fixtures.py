@@ -15,6 +15,7 @@ from compass.config import StageConfig
 from compass.io import atomic_open, write_jsonl
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass pdf-fixtures --out work/pdfs --n-docs 4 --seed 42"
 
 

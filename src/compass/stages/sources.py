@@ -16,10 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compass.config import StageConfig
 from compass.errors import CompassError
+from compass.hub import HubRef
 from compass.io import sha256_file, write_jsonl
 from compass.records import Problem
 from compass.stages import Port
 
+VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = (
     "compass sources --out work/sources --seed 42 "
     "--reasoning-gym '[{generator: basic_arithmetic, size: 50}, {generator: gsm_symbolic, size: 30}]' "
@@ -41,6 +43,8 @@ class DatasetEntry(BaseModel):
     hub_id: str | None = Field(None, description="hub dataset id (default: the source's usual one, e.g. openai/gsm8k)")
     hub_config: str | None = Field(None, description="hub config name (default: the source's usual one, e.g. 'main' for gsm8k)")
     split: str | None = Field(None, description="split name (default: the source's usual one, e.g. train)")
+    revision: str | None = Field(None, description="hub branch, tag or commit (default: main); the commit it resolves to "
+                                 "is part of the cache key and recorded in the manifest")
     limit: int | None = Field(None, ge=0, description="at most this many problems (default: all)")
     sample: bool = Field(False, description="take a random sample of `limit` rows drawn with the stage seed, not the first rows")
 
@@ -90,6 +94,14 @@ def _local_files(location: Path, split: str) -> list[Path]:
     return [location] if location.is_file() else local_split_files(location, split)
 
 
+def hub_inputs(config: Config) -> list[HubRef]:
+    """The hub datasets this config reads (entries without a local `path`), for the cache key."""
+    from compass.data.sources import SOURCES
+
+    return [HubRef("dataset", entry.hub_id or SOURCES[entry.name].hub_id, entry.revision)
+            for entry in config.datasets if entry.path is None]
+
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.data.sources import SOURCES, load_source
     from compass.data.sources import reasoning_gym as gym
@@ -118,7 +130,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         counter: Counter = Counter()
         loaded = load_source(
             entry.name, where, split, entry.limit, config.seed if entry.sample else None,
-            hub_config=entry.hub_config, skipped=counter,
+            hub_config=entry.hub_config, revision=entry.revision, skipped=counter,
         )
         per_source[key] = per_source.get(key, 0) + len(loaded)
         if counter:

@@ -54,6 +54,7 @@ def load_source(
     seed: int | None = None,
     *,
     hub_config: str | None = None,
+    revision: str | None = None,
     skipped: Counter | None = None,
 ) -> list[Problem]:
     """Problems from one source. `path_or_hub_id` defaults to the source's hub id; `split` to its usual split.
@@ -70,7 +71,7 @@ def load_source(
     split = split or spec.default_split
     location = path_or_hub_id or spec.hub_id
     config = hub_config if hub_config is not None else (spec.hub_config if location == spec.hub_id else None)
-    rows, _files = read_rows(location, split, config)
+    rows, _files = read_rows(location, split, config, revision)
     return convert_rows(spec, rows, split, limit, seed, f"{name} {location}", skipped)
 
 

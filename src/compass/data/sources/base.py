@@ -77,7 +77,8 @@ def local_split_files(directory: Path, split: str) -> list[Path]:
     return files
 
 
-def read_rows(path_or_hub_id: str, split: str, hub_config: str | None = None) -> tuple[Sequence[dict[str, Any]], list[Path]]:
+def read_rows(path_or_hub_id: str, split: str, hub_config: str | None = None,
+              revision: str | None = None) -> tuple[Sequence[dict[str, Any]], list[Path]]:
     """Rows of one split, and the local files they came from (empty for a hub dataset).
 
     A path that exists is read locally: a .jsonl/.parquet file is the split itself; a directory holds split
@@ -98,10 +99,11 @@ def read_rows(path_or_hub_id: str, split: str, hub_config: str | None = None) ->
     import datasets
 
     try:
-        dataset = datasets.load_dataset(path_or_hub_id, hub_config, split=split)
+        dataset = datasets.load_dataset(path_or_hub_id, hub_config, split=split, revision=revision)
     except Exception as err:  # datasets raises many types (offline, missing config, bad split): one clear line
         raise CompassError(
-            f"could not load hub dataset {path_or_hub_id!r} (config {hub_config!r}, split {split!r}): {type(err).__name__}: {err}"
+            f"could not load hub dataset {path_or_hub_id!r} (config {hub_config!r}, split {split!r}, revision {revision!r}): "
+            f"{type(err).__name__}: {err}"
         ) from None
     return dataset, []
 

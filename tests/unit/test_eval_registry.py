@@ -1,0 +1,51 @@
+"""The eval task registry: the stage's config, inputs, flags and task list come from the benchmark modules."""
+import pytest
+
+from compass.evals import registry
+
+
+def test_every_task_is_registered_once_with_its_block_and_inputs():
+    from compass.stages import evaluate
+
+    found = registry.tasks()
+    assert sorted(found) == sorted(["gsm8k", "mgsm_ja", "problems", "chabsa", "cma_basics", "cpa_audit", "fp2",
+                                    "security_sales_1", "edinet_fraud", "edinet_earnings", "edinet_industry",
+                                    "mmlongbench"])
+    assert evaluate.TASKS == tuple(found)
+    assert {found[t][0].block for t in ("chabsa", "fp2")} == {"finharness"}
+    assert found["edinet_industry"][0].block == "edinet" and found["mgsm_ja"][0].block == "mgsm_ja"
+    # every block is a nested config field; every task's ports are stage inputs
+    for bench in registry.benchmarks():
+        assert evaluate.Config.model_fields[bench.block].annotation is bench.config
+        for task in bench.tasks:
+            assert set(task.inputs) <= set(evaluate.INPUTS)
+    assert evaluate.HUB_DEFAULTS["gsm8k"] == "openai/gsm8k:main:test"
+    assert "chabsa" not in evaluate.HUB_DEFAULTS  # the harness has no hub dataset
+
+
+def test_blocks_are_nested_yaml_and_flat_flags(tmp_path):
+    from compass.cli import _flag_fields, build_parser
+    from compass.config import load_stage_config
+    from compass.stages.evaluate import Config
+
+    paths = {path for path, _ in _flag_fields(Config)}
+    assert {("mmlongbench", "dpi"), ("edinet", "sheets"), ("finharness", "protocol"), ("gsm8k", "protocol")} <= paths
+    assert ("mmlongbench",) not in paths  # the block itself is not a flag; --mmlongbench is the data input
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text("tasks: [mmlongbench]\nmmlongbench: {dpi: 20, max_pages: 4}\n")
+    # a flag replaces one key of a block and keeps the others from the file
+    config = load_stage_config(Config, yaml_file, {"mmlongbench": {"max_pages": 9}})
+    assert (config.mmlongbench.dpi, config.mmlongbench.max_pages) == (20.0, 9)
+    args = build_parser().parse_args(["eval", "--out", "o", "--mmlongbench-dpi", "30", "--finharness-protocol", "both"])
+    assert args.cfg__mmlongbench__dpi == "30" and args.cfg__finharness__protocol == "both"
+    with pytest.raises(ValueError, match="extra"):
+        Config.model_validate({"mmlongbench": {"dpj": 3}})
+
+
+def test_protocols_are_checked_per_task():
+    from compass.stages.evaluate import Config
+
+    with pytest.raises(ValueError, match="task problems has no 'reference' protocol"):
+        Config.model_validate({"tasks": ["problems"], "problems": {"protocol": "both"}})
+    with pytest.raises(ValueError, match="protocol"):
+        Config.model_validate({"finharness": {"protocol": "maybe"}})
