@@ -149,7 +149,7 @@ def test_enough_cases():
         ("１２，３４５．５", "12,345.5"),
         ("\\(x\\)", "x"),
         ("72.", "72"),
-        ("3\\,000", "3 000"),
+        ("3\\,000", "3,000"),  # LaTeX digit grouping is a thousands separator
     ],
 )
 def test_normalize_answer(text, expected):

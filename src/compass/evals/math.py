@@ -13,7 +13,6 @@ Accepted data, decided per record by its fields:
 """
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,16 +77,10 @@ def items_from_rows(task: str, rows: list[dict], origin: str) -> list[MathItem]:
 
 def load_items(task: str, path: Path) -> list[MathItem]:
     path = Path(path)
-    if path.suffix.lower() == ".tsv":  # MGSM's distributed format: question \t answer_number
-        rows = []
-        with open(path, encoding="utf-8", newline="") as fh:
-            for lineno, fields in enumerate(csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-                if not fields:
-                    continue
-                if len(fields) != 2:
-                    raise CompassError(f"{path}:{lineno}: expected 2 tab-separated fields (question, answer), got {len(fields)}")
-                rows.append({"question": fields[0], "answer_number": fields[1]})
-        return items_from_rows(task, rows, str(path))
+    if path.suffix.lower() == ".tsv":  # MGSM as url-nlp publishes it: question \t answer_number ('2,125')
+        from compass.data.sources.mgsm_ja import read_tsv
+
+        return items_from_rows(task, read_tsv(path), str(path))
     return items_from_rows(task, read_json_rows(path), str(path))
 
 
@@ -105,14 +98,15 @@ def build_requests(items: list[MathItem], *, cot: bool, max_tokens: int, seed: i
 
 
 def score(items: list[MathItem], results: dict[str, GenResult], requests: dict[str, GenRequest]) -> tuple[list[dict], dict]:
-    from compass.formats import answers_match, extract_boxed, validate_reasoning
+    from compass.formats import extract_boxed, validate_reasoning
+    from compass.formats.equivalence import check_answer
 
     rows = []
     for item in items:
         result = results[item.id]
         raw = result.text if result.ok else None
         extracted = extract_boxed(raw) if raw is not None else None
-        correct = extracted is not None and answers_match(extracted, item.answer)
+        correct, why = check_answer(extracted, item.answer) if extracted is not None else (False, None)
         rows.append({
             "id": item.id,
             "input": requests[item.id].messages,
@@ -121,6 +115,7 @@ def score(items: list[MathItem], results: dict[str, GenResult], requests: dict[s
             "extracted": extracted,
             "reference": item.answer,
             "score": float(correct),
+            "check": why,  # why the answer could not be compared (too long, too deep, ...), else None
             "format_valid": raw is not None and not validate_reasoning(raw),
             "output_tokens": result.output_tokens,
         })

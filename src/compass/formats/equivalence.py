@@ -14,6 +14,11 @@ Decision order (the first step that can decide, decides):
    falls back to exact normalised text. A timeout counts as no match.
 When in doubt the answer is "no match": a false match would let a wrong trace into the training data.
 Nothing here evaluates text as code: numbers are parsed by regex into Fractions, expressions by math-verify.
+
+Model text never makes the check raise (`check_answer` says why it did not match): LaTeX digit grouping
+(`1\\,234`, `1{,}234`, thin spaces) reads as thousands separators; an answer longer than MAX_ANSWER_CHARS, a
+number with more than MAX_DIGITS digits (Python refuses int() of 4,300+ digits), brackets nested deeper than
+MAX_NESTING, or anything math-verify fails on or times out on is "no match" with a reason.
 """
 from __future__ import annotations
 
@@ -26,12 +31,17 @@ from fractions import Fraction
 from compass.errors import CompassError
 
 DEFAULT_TIMEOUT_S = 5
+MAX_ANSWER_CHARS = 1000  # a final answer, not a derivation: longer predictions are refused before any parsing
+MAX_DIGITS = 1000  # digits of one number (Python's int() refuses 4,300+; no benchmark answer comes close)
+MAX_NESTING = 50  # bracket depth handed to math-verify (sympy's parser recurses per level)
 
 _MINUS = str.maketrans({"\u2212": "-", "\u2012": "-", "\u2013": "-", "\ufe63": "-"})
 _DELIMITERS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
 _TEXT_MACRO = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,!;: ]|\\(?:left|right|displaystyle|quad|qquad)(?![A-Za-z])|~")
 _BOXED_WHOLE = re.compile(r"^\\boxed\s*\{(.*)\}$", re.DOTALL)
+# LaTeX / typographic digit grouping between a digit and exactly three more: 1\,234, 1{,}234, 1 234 (thin space)
+_DIGIT_GROUPING = re.compile(r"(?<=\d)(?:\\,|\\ |\{,\}|\u2009|\u202f)(?=\d{3}(?!\d))")
 
 _CHOICE_PATTERNS = [
     re.compile(r"^([A-J])$"),
@@ -62,6 +72,7 @@ _WORDS = re.compile(r"^[^\W\d_]+(?:[\s'\-][^\W\d_]+)*$")
 
 def normalize_answer(text: str) -> str:
     """The answer with presentation removed (see the module docstring); used by every comparison."""
+    text = _DIGIT_GROUPING.sub(",", text)
     text = unicodedata.normalize("NFKC", text).translate(_MINUS).strip()
     for _ in range(3):  # a few layers, e.g. $\boxed{...}$
         before = text
@@ -93,8 +104,13 @@ def choice_letter(text: str, *, lowercase_ok: bool = False) -> str | None:
     return None
 
 
+class _NoMatch(Exception):
+    """Raised inside the comparison when text cannot be compared safely; check_answer turns it into a reason."""
+
+
 def parse_number(text: str) -> tuple[Fraction, bool] | None:
-    """(value, had a percent sign) of a plain number with optional currency, unit and scale word; else None."""
+    """(value, had a percent sign) of a plain number with optional currency, unit and scale word; else None.
+    Raises _NoMatch for a number longer than MAX_DIGITS digits."""
     match = _NUMBER.match(text)
     if match is None or (match.group("int") is None and match.group("frac") is None):
         return None
@@ -104,6 +120,8 @@ def parse_number(text: str) -> tuple[Fraction, bool] | None:
     if len(unit) == 1 and unit.isascii() and unit not in _SINGLE_LETTER_UNITS:
         return None
     digits = (match.group("int") or "0").replace(",", "") + (match.group("frac") or "")
+    if len(digits) > MAX_DIGITS:
+        raise _NoMatch(f"a number with {len(digits)} digits (limit {MAX_DIGITS})")
     value = Fraction(digits)
     if match.group("den") is not None:
         if match.group("frac") is not None or int(match.group("den")) == 0:
@@ -136,21 +154,54 @@ def _math_verify_match(pred: str, ref: str, timeout_s: int) -> bool:
         )
     from math_verify import parse, verify  # imported here: sympy costs ~0.5 s
 
+    for side, text in (("prediction", pred), ("reference", ref)):
+        depth = _nesting(text)
+        if depth > MAX_NESTING:
+            raise _NoMatch(f"{side} nests brackets {depth} deep (limit {MAX_NESTING})")
     # math-verify logs every unparsable answer; those are expected here (the text fallback handles them)
     logging.getLogger("math_verify").setLevel(logging.ERROR)
-    gold = parse(f"${ref}$", parsing_timeout=timeout_s)
-    target = parse(f"${pred}$", parsing_timeout=timeout_s)
-    if not gold or not target:
-        return pred.casefold() == ref.casefold()
-    return bool(verify(gold, target, timeout_seconds=timeout_s))
+    try:
+        gold = parse(f"${ref}$", parsing_timeout=timeout_s)
+        target = parse(f"${pred}$", parsing_timeout=timeout_s)
+        if not gold or not target:
+            return pred.casefold() == ref.casefold()
+        return bool(verify(gold, target, timeout_seconds=timeout_s))
+    except (ArithmeticError, ValueError, TypeError, RecursionError, MemoryError, AttributeError, IndexError,
+            KeyError, TimeoutError) as err:  # sympy's failures on hostile text: no match, said why
+        raise _NoMatch(f"math-verify failed: {type(err).__name__}: {str(err)[:120]}") from None
+
+
+def _nesting(text: str) -> int:
+    depth = deepest = 0
+    for char in text:
+        if char in "{([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "})]":
+            depth = max(depth - 1, 0)
+    return deepest
 
 
 def answers_match(predicted: str, reference: str, *, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
     """True when `predicted` states the same final answer as `reference` (see the module docstring)."""
+    return check_answer(predicted, reference, timeout_s=timeout_s)[0]
+
+
+def check_answer(predicted: str, reference: str, *, timeout_s: int = DEFAULT_TIMEOUT_S) -> tuple[bool, str | None]:
+    """(match, why not when it could not be compared): never raises on the text itself."""
     if not isinstance(predicted, str) or not isinstance(reference, str):
         raise CompassError(f"answers_match takes two strings, got {type(predicted).__name__} and {type(reference).__name__}")
     if not isinstance(timeout_s, int) or timeout_s < 1:
         raise CompassError(f"timeout_s must be a whole number of seconds >= 1 (signal.alarm), got {timeout_s!r}")
+    if len(predicted) > MAX_ANSWER_CHARS:
+        return False, f"prediction of {len(predicted)} characters (limit {MAX_ANSWER_CHARS})"
+    try:
+        return _compare(predicted, reference, timeout_s), None
+    except _NoMatch as why:
+        return False, str(why)
+
+
+def _compare(predicted: str, reference: str, timeout_s: int) -> bool:
     pred, ref = normalize_answer(predicted), normalize_answer(reference)
     if not pred or not ref:
         return False

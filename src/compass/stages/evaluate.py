@@ -33,7 +33,7 @@ from compass.evals.registry import Answers, TaskContext, benchmarks, tasks
 from compass.generate.config import OpenAISettings
 from compass.stages import Port
 
-VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass eval --model work/sft/merged --tasks gsm8k,mgsm_ja --gsm8k data/gsm8k_test.jsonl "
            "--mgsm-ja data/mgsm_ja.tsv --limit 100 --cot both --out work/eval-sft")
 
@@ -239,8 +239,8 @@ def _cot_comparisons(metrics: dict) -> dict:
     return extra
 
 
-SUMMARY_COLUMNS = ["accuracy", "accuracy_norm", "macro_f1", "f1", "mcc", "roc_auc", "exact_match_strict",
-                   "exact_match_flexible", "format_valid_rate", "unparseable_rate", "mean_output_tokens", "n"]
+SUMMARY_COLUMNS = ["accuracy", "accuracy_norm", "macro_f1", "f1", "mcc", "roc_auc", "roc_auc_loglikelihood",
+                   "exact_match_strict", "exact_match_flexible", "format_valid_rate", "unparseable_rate", "mean_output_tokens", "n"]
 
 
 def summary_table(metrics: dict, outputs: list[str]) -> str:
@@ -269,8 +269,11 @@ def contexts(config, inputs: dict[str, Path], out_dir: Path) -> list[TaskContext
 
 def check_data(config, inputs: dict[str, Path], out_dir: Path | None = None) -> None:
     """Every task has its data and the model suits it, checked before hours of generation start."""
+    # a reference protocol run by lm-evaluation-harness (log-likelihood tasks) needs the local model whatever the
+    # backend; generation tasks' references (MMLongBench, EDINET) generate through the run's backend
     needs_model = config.backend == "local" or any(
-        "reference" in ctx.protocols() for ctx in contexts(config, inputs, out_dir or Path(".")))
+        "reference" in ctx.protocols() and ctx.task.kind == "loglikelihood"
+        for ctx in contexts(config, inputs, out_dir or Path(".")))
     if needs_model and "model" not in inputs:
         raise CompassError("backend local needs --model DIR (the checkpoint to evaluate)")
     for ctx in contexts(config, inputs, out_dir or Path(".")):

@@ -19,7 +19,7 @@ from compass.errors import CompassError
 from compass.io import iter_json_objects
 from compass.records import Lang, Problem
 
-LOCAL_SUFFIXES = (".jsonl", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".parquet", ".tsv")  # .tsv: MGSM as google-research/url-nlp publishes it
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -58,6 +58,10 @@ def _read_local_file(path: Path) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
         return pq.read_table(path).to_pylist()
+    if path.suffix == ".tsv":
+        from compass.data.sources.mgsm_ja import read_tsv
+
+        return read_tsv(path)
     raise CompassError(f"{path}: unsupported file type {path.suffix!r}; use {' or '.join(LOCAL_SUFFIXES)}")
 
 
