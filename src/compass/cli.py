@@ -157,8 +157,13 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
     result = execute_stage(kind, config, inputs, args.out, force=args.force, rehash=args.rehash)
     state = "cached (matching completed run)" if result.cached else f"done in {result.manifest.wall_time_s:.1f}s"
     print(f"{kind}: {state} -> {result.out_dir}")
+    from compass.logs import get as get_logger
+    from compass.logs import number, result_warnings
+
     for key, value in result.manifest.metrics.items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {number(value)}")
+    for text in result_warnings(kind, result.manifest.metrics):
+        get_logger("run").warning(f"warning: {kind}: {text}")
     return 0
 
 
@@ -166,7 +171,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compass.pipeline import run_recipe
 
     workdir = args.workdir or Path("runs") / Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml")
-    run_recipe(args.recipe, workdir, only=args.only, rehash=args.rehash)
+    results = run_recipe(args.recipe, workdir, only=args.only, rehash=args.rehash)
+    from compass.pipeline import summary_table
+
+    print("\n" + summary_table(results))
     return 0
 
 
@@ -199,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own output too (progress bars, "
+                        "info messages, deprecation warnings); compass hides it by default")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     demo = sub.add_parser("demo", help="run the tiny recipe offline on a CPU and print where results are",
@@ -249,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    verbose = "--verbose" in argv  # anywhere on the line, like --debug (before any library is imported)
+    if verbose:
+        argv.remove("--verbose")
+    from compass.logs import configure
+
+    configure(verbose)
     try:
         if argv and argv[0] in DELEGATED:
             import importlib

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from compass.config import Recipe, YamlDoc, load_recipe
 from compass.errors import CompassError
+from compass.logs import get as get_logger
+from compass.logs import number, result_warnings
 from compass.runner import StageResult, execute_stage
 from compass.stagekit import LOCK_NAME, DirLock
 from compass.stages import get_stage
@@ -106,5 +108,31 @@ def _run_recipe(
         )
         state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")
+        for text in result_warnings(entry.stage, result.manifest.metrics):
+            get_logger("run").warning(f"warning: {entry.name}: {text}")
         results[entry.name] = result
     return results
+
+
+def headline(metrics: dict) -> str:
+    """A stage's result in a few words: the loss curve of a training run, the accuracies of an eval, else its
+    first few numbers."""
+    if "first_loss" in metrics and "last_loss" in metrics:
+        return f"loss {number(metrics['first_loss'])} -> {number(metrics['last_loss'])} in {metrics['steps']} steps"
+    scalars = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not k.startswith("device.") and "time" not in k and not k.endswith("_s")]
+    scores = [(k, v) for k, v in scalars if k.endswith(("accuracy", ".f1", "reward_accuracy"))]
+    return ", ".join(f"{k} {number(v)}" for k, v in (scores or scalars)[:4])
+
+
+def summary_table(results: dict[str, StageResult]) -> str:
+    """The closing table of `compass run`: every stage that ran, cached or not, with its time and headline."""
+    rows = [(name, r.manifest.stage, "cached" if r.cached else "ran", f"{r.manifest.wall_time_s:.1f}s", headline(r.manifest.metrics))
+            for name, r in results.items()]
+    header = ("stage", "kind", "state", "time", "result")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] for row in [header, *rows]]
+    total = sum(r.manifest.wall_time_s for r in results.values() if not r.cached)
+    ran = sum(1 for r in results.values() if not r.cached)
+    lines.append(f"{len(results)} stage(s): {ran} ran ({total:.1f}s of stage time), {len(results) - ran} cached")
+    return "\n".join(lines)

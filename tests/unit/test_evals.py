@@ -136,7 +136,7 @@ def test_edinet_score_rows_and_metrics():
     rows, m = edinet.score("edinet_earnings", items, results, requests, {items[0].id: 0.8, items[1].id: 0.3, items[2].id: 0.6})
     assert [r["extracted"] for r in rows] == [1, None, 0] and [r["score"] for r in rows] == [1.0, 0.0, 0.0]
     assert m["accuracy"] == pytest.approx(1 / 3) and m["unparseable_rate"] == pytest.approx(1 / 3)
-    assert m["roc_auc"] == 1.0  # golds 1,0,1 with P(1) .8,.3,.6: both positives rank above the negative
+    assert m["roc_auc_loglikelihood"] == 1.0 and "roc_auc" not in m  # golds 1,0,1 with P(1) .8,.3,.6: both positives rank above the negative
     assert rows[0]["input"][0] == {"role": "system", "content": edinet.SYSTEM_PROMPT}
 
 

@@ -1,18 +1,27 @@
 """EDINET-Bench (SakanaAI), 3 tasks on Japanese annual-report financials: accounting fraud detection
 (binary), earnings forecast (binary: will net income attributable to owners of the parent rise next year),
-industry prediction (16 classes).
+industry prediction (16 classes). Two protocols (`edinet.protocol`: reference | compass | both):
 
-The prompt is built from the statement fields of a record (`summary`, `bs`, `pl`, `cf`, optionally `text`;
-JSON strings in the dataset) under a task instruction that asks for a JSON object {"prediction": ...}.
+reference -- the benchmark's own pipeline, comparable with its published leaderboard (see the section
+"the reference protocol" below): the repo's prompt files read from the user's checkout (`edinet.repo`,
+`--edinet-repo DIR`), answers asked for as {"reasoning", "prob", "prediction"}, the first JSON found, rows
+without prediction or prob dropped from the metrics and counted, accuracy / precision / recall / F1 / MCC /
+ROC-AUC from the stated prob, industry accuracy as mean +- std over 3 runs. Metrics: TASK.reference.METRIC.
+
+compass -- the prompt is built from the statement fields of a record (`summary`, `bs`, `pl`, `cf`, optionally
+`text`; JSON strings in the dataset) under a task instruction that asks for a JSON object {"prediction": ...}.
 Parsing is strict: the answer must contain a JSON object (a ```json block or a bare {...}) whose
-"prediction" is 0 or 1 (binary) or exactly one of the 16 category names (industry). Anything else is
-unparseable: it counts as wrong in every metric and is reported as `unparseable_rate` (the reference
-evaluation dropped such answers from its denominators). ROC-AUC of the binary tasks comes from the label
-log-likelihoods on the local backend: P(1) = softmax over the log-probabilities of the two answers
-'{"prediction": 0}' and '{"prediction": 1}' after the same prompt; it needs both classes among the golds.
+"prediction" is 0 or 1 (binary) or exactly one of the 16 category names (industry); the last such object
+counts. Anything else is unparseable: it counts as wrong in every metric and is reported as
+`unparseable_rate` (nothing is dropped from a denominator). ROC-AUC of the binary tasks comes from the label
+log-likelihoods on the local backend, named `roc_auc_loglikelihood`: P(1) = softmax over the
+log-probabilities of the two answers '{"prediction": 0}' and '{"prediction": 1}' after the same prompt; it
+needs both classes among the golds.
 
-Data: the dataset's own rows (hub parquet, or a local .jsonl / .json / .parquet with the same fields):
-meta, summary, bs, pl, cf, text, edinet_code, doc_id, and `label` (0/1) or `industry` (category name).
+Data: the dataset's own rows as published on the hub (parquet), or a local .jsonl / .json / .parquet with the
+same fields: meta, summary, bs, pl, cf, text, edinet_code, doc_id and `label` (0/1; fraud_detection adds
+explanation, ammended_doc_id, file_path; earnings_forecast naive_prediction, previous_year_file_path,
+current_year_file_path) or `industry` (category name; plus file_path).
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
@@ -66,8 +75,9 @@ INSTRUCTIONS = {
 @dataclass(frozen=True)
 class EdinetItem:
     id: str
-    prompt: str
+    prompt: str  # the compass protocol's prompt
     label: int | str
+    sheet_values: tuple[tuple[str, str], ...] = ()  # (field, value as the reference formats it) for each sheet present
 
 
 def load_items(task: str, path: Path | None, rows: list[dict] | None, sheets: tuple[str, ...],
@@ -96,7 +106,8 @@ def load_items(task: str, path: Path | None, rows: list[dict] | None, sheets: tu
             if max_chars_per_sheet is not None:
                 value = value[:max_chars_per_sheet]
             parts.append(f"{sheet}: {value}")
-        items.append(EdinetItem(f"{task}/{row['doc_id']}", INSTRUCTIONS[task] + "\n".join(parts), label))
+        published = tuple((sheet, str(row[sheet])) for sheet in SHEETS if sheet in row)  # the reference's f"{value}"
+        items.append(EdinetItem(f"{task}/{row['doc_id']}", INSTRUCTIONS[task] + "\n".join(parts), label, published))
     return items
 
 
@@ -193,25 +204,216 @@ def score(task: str, items: list[EdinetItem], results: dict[str, GenResult], req
     else:
         probs = [positive_probs[i.id] for i in items] if positive_probs is not None else None
         metrics = binary_metrics(golds, preds, probs)
+        if "roc_auc" in metrics:  # named for where P(1) comes from; the reference's roc_auc is the stated prob
+            metrics["roc_auc_loglikelihood"] = metrics.pop("roc_auc")
     metrics["mean_output_tokens"] = mean([float(r["output_tokens"]) for r in rows if r["output_tokens"] is not None])
     metrics["n"] = len(rows)
     return rows, metrics
+
+
+# --- the reference protocol ----------------------------------------------------------------------------
+#
+# SakanaAI/EDINET-Bench as its scripts run it: predict.py / industry_prediction/predict.py and the two
+# make_leaderboard.py (read, not copied):
+# - prompt: the task's prompt/<config>.yaml `prompt` (read from the user's checkout) followed by
+#   "\n".join(f"{sheet}: {value}") over the sheets the row has (default summary, bs, pl, cf), uncut;
+#   system prompt "You are a financial analyst." (predict.py's --system_prompt default); temperature 0,
+#   max_tokens 4096, seed 0 (model.py's OpenAI call).
+# - parsing (utils.extract_json_between_markers): the first ```json ... ``` block that json.loads (also after
+#   deleting control characters), else the first non-greedy {...} that does; its "prob", "prediction" and
+#   "reasoning" by .get. JSON that parses to something other than an object makes .get raise in the
+#   reference, which aborts the run; here that row is left out and counted (`reference_crash_rows`).
+# - binary metrics (make_leaderboard.py): rows whose prob or prediction is missing are dropped (counted,
+#   `dropped_rows`); the rest give accuracy, precision, recall, F1, MCC (sklearn, int(prediction)) and ROC-AUC
+#   from the stated prob when both labels remain. A prediction int() cannot read ('yes', '1.0'), one outside
+#   {0, 1} or a prob that is not a finite number would make the reference raise: left out, counted as crash rows.
+# - industry: rows without a prediction dropped; accuracy by exact string match; 3 runs, reported as the mean
+#   and the population std (numpy's default) over runs, as industry_prediction/make_leaderboard.py does.
+
+PROMPT_FILES = {task: Path("prompt") / f"{config}.yaml" for task, config in TASKS.items()}
+REFERENCE_MAX_TOKENS = 4096  # model.py GenerationConfig
+REFERENCE_SEED = 0  # model.py passes seed=0 to the OpenAI API
+REFERENCE_INDUSTRY_RUNS = 3  # industry_prediction/make_leaderboard.py: result_0, result_1, result_2
+
+
+def load_reference_prompt(repo: Path, task: str) -> str:
+    """The task's prompt from the user's checkout of EDINET-Bench (prompt/<config>.yaml, key `prompt`)."""
+    import yaml
+
+    path = Path(repo) / PROMPT_FILES[task]
+    if not path.is_file():
+        raise CompassError(f"{repo} is not a checkout of EDINET-Bench: no {PROMPT_FILES[task]} "
+                           "(git clone https://github.com/SakanaAI/EDINET-Bench)")
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+        raise CompassError(f"{path}: expected a YAML mapping with a string `prompt`")
+    return data["prompt"]
+
+
+def reference_prompt(prompt: str, item: EdinetItem, sheets: tuple[str, ...]) -> str:
+    values = dict(item.sheet_values)
+    return prompt + "\n".join(f"{sheet}: {values[sheet]}" for sheet in sheets if sheet in values)
+
+
+def reference_requests(items: list[EdinetItem], prompt: str, sheets: tuple[str, ...], *, max_tokens: int,
+                       seed: int = REFERENCE_SEED) -> list[GenRequest]:
+    return [GenRequest(id=i.id, messages=[{"role": "system", "content": SYSTEM_PROMPT},
+                                          {"role": "user", "content": reference_prompt(prompt, i, sheets)}],
+                       max_tokens=max_tokens, temperature=0.0, seed=seed) for i in items]
+
+
+_JSON_FENCE = re.compile(r"```json(.*?)```", re.DOTALL)
+_BRACES = re.compile(r"\{.*?\}", re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x1F\x7F]")
+
+
+def reference_json(text: str | None):
+    """What the reference's JSON reader returns for an answer: the first candidate that parses (any JSON
+    value), or None."""
+    if text is None:
+        return None
+    candidates = _JSON_FENCE.findall(text) or _BRACES.findall(text)
+    for candidate in candidates:
+        candidate = candidate.strip()
+        for attempt in (candidate, _CONTROL.sub("", candidate)):
+            try:
+                return json.loads(attempt)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+@dataclass(frozen=True)
+class ReferenceAnswer:
+    """One answer as the reference reads it; `status` is ok, dropped (no prediction, or no prob on a binary
+    task) or crash (the reference would raise on it), with `why`."""
+
+    prediction: int | str | None
+    prob: float | None
+    reasoning: object
+    status: str
+    why: str | None = None
+
+
+def _finite_number(value) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def reference_answer(task: str, text: str | None) -> ReferenceAnswer:
+    parsed = reference_json(text)
+    if parsed is None:
+        return ReferenceAnswer(None, None, None, "dropped", "no JSON found")
+    if not isinstance(parsed, dict):
+        return ReferenceAnswer(None, None, None, "crash", f"the JSON is a {type(parsed).__name__}, not an object")
+    prediction, prob, reasoning = parsed.get("prediction"), parsed.get("prob"), parsed.get("reasoning")
+    if task == "edinet_industry":
+        if prediction is None:
+            return ReferenceAnswer(None, None, reasoning, "dropped", "no prediction")
+        if not isinstance(prediction, str):
+            return ReferenceAnswer(None, None, reasoning, "crash", f"prediction {prediction!r} is not a string")
+        return ReferenceAnswer(prediction, None, reasoning, "ok")
+    if prob is None or prediction is None:
+        return ReferenceAnswer(None, None, reasoning, "dropped", "no prob" if prob is None else "no prediction")
+    try:
+        label = int(prediction)
+    except (TypeError, ValueError, OverflowError):
+        return ReferenceAnswer(None, None, reasoning, "crash", f"int() cannot read prediction {prediction!r}")
+    if label not in (0, 1):
+        return ReferenceAnswer(None, None, reasoning, "crash", f"prediction {label} is not 0 or 1")
+    if not _finite_number(prob):
+        return ReferenceAnswer(None, None, reasoning, "crash", f"prob {prob!r} is not a finite number")
+    return ReferenceAnswer(label, float(prob), reasoning, "ok")
+
+
+def reference_binary_metrics(labels: list[int], predictions: list[int], probs: list[float]) -> dict:
+    """make_leaderboard.py's figures over the kept rows (sklearn, its default arguments)."""
+    from sklearn.metrics import (accuracy_score, f1_score, matthews_corrcoef, precision_score, recall_score,
+                                 roc_auc_score)
+
+    if not labels:
+        return {}
+    out = {"accuracy": float(accuracy_score(labels, predictions)),
+           "precision": float(precision_score(labels, predictions, zero_division=0.0)),
+           "recall": float(recall_score(labels, predictions, zero_division=0.0)),
+           "f1": float(f1_score(labels, predictions, zero_division=0.0)),
+           "mcc": float(matthews_corrcoef(labels, predictions))}
+    if len(set(labels)) == 2:
+        out["roc_auc"] = float(roc_auc_score(labels, probs))
+    return out
+
+
+def score_reference_run(task: str, items: list[EdinetItem], results: dict[str, GenResult]) -> tuple[list[dict], dict]:
+    """Rows and the reference figures of one run; dropped and crash rows are counted, not scored."""
+    rows, kept = [], []
+    for item in items:
+        result = results[item.id]
+        raw = result.text if result.ok else None
+        answer = reference_answer(task, raw)
+        rows.append({"id": item.id, "raw_output": raw, "error": result.error, "prediction": answer.prediction,
+                     "prob": answer.prob, "reasoning": answer.reasoning, "status": answer.status, "why": answer.why,
+                     "reference": item.label, "output_tokens": result.output_tokens})
+        if answer.status == "ok":
+            kept.append((item.label, answer))
+    if task == "edinet_industry":
+        metrics = {"accuracy": mean([float(label == a.prediction) for label, a in kept])} if kept else {}
+    else:
+        metrics = reference_binary_metrics([label for label, _ in kept], [a.prediction for _, a in kept],
+                                           [a.prob for _, a in kept])
+    metrics.update(n=len(items), scored_rows=len(kept),
+                   dropped_rows=sum(r["status"] == "dropped" for r in rows),
+                   reference_crash_rows=sum(r["status"] == "crash" for r in rows))
+    return rows, metrics
+
+
+def runs_summary(per_run: list[dict]) -> dict:
+    """Mean and population std over runs of each figure every run has (numpy's std, as the leaderboard)."""
+    import numpy as np
+
+    out: dict = {"runs": len(per_run)}
+    shared = set.intersection(*(set(m) for m in per_run)) if per_run else set()
+    for key in sorted(shared):
+        values = [m[key] for m in per_run]
+        if key in ("n", "scored_rows", "dropped_rows", "reference_crash_rows"):
+            out[key] = int(sum(values))
+            continue
+        out[key] = float(np.mean(values))
+        out[f"{key}_std"] = float(np.std(values))
+    return out
 
 
 # --- registry tasks ------------------------------------------------------------------------------------
 
 
 class EdinetSettings(BenchmarkConfig):
-    """EDINET-Bench: the three tasks share these settings."""
+    """EDINET-Bench: the three tasks share these settings. protocol reference: the repo's prompts (from
+    `repo`), its JSON reading, its metrics (dropped rows counted; industry over `reference_runs` runs);
+    compass: compass's prompt, strict parsing, unparseable answers wrong, ROC-AUC from label log-likelihoods."""
 
+    repo: Path | None = Field(None, description="checkout of EDINET-Bench (github.com/SakanaAI/EDINET-Bench); the "
+                              "reference protocol reads prompt/<task>.yaml from it")
     sheets: list[Literal["summary", "bs", "pl", "cf", "text"]] = Field(
-        ["summary", "bs", "pl", "cf"], description="EDINET-Bench record fields put into the prompt")
+        ["summary", "bs", "pl", "cf"], description="EDINET-Bench record fields put into the prompt (both protocols; "
+                                                   "the reference's --sheets default)")
     max_chars_per_sheet: int | None = Field(None, ge=1, description="cut each EDINET sheet to this many characters "
-                                            "(for short-context models; None: whole)")
+                                            "(compass protocol, for short-context models; None: whole)")
+    reference_max_tokens: int = Field(REFERENCE_MAX_TOKENS, ge=1, description="generation limit under the reference "
+                                      "protocol (its default)")
+    reference_runs: int = Field(REFERENCE_INDUSTRY_RUNS, ge=1, description="runs of edinet_industry under the "
+                                "reference protocol, reported as mean and std")
+
+    @model_validator(mode="after")
+    def _checkout(self):
+        if self.protocol in ("reference", "both") and self.repo is None:
+            raise ValueError(f"protocol {self.protocol} needs repo: a checkout of EDINET-Bench (--edinet-repo DIR)")
+        return self
 
 
 def _load(ctx) -> list[EdinetItem]:
     sheets, cap = tuple(ctx.settings.sheets), ctx.settings.max_chars_per_sheet
+    if "reference" in ctx.protocols():  # read before any generation: a wrong checkout fails now
+        ctx.state["prompt"] = load_reference_prompt(ctx.settings.repo, ctx.name)
     if ctx.data_path is not None:
         return ctx.limited(load_items(ctx.name, ctx.data_path, None, sheets, cap))
     return ctx.limited(load_items(ctx.name, None, ctx.hub_rows(), sheets, cap))
@@ -222,15 +424,29 @@ def _with_label_likelihoods(ctx) -> bool:
     return ctx.config.backend == "local" and ctx.name != "edinet_industry"
 
 
+def _reference_runs(ctx) -> list[str]:
+    """Output names of the reference runs: one for a binary task, `reference_runs` for industry."""
+    base = ctx.output_name("reference")
+    if ctx.name != "edinet_industry":
+        return [base]
+    return [f"{base}.run{k + 1}" for k in range(ctx.settings.reference_runs)]
+
+
 def _requests(ctx, items: list[EdinetItem]) -> Requests:
-    name = ctx.output_name("compass")
-    out = Requests(generate={name: build_requests(items, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)})
-    if _with_label_likelihoods(ctx):
-        out.chat_loglikelihood[name] = [(messages(item), c) for item in items for c in label_continuations(ctx.name)]
+    out = Requests()
+    if "compass" in ctx.protocols():
+        name = ctx.output_name("compass")
+        out.generate[name] = build_requests(items, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)
+        if _with_label_likelihoods(ctx):
+            out.chat_loglikelihood[name] = [(messages(item), c) for item in items for c in label_continuations(ctx.name)]
+    if "reference" in ctx.protocols():
+        for run in _reference_runs(ctx):  # the same settings each run, as the reference reruns its script
+            out.generate[run] = reference_requests(items, ctx.state["prompt"], tuple(ctx.settings.sheets),
+                                                   max_tokens=ctx.settings.reference_max_tokens)
     return out
 
 
-def _score(ctx, items: list[EdinetItem], answers) -> list[TaskOutput]:
+def _score_compass(ctx, items: list[EdinetItem], answers) -> TaskOutput:
     import math
 
     name = ctx.output_name("compass")
@@ -244,14 +460,36 @@ def _score(ctx, items: list[EdinetItem], answers) -> list[TaskOutput]:
             probs[item.id] = math.exp(l1 - top) / (math.exp(l0 - top) + math.exp(l1 - top))
     requests = build_requests(items, max_tokens=ctx.config.max_new_tokens, seed=ctx.config.seed)
     rows, metrics = score(ctx.name, items, answers.generated[name], {r.id: r for r in requests}, probs)
-    return [TaskOutput(name, rows, metrics)]
+    return TaskOutput(name, rows, metrics)
+
+
+def _score_reference(ctx, items: list[EdinetItem], answers) -> list[TaskOutput]:
+    runs = _reference_runs(ctx)
+    scored_runs = [score_reference_run(ctx.name, items, answers.generated[run]) for run in runs]
+    if len(runs) == 1:
+        rows, metrics = scored_runs[0]
+        return [TaskOutput(runs[0], rows, metrics)]
+    outputs = [TaskOutput(run, rows, metrics) for run, (rows, metrics) in zip(runs, scored_runs)]
+    return outputs + [TaskOutput(ctx.output_name("reference"), [], runs_summary([m for _, m in scored_runs]))]
+
+
+def _score(ctx, items: list[EdinetItem], answers) -> list[TaskOutput]:
+    produced = []
+    for protocol in ctx.protocols():
+        if protocol == "reference":
+            produced += _score_reference(ctx, items, answers)
+        else:
+            produced.append(_score_compass(ctx, items, answers))
+    return produced
 
 
 BENCHMARK = Benchmark("edinet", EdinetSettings, tuple(
-    EvalTask(name=task, kind="generate", load=_load, requests=_requests, score=_score,
+    EvalTask(name=task, kind="generate", load=_load, requests=_requests, score=_score, protocols=("reference", "compass"),
              inputs={task: Port(f"EDINET-Bench {config} rows (.jsonl/.json/.parquet with the dataset's fields)",
                                 required=False)},
              hub=f"SakanaAI/EDINET-Bench:{config}:{'train' if task == 'edinet_industry' else 'test'}",
-             summary=f"EDINET-Bench {config}: strict JSON label parsing, accuracy, "
-                     + ("macro_f1, MCC" if task == "edinet_industry" else "F1, MCC, ROC-AUC from label log-likelihoods"))
+             summary=f"EDINET-Bench {config}: compass: strict JSON label parsing, accuracy, "
+                     + ("macro_f1, MCC" if task == "edinet_industry" else "F1, MCC, ROC-AUC from label log-likelihoods")
+                     + "; reference: the repo's prompts and metrics"
+                     + (" (mean +- std over 3 runs)" if task == "edinet_industry" else " (ROC-AUC from the stated prob)"))
     for task, config in TASKS.items()), "EDINET-Bench settings (all three tasks)")

@@ -52,7 +52,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.train import data as D
     from compass.train import model as M
     from compass.train.device import plan_device
-    from compass.train.session import common_args, finish, prepare_checkpoints
+    from compass.train.session import common_args, finish, prepare_checkpoints, train
 
     plan = plan_device(config)
     kind = M.model_kind(inputs["model"])
@@ -83,7 +83,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                      "trainable_params": trainable}
     if eval_pairs:
         metrics.update(_eval(trainer, "eval_before"))
-    output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+    output = train(trainer, resume, config, plan)  # compass's log lines and live MLflow metrics around trainer.train
     if eval_pairs:
         metrics.update(_eval(trainer, "eval_after"))
 

@@ -60,7 +60,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.train import data as D
     from compass.train import model as M
     from compass.train.device import choose_batching, plan_device
-    from compass.train.session import common_args, finish, prepare_checkpoints
+    from compass.train.session import common_args, finish, prepare_checkpoints, train
 
     plan = plan_device(config)
     kind = M.model_kind(inputs["model"])
@@ -102,7 +102,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=peft_config)
     trainable = M.trainable_parameter_count(trainer.model)
-    output = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+    output = train(trainer, resume, config, plan)  # compass's log lines and live MLflow metrics around trainer.train
 
     adapter_dir = out_dir / "adapter"
     if use_lora:

@@ -50,6 +50,10 @@ class TrainConfig(StageConfig):
     resume: bool = Field(True, description="continue from the latest checkpoint of an interrupted run in the same out dir")
     keep_checkpoints: bool = Field(False, description="keep out_dir/.checkpoints after success (they are not artifacts)")
     merge: bool = Field(False, description="also write the merged model (LoRA merged into the base) to out_dir/merged")
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="trackers the trainer also streams to (TRL/transformers report_to: wandb, tensorboard, mlflow, ...); "
+                    "compass's own MLflow run of the stage gets the metrics live either way")
 
     @model_validator(mode="after")
     def _batch_arithmetic(self):

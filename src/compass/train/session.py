@@ -16,7 +16,11 @@ from pathlib import Path
 from compass.config import config_hash
 from compass.errors import CompassError
 from compass.io import write_json_atomic
+from compass.logs import get as get_logger
+from compass.logs import is_verbose, number
 from compass.train.device import DevicePlan
+
+log = get_logger("train")
 
 CHECKPOINTS = ".checkpoints"
 LOG_HISTORY = "log_history.json"
@@ -91,17 +95,91 @@ def common_args(config, plan: DevicePlan, out_dir: Path) -> dict:
         bf16=plan.bf16,
         fp16=False,
         use_cpu=plan.device == "cpu",
-        gradient_checkpointing=plan.gradient_checkpointing,
+        activation_checkpointing=plan.gradient_checkpointing,  # transformers 5's name (gradient_ is deprecated)
         logging_steps=config.logging_steps,
         logging_first_step=True,  # the first loss is a reported metric
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=config.save_total_limit,
         seed=config.seed,
-        report_to="none",  # the run ledger records metrics (from log_history.json)
+        # compass streams the metrics into the stage's own MLflow run (train()); these are the user's extra trackers
+        report_to=list(config.report_to) or "none",
+        disable_tqdm=not is_verbose(),  # compact lines from LogLines instead of a bar and raw dicts
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
     )
+
+
+def train(trainer, resume: Resume, config, plan: DevicePlan):
+    """trainer.train() with compass's log lines (a plan line first, a resume line, one compact line per log)
+    and the stage's live MLflow run fed as the trainer logs."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the raw-dict printer disable_tqdm puts in; LogLines replaces it
+    trainer.add_callback(LogLines(len(trainer.train_dataset), resume, config, plan))
+    return trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+
+
+# keys of a trainer log entry shown in the compact line, in this order, with their short names (every key
+# is in log_history.json and the MLflow run)
+LINE_KEYS = {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr", "mean_token_accuracy": "token_acc",
+             "rewards/accuracies": "reward_acc", "rewards/margins": "reward_margin", "eval_loss": "eval_loss",
+             "eval_rewards/accuracies": "eval_reward_acc", "eval_rewards/margins": "eval_reward_margin", "epoch": "epoch"}
+
+
+def plan_warnings(steps: int, warmup: int, logging_steps: int) -> list[str]:
+    """Schedules that are probably not what the user meant."""
+    found = []
+    if steps < warmup + 1:
+        found.append(f"only {steps} optimizer step(s) but {warmup} warmup step(s): the learning rate never reaches "
+                     "its peak; lower warmup_ratio or train longer")
+    if steps > 1 and logging_steps > steps:
+        found.append(f"logging_steps {logging_steps} > {steps} steps: no loss is logged after step 1; "
+                     f"set logging_steps to {steps} or less")
+    return found
+
+
+def plan_line(examples: int, steps: int, plan: DevicePlan, config, micro: int, warmup: int) -> str:
+    accumulation = plan.gradient_accumulation_steps
+    global_batch = micro * accumulation * plan.num_processes
+    precision = "bf16" if plan.bf16 else "fp32"
+    return (f"plan: {examples} examples, {steps} optimizer steps, global batch {global_batch} = micro {micro} x "
+            f"accumulation {accumulation} x {plan.num_processes} process(es), {plan.device}, {precision}, "
+            f"lr {number(config.learning_rate)} {config.lr_scheduler} with {warmup} warmup step(s), "
+            f"loss logged every {config.logging_steps} step(s)")
+
+
+def _callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class LogLines(_callback_base()):
+    """compass's lines from the main process: the plan before step 1, where a resume starts, then one line
+    per trainer log entry with a handful of keys and compact numbers."""
+
+    def __init__(self, examples: int, resume: Resume, config, plan: DevicePlan):
+        self.examples, self.resume, self.config, self.plan = examples, resume, config, plan
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        warmup = args.get_warmup_steps(state.max_steps)
+        log.info(plan_line(self.examples, state.max_steps, self.plan, self.config, args.per_device_train_batch_size, warmup))
+        if self.resume.checkpoint is not None:
+            log.info(f"resuming from step {state.global_step} of {state.max_steps} ({self.resume.checkpoint.name})")
+        for text in plan_warnings(state.max_steps, warmup, args.logging_steps):
+            log.warning(f"warning: {text}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "train_loss" in logs:  # the trainer's closing entry (the mean loss over the run)
+            log.info(f"trained to step {state.global_step} in {logs['train_runtime']:.1f}s, mean loss {number(logs['train_loss'])}")
+            return
+        parts = [f"{short} {number(logs[key])}" for key, short in LINE_KEYS.items() if key in logs]
+        log.info(f"step {state.global_step}/{state.max_steps}  " + "  ".join(parts))
 
 
 def loss_metrics(log_history: list[dict], loss_key: str = "loss") -> dict:
