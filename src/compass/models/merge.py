@@ -352,9 +352,11 @@ def model_class(model_dir: Path):
         raise CompassError(f"{config_path}: architecture {architectures[0]!r} is not a transformers class") from None
 
 
-def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str | None = None) -> dict:
+def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str | None = None, extra=None) -> dict:
     """Fold a PEFT LoRA adapter into its base (merge_and_unload) and save safetensors in the base's layout
-    (the shard size is the base's largest shard); tokenizer/processor files come from the base."""
+    (the shard size is the base's largest shard); tokenizer/processor files come from the base. `extra`, when
+    given, is called on the merged model before it is saved (e.g. to put fully trained tensors that live
+    outside the adapter in place); what it returns is reported as "extra"."""
     import torch
     from peft import PeftModel
 
@@ -365,10 +367,12 @@ def merge_lora(base_dir: Path, adapter_dir: Path, out_dir: Path, dtype: str | No
     load_dtype = "auto" if dtype is None else getattr(torch, dtype)
     model = model_class(base_dir).from_pretrained(str(base_dir), dtype=load_dtype)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    extra_result = extra(merged) if extra is not None else None
     # keep the base's sharding: one file stays one file; shards stay at most the base's largest shard
     shard_bytes = max((base_dir / f).stat().st_size for f in base.files) if base.index_name else 1 << 50
     merged.save_pretrained(str(out_dir), safe_serialization=True, max_shard_size=shard_bytes)
     written = {p.name for p in out_dir.iterdir()}
     copied = copy_non_weight_files(base_dir, out_dir, skip=written)
     out = check_output(base, out_dir, dtype)
-    return {"tensors": len(out.tensors), "shards": len(out.files), "copied_files": copied}
+    result = {"tensors": len(out.tensors), "shards": len(out.files), "copied_files": copied}
+    return result if extra is None else {**result, "extra": extra_result}

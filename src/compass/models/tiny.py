@@ -215,7 +215,7 @@ def build_tiny_vlm(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     import torch
     from transformers import LlavaOnevisionForConditionalGeneration
 
-    from compass.models.vlm import ImageOnlyOnevisionProcessor
+    from compass.models.processors import ImageOnlyOnevisionProcessor, save_processor
 
     out_dir = Path(out_dir)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -234,5 +234,5 @@ def build_tiny_vlm(out_dir: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
         image_token=IMAGE_TOKEN,
         vision_aspect_ratio=config.vision_aspect_ratio,
     )
-    processor.save_pretrained(str(out_dir))
+    save_processor(processor, out_dir, "llava_onevision")
     return out_dir

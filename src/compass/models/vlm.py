@@ -1,4 +1,5 @@
-"""LLaVA-OneVision processor without torchvision, and VLM composition: vision tower + projector + LLM."""
+"""VLM composition and decomposition: SigLIP vision tower + projector + LLM, as LLaVA-OneVision (the only family
+compose/decompose handle; the others train inside the VLM with `--train llm`)."""
 from __future__ import annotations
 
 import copy
@@ -7,49 +8,18 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import LlavaOnevisionProcessor
-
 from compass.errors import CompassError
 from compass.io import write_json_atomic
 
+from compass.models.processors import ImageOnlyOnevisionProcessor, save_processor
 from compass.vocab import IMAGE_TOKEN, VIDEO_TOKEN
 
 
-class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
-    """LlavaOnevisionProcessor for images only.
+def load_processor(path: str | Path):
+    """The processor of a VLM directory (any supported family; torchvision-free where needed)."""
+    from compass.models.processors import load_processor as load
 
-    The stock class type-checks a video processor, whose default implementation needs torchvision (which must
-    not be installed here). Naming only image_processor and tokenizer in __init__ makes ProcessorMixin treat
-    those two as the sub-processors. AutoProcessor cannot resolve this class from processor_config.json (it
-    returns a bare tokenizer), so reload with `load_processor`.
-    """
-
-    def __init__(
-        self,
-        image_processor=None,
-        tokenizer=None,
-        num_image_tokens=None,
-        vision_feature_select_strategy=None,
-        chat_template=None,
-        image_token=IMAGE_TOKEN,
-        vision_aspect_ratio="anyres_max_9",
-        **kwargs,
-    ):
-        super().__init__(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            num_image_tokens=num_image_tokens,
-            vision_feature_select_strategy=vision_feature_select_strategy,
-            chat_template=chat_template,
-            image_token=image_token,
-            vision_aspect_ratio=vision_aspect_ratio,
-            **kwargs,
-        )
-
-
-def load_processor(path: str | Path) -> ImageOnlyOnevisionProcessor:
-    """The processor of a VLM directory written by compass (tiny builder or compose)."""
-    return ImageOnlyOnevisionProcessor.from_pretrained(str(path))
+    return load(path)
 
 
 # --- composition -----------------------------------------------------------------------------------------
@@ -420,7 +390,7 @@ def compose_vlm(
         image_token=IMAGE_TOKEN,
         vision_aspect_ratio=projector.settings["vision_aspect_ratio"],
     )
-    processor.save_pretrained(str(out_dir))
+    save_processor(processor, out_dir, "llava_onevision")
     shape = projector.shape
     return {
         "vision_hidden": vision_config.hidden_size,

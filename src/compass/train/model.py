@@ -1,26 +1,31 @@
 """Loading the model to train, choosing what trains, and writing the merged model.
 
-An LLM directory (config.json without `vision_config`) trains with LoRA on its linear layers. A VLM
-directory must have the LLaVA layout transformers uses (model.vision_tower, model.multi_modal_projector,
-model.language_model): `train` picks LoRA on the language model (llm), full training of the projector
-(projector), or both; the vision tower stays frozen unless `train_vision` (then it trains fully too).
-Fully trained parts ride along in the PEFT adapter as `modules_to_save`; with no LoRA at all they are
-saved as adapter/trained_parts.safetensors under their model keys.
+An LLM directory (config.json without `vision_config`) trains with LoRA on its linear layers. A VLM directory
+is one of the families in compass.models.families (LLaVA-OneVision, Mistral3/Pixtral, Gemma3, Qwen3-VL,
+Qwen2.5-VL, Idefics3/SmolVLM), whose parts that module resolves: `train` picks LoRA on the language model (llm),
+full training of the projector (projector), or both; the vision tower stays frozen unless `train_vision` (then it
+trains fully too). Fully trained parts ride along in the PEFT adapter as `modules_to_save` (ModuleLists split into
+their elements); bare parameters (OneVision's image_newline), and every fully trained part when there is no LoRA
+at all, are saved as adapter/trained_parts.safetensors under their model keys.
+
+Tied embeddings (Gemma3, small Qwen LLMs): LoRA is configured with PEFT's ensure_weight_tying, so a trained
+embed_tokens / lm_head stays one tensor and the merged model has the base's layout (no extra lm_head.weight).
 """
 from __future__ import annotations
 
 import json
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from compass.errors import CompassError
+from compass.models.families import Part, ModelParts, resolve, tie_word_embeddings, trainable_leaves
 
 ModelKind = Literal["llm", "vlm"]
-VLM_PARTS = ("vision_tower", "multi_modal_projector", "language_model")
 TRAINED_PARTS_FILE = "trained_parts.safetensors"
-PROCESSOR_CLASSES_OF_COMPASS = {"ImageOnlyOnevisionProcessor"}
+PEFT_PREFIX = "base_model.model."  # what PeftModel puts before the wrapped model's names
 
 
 def read_model_config(model_dir: Path) -> dict:
@@ -34,28 +39,32 @@ def model_kind(model_dir: Path) -> ModelKind:
     return "vlm" if "vision_config" in read_model_config(model_dir) else "llm"
 
 
-def load_processing_class(model_dir: Path, kind: ModelKind):
-    """The tokenizer of an LLM, or the processor of a VLM (compass's torchvision-free processor when the
-    directory was written by compass; AutoProcessor otherwise)."""
+def load_processing_class(model_dir: Path, kind: ModelKind, chat_template: Path | None = None,
+                          assistant_masks: bool = True):
+    """The tokenizer of an LLM, or the processor of a VLM (torchvision-free where the stock one needs it). With
+    `assistant_masks` (SFT's assistant-only loss) its chat template is one that marks assistant tokens
+    (compass.models.chat_templates); DPO renders prompt and answers apart and keeps the model's own."""
+    return load_for_training(model_dir, kind, chat_template, assistant_masks)[0]
+
+
+def load_for_training(model_dir: Path, kind: ModelKind, chat_template: Path | None = None,
+                      assistant_masks: bool = True):
+    """(processing class, TemplateChoice or None) as load_processing_class describes."""
+    from compass.models.chat_templates import use_training_template
+
     if kind == "llm":
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        if tokenizer.chat_template is None:
-            raise CompassError(f"{model_dir}: the tokenizer has no chat template; training needs one")
-        return tokenizer
-    processor_file = Path(model_dir) / "processor_config.json"
-    if processor_file.is_file() and json.loads(processor_file.read_text())["processor_class"] in PROCESSOR_CLASSES_OF_COMPASS:
-        from compass.models.vlm import load_processor
+        processing_class = AutoTokenizer.from_pretrained(str(model_dir))
+    else:
+        from compass.models.processors import load_processor
 
-        return load_processor(model_dir)
-    from transformers import AutoProcessor, ProcessorMixin
-
-    processor = AutoProcessor.from_pretrained(str(model_dir))
-    if not isinstance(processor, ProcessorMixin):
-        raise CompassError(f"{model_dir}: AutoProcessor gave a {type(processor).__name__}, not a processor; "
-                           "a VLM directory needs processor_config.json")
-    return processor
+        processing_class = load_processor(model_dir)
+    if not assistant_masks:
+        if processing_class.chat_template is None:
+            raise CompassError(f"{model_dir}: no chat template; training renders conversations with one")
+        return processing_class, None
+    return use_training_template(processing_class, model_dir, chat_template)
 
 
 def load_model(model_dir: Path, kind: ModelKind, dtype):
@@ -66,45 +75,47 @@ def load_model(model_dir: Path, kind: ModelKind, dtype):
     return Auto.from_pretrained(str(model_dir), dtype=dtype)
 
 
-def vlm_prefixes(model) -> dict[str, str]:
-    """Qualified module names of the VLM's parts, e.g. {"language_model": "model.language_model", ...}."""
-    import torch
-
-    inner = model.get_submodule("model") if "model" in dict(model.named_children()) else None
-    children = dict(inner.named_children()) if isinstance(inner, torch.nn.Module) else {}
-    missing = [p for p in VLM_PARTS if p not in children]
-    if missing:
-        raise CompassError(f"unsupported VLM layout {type(model).__name__}: expected model.{{{', '.join(VLM_PARTS)}}}, "
-                           f"missing {missing}")
-    return {part: f"model.{part}" for part in VLM_PARTS}
-
-
 def lora_target_modules(model, kind: ModelKind, targets: str | list[str]) -> str | list[str]:
     """PEFT target_modules: the LLM's linear layers (output head excluded); in a VLM only the language model's."""
     if kind == "llm":
         return targets  # PEFT's own "all-linear" (skips the output head) or leaf names
-    import torch
+    from compass.models.families import lora_leaf_names
 
-    prefix = vlm_prefixes(model)["language_model"]
-    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                     if name.startswith(prefix + ".") and isinstance(module, torch.nn.Linear)})
+    parts = resolve(model)
+    leaves = lora_leaf_names(model, parts)
     if targets != "all-linear":
         unknown = sorted(set(targets) - set(leaves))
         if unknown:
             raise CompassError(f"target_modules {unknown} are not linear layers of the language model; it has {leaves}")
         leaves = sorted(targets)
     # a regex string is matched by PEFT against each full module name
-    return re.escape(prefix) + r"\..*\.(?:" + "|".join(map(re.escape, leaves)) + ")"
+    return re.escape(parts.family.language_model) + r"\..*\.(?:" + "|".join(map(re.escape, leaves)) + ")"
 
 
-def full_parts(kind: ModelKind, train: str, train_vision: bool) -> list[str]:
+def full_parts(kind: ModelKind, train: str, train_vision: bool) -> list[Part]:
     """VLM parts trained fully (not through LoRA)."""
     if kind == "llm":
         if train != "llm" or train_vision:
             raise CompassError(f"train: {train}, train_vision: {train_vision} need a VLM; this model is a text-only LLM")
         return []
-    parts = ["multi_modal_projector"] if train in ("projector", "both") else []
+    parts: list[Part] = ["projector"] if train in ("projector", "both") else []
     return parts + (["vision_tower"] if train_vision else [])
+
+
+@dataclass(frozen=True)
+class FullTraining:
+    """What trains fully, as the model names it: PEFT-wrappable modules and bare parameters."""
+
+    parts: list[Part]
+    modules: list[str] = field(default_factory=list)
+    parameters: list[str] = field(default_factory=list)
+
+
+def plan_full_training(model, kind: ModelKind, parts: list[Part]) -> FullTraining:
+    if kind == "llm" or not parts:
+        return FullTraining(list(parts))
+    leaves = trainable_leaves(model, resolve(model), parts)
+    return FullTraining(list(parts), leaves.modules, leaves.parameters)
 
 
 def check_modules_to_save(model, kind: ModelKind, config) -> None:
@@ -133,31 +144,92 @@ def check_modules_to_save(model, kind: ModelKind, config) -> None:
                                "trains either through LoRA or fully, so leave it out of one of target_modules / modules_to_save")
 
 
-def lora_config(config, model, kind: ModelKind, parts: list[str]):
-    """LoRA on the chosen linear layers; `parts` (whole VLM parts) and config.modules_to_save train fully beside it."""
+def embeddings_tied(model) -> bool:
+    """The config's flag, checked against the loaded model: a flag that says tied over two tensors (or the
+    reverse) means the layout on disk is not what the config claims."""
+    flag = tie_word_embeddings(model.config)
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    shared = head is not None and head.weight is embed.weight
+    if flag != shared:
+        raise CompassError(f"{type(model).__name__}: tie_word_embeddings is {flag} but the loaded output head "
+                           f"{'shares' if shared else 'does not share'} the embedding weight")
+    return flag
+
+
+def lora_config(config, model, kind: ModelKind, full: FullTraining | list[str]):
+    """LoRA on the chosen linear layers; fully trained modules and config.modules_to_save train beside it. With
+    tied embeddings PEFT keeps a trained embed_tokens / lm_head tied (ensure_weight_tying), so the merged model
+    keeps the base's single tensor. `full` is a plan_full_training result or a list of module paths ([] = none)."""
     from peft import LoraConfig
 
     check_modules_to_save(model, kind, config)
+    modules_to_save = (full.modules if isinstance(full, FullTraining) else list(full)) + list(config.modules_to_save)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=lora_target_modules(model, kind, config.target_modules),
-        modules_to_save=(parts + config.modules_to_save) or None,
+        modules_to_save=modules_to_save or None,
+        ensure_weight_tying=embeddings_tied(model),
         task_type="CAUSAL_LM",
     )
 
 
-def freeze_all_but(model, parts: list[str]) -> None:
-    """Full training of `parts` without LoRA: everything else gets no gradient."""
-    prefixes = tuple(f"{vlm_prefixes(model)[p]}." for p in parts)
+def _unwrapped_name(name: str) -> str:
+    return name.removeprefix(PEFT_PREFIX)
+
+
+def freeze_all_but(model, full: FullTraining) -> None:
+    """Full training of `full.parts` without LoRA: everything else gets no gradient."""
+    parts = resolve(model)
     for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith(prefixes))
+        param.requires_grad_(parts.owns(full.parts, name))
 
 
-def trained_parts_state(state_dict: dict, model, parts: list[str]) -> dict:
-    prefixes = tuple(f"{vlm_prefixes(model)[p]}." for p in parts)
-    return {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items() if k.startswith(prefixes)}
+def train_bare_parameters(model, full: FullTraining) -> None:
+    """After PEFT wrapped the model: bare parameters of the fully trained parts (no module PEFT could wrap holds
+    them) get gradients too; they are saved by save_trained."""
+    wanted = set(full.parameters)
+    found = set()
+    for name, param in model.named_parameters():
+        if _unwrapped_name(name) in wanted:
+            param.requires_grad_(True)
+            found.add(_unwrapped_name(name))
+    if found != wanted:
+        raise CompassError(f"internal: bare parameters {sorted(wanted - found)} not found in the wrapped model")
+
+
+def trained_parts_state(state_dict: dict, model, full: FullTraining, lora: bool) -> dict:
+    """The tensors written to trained_parts.safetensors, under the base model's names: every fully trained
+    parameter without LoRA; only the bare ones with LoRA (the adapter holds the rest)."""
+    if lora:
+        wanted = set(full.parameters)
+        keep = {_unwrapped_name(k): v for k, v in state_dict.items() if _unwrapped_name(k) in wanted}
+        if set(keep) != wanted:
+            raise CompassError(f"internal: bare parameters {sorted(wanted - set(keep))} missing from the state dict")
+    else:
+        parts = resolve(model)
+        keep = {k: v for k, v in state_dict.items() if parts.owns(full.parts, k)}
+    return {k: v.detach().to("cpu").contiguous() for k, v in keep.items()}
+
+
+def save_trained(trainer, adapter_dir: Path, full: FullTraining, lora: bool, is_main: bool, processing_class) -> None:
+    """Write what trained: the PEFT adapter (with LoRA), and trained_parts.safetensors when there are fully
+    trained tensors outside it. Every process calls this (ZeRO-3 gathers); the main one writes."""
+    if lora:
+        trainer.save_model(str(adapter_dir))
+        if is_main:
+            tidy_adapter_dir(adapter_dir)
+    if lora and not full.parameters:
+        return
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered on every process
+    if is_main:
+        from safetensors.torch import save_file
+
+        adapter_dir.mkdir(parents=True, exist_ok=True)
+        save_file(trained_parts_state(state, trainer.model, full, lora), str(adapter_dir / TRAINED_PARTS_FILE))
+        if not lora:
+            processing_class.save_pretrained(str(adapter_dir))
 
 
 def tidy_adapter_dir(adapter_dir: Path) -> None:
@@ -186,31 +258,44 @@ def single_process_loading():
         hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
+def _apply_trained_parts(model, parts_file: Path, base_dir: Path) -> int:
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(parts_file))
+    own = model.state_dict()
+    bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
+    if bad:
+        raise CompassError(f"{parts_file}: tensors {bad[:5]} do not fit the base model {base_dir}")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+    return len(tensors)
+
+
 def write_merged(base_dir: Path, adapter_dir: Path, out_dir: Path) -> dict:
     """The base model with the trained weights merged in, as safetensors in the base's layout with its
-    tokenizer/processor files. A PEFT adapter (LoRA, plus any fully trained modules_to_save) goes through
-    compass.models.merge.merge_lora (PEFT merge_and_unload); fully trained parts without LoRA replace
-    their tensors in the base. Either way the output must have exactly the base's tensor names and shapes."""
+    tokenizer/processor files, written staged (a failure leaves no directory). A PEFT adapter (LoRA, plus any
+    fully trained modules_to_save) goes through PEFT merge_and_unload; fully trained tensors outside it
+    (trained_parts.safetensors) replace theirs in the base. The output must have exactly the base's tensor
+    names, shapes and dtypes."""
+    from compass.io import staged_dir
     from compass.models.merge import check_output, copy_non_weight_files, merge_lora, model_class, read_checkpoint
 
+    base_dir, adapter_dir = Path(base_dir), Path(adapter_dir)
     parts_file = adapter_dir / TRAINED_PARTS_FILE
-    with single_process_loading():
-        if (adapter_dir / "adapter_config.json").is_file():
-            result = merge_lora(base_dir, adapter_dir, out_dir)
-        elif parts_file.is_file():
-            from safetensors.torch import load_file
-
-            base = read_checkpoint(base_dir)
-            model = model_class(base_dir).from_pretrained(str(base_dir), dtype="auto")
-            tensors = load_file(str(parts_file))
-            own = model.state_dict()
-            bad = [k for k in tensors if k not in own or own[k].shape != tensors[k].shape]
-            if bad:
-                raise CompassError(f"{parts_file}: tensors {bad[:5]} do not fit the base model {base_dir}")
-            model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
-            model.save_pretrained(str(out_dir), safe_serialization=True)
-            copy_non_weight_files(base_dir, out_dir, skip={p.name for p in out_dir.iterdir()})
-            result = {"tensors": len(check_output(base, out_dir, None).tensors), "replaced_tensors": len(tensors)}
+    has_adapter = (adapter_dir / "adapter_config.json").is_file()
+    if not has_adapter and not parts_file.is_file():
+        raise CompassError(f"{adapter_dir} holds neither a PEFT adapter nor {TRAINED_PARTS_FILE}")
+    with single_process_loading(), staged_dir(out_dir) as tmp:
+        base = read_checkpoint(base_dir)
+        replaced = 0
+        if has_adapter:
+            result = merge_lora(base_dir, adapter_dir, tmp, extra=lambda model: _apply_trained_parts(model, parts_file, base_dir)
+                                if parts_file.is_file() else 0)
+            replaced = result.pop("extra")
         else:
-            raise CompassError(f"{adapter_dir} holds neither a PEFT adapter nor {TRAINED_PARTS_FILE}")
+            model = model_class(base_dir).from_pretrained(str(base_dir), dtype="auto")
+            replaced = _apply_trained_parts(model, parts_file, base_dir)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            copy_non_weight_files(base_dir, tmp, skip={p.name for p in tmp.iterdir()})
+            result = {"tensors": len(check_output(base, tmp, None).tensors)}
+        result["replaced_tensors"] = replaced
     return {f"merge.{k}": v for k, v in result.items() if not isinstance(v, list)}
