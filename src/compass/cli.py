@@ -258,7 +258,14 @@ def importlib_find(module: str) -> bool:
         return False
 
 
+def one_line(message: str) -> str:
+    """An error message on one line (a YAML or validation message may span several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
+    from compass.ledger.redact import redact_text
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     except CompassError as err:
         if debug:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact_text(one_line(str(err)))}", file=sys.stderr)  # never echo a secret value
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -295,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # noqa: BLE001 - the CLI's last line of defence: one line, traceback on --debug
         if debug:
             raise
-        print(f"error: {type(err).__name__}: {err} (rerun with --debug for the traceback)", file=sys.stderr)
+        print(f"error: {type(err).__name__}: {redact_text(one_line(str(err)))} (rerun with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 

@@ -71,7 +71,7 @@ def test_reference_teacher_writes_verified_traces_and_same_bytes_twice(tmp_path,
     assert first.manifest.metrics == {
         "samples": 4, "traces": 3, "verified": 3, "rejects": 1, "rejects_by_reason": {"no_reference": 1},
         "acceptance_rate": 0.75, "reject_rate": 0.25, "traces_by_source": {"toy": 3}, "output_tokens": 0,
-        "teacher": "reference", "backend": "reference", "generated_this_run": 4, "resumed_records": 0,
+        "teacher": "reference", "backend": "reference", "generated_this_run": 4, "resumed_records": 0, "retried_transient": 0,
     }
     again = execute_stage("distill", cfg, {"problems": problems}, tmp_path / "a")
     assert again.cached

@@ -39,6 +39,14 @@ def fixed_reply(text: str = "<Problem>\nx\n</Problem>\n\n<Thinking>\ny\n</Thinki
     return lambda body: text
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def prompt_key(body: dict[str, Any]) -> str:
     """The identity of a prompt across retries: its messages."""
     return json.dumps(body["messages"], sort_keys=True, ensure_ascii=False)
@@ -158,7 +166,9 @@ class ScriptedServer:
     async def _send(self, writer: asyncio.StreamWriter, status: int, payload: dict, extra: dict[str, str] | None = None,
                     truncate: bool = False) -> None:
         reasons = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
-        data = json.dumps(payload, ensure_ascii=False).encode()
+        text = json.dumps(payload, ensure_ascii=False)
+        # a reply holding a lone surrogate ('\ud800') goes out as a JSON \u escape, as real servers send it
+        data = text.encode() if text.isascii() or _encodable(text) else json.dumps(payload).encode()
         head = [f"HTTP/1.1 {status} {reasons[status]}", "Content-Type: application/json",
                 f"Content-Length: {len(data)}", "Connection: keep-alive"]
         head += [f"{k}: {v}" for k, v in (extra or {}).items()]

@@ -4,12 +4,15 @@ docs/method.md A, step 0. Each problem is sent `n` times to the teacher with the
 (EN or JA) and the question as the user turn. A reply is parsed and validated, its \\boxed answer compared
 with the reference answer (rejection sampling); verified traces are kept, the rest go to rejects.jsonl with
 a reason: server_error (every retry failed), no_reference (the reference teacher has no solution to
-render), empty, bad_tags, wrong_answer. The stage fails when the reject rate passes `max_reject_rate`.
+render), bad_encoding (the reply holds a lone UTF-16 surrogate, which no UTF-8 file can store), empty,
+bad_tags, wrong_answer. The stage fails when the reject rate passes `max_reject_rate`.
 
 Resumable: every record is appended to its shard and flushed as soon as its answer arrives, so a killed
 run loses only requests in flight. On restart the ids already in traces/ and rejects.jsonl are skipped
-(a torn last line is cut off first), so nothing is generated twice and nothing is lost. Records are in
-completion order (input order for the reference and transformers teachers).
+(a torn last line is cut off first), so nothing is generated twice and nothing is lost. A server_error
+reject is transient (an outage, a timeout): the next run drops it from rejects.jsonl and asks again, so
+rerunning once the server is back finishes the job. Records are in completion order (input order for the
+reference and transformers teachers).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from pydantic import Field, model_validator
 from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
+from compass.ledger.redact import redact_text, redact_value
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -56,7 +60,8 @@ FORMAT_INSTRUCTIONS = {
 
 # Reasoning models (Qwen3 without a server-side reasoning parser) put their scratchpad first.
 
-REASONS = ("server_error", "no_reference", "empty", "bad_tags", "wrong_answer")
+REASONS = ("server_error", "no_reference", "bad_encoding", "empty", "bad_tags", "wrong_answer")
+TRANSIENT_REASONS = frozenset({"server_error"})  # asked again by the next run; the others are final
 
 
 class Config(StageConfig):
@@ -139,15 +144,42 @@ def repair_torn_tail(path: Path) -> int:
         return size - keep
 
 
-def _ids_in(path: Path) -> Iterator[str]:
+def _records_in(path: Path) -> Iterator[dict]:
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)["id"]
-                except (json.JSONDecodeError, KeyError):
+                    record = json.loads(line)
+                    record["id"]
+                except (json.JSONDecodeError, KeyError, TypeError):
                     raise CompassError(f"{path}:{lineno}: not a record with an 'id'; the partial run in "
-                                       f"{path.parent} is damaged, delete it to start over") from None
+                                       f"{path.parent} is damaged: rerun with --force to start over") from None
+                yield record
+
+
+def _ids_in(path: Path) -> Iterator[str]:
+    for record in _records_in(path):
+        yield record["id"]
+
+
+def drop_transient_rejects(path: Path) -> int:
+    """Remove the transient rejects (server_error) of a previous run from rejects.jsonl, so their samples are
+    asked again; returns how many. The file is rewritten atomically (a kill keeps the old one)."""
+    from compass.io import atomic_open
+
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for record in _records_in(path):
+        if record.get("reason") in TRANSIENT_REASONS:
+            dropped += 1
+        else:
+            kept.append(record)
+    if dropped:
+        with atomic_open(path, "w") as fh:
+            for record in kept:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return dropped
 
 
 class ShardWriter:
@@ -183,7 +215,8 @@ def _content_key(config: Config, problems_hash: dict[str, str], teacher: str) ->
         "problems": problems_hash,
         "teacher": teacher,
         "backend": config.backend,
-        "openai_extra_body": config.openai.extra_body if config.backend == "openai" else None,
+        # written to the state file: a secret in extra_body (an api_key) is kept out of it
+        "openai_extra_body": redact_value(config.openai.extra_body) if config.backend == "openai" else None,
         "model_dir": config.transformers.model_dir if config.backend == "transformers" else None,
         **config.model_dump(mode="json", include={"seed", "n", "max_tokens", "temperature", "top_p",
                                                   "format_instruction", "strip_think", "keep", "shard_size"}),
@@ -245,6 +278,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
             done.add(record_id)
             existing_traces += 1
     repair_torn_tail(rejects_path)
+    retried = drop_transient_rejects(rejects_path)  # an outage of the last run is asked again now
     if rejects_path.is_file():
         done.update(_ids_in(rejects_path))
 
@@ -289,10 +323,15 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics["backend"] = config.backend
     metrics["generated_this_run"] = sum(counts.values())
     metrics["resumed_records"] = len(done)
+    metrics["retried_transient"] = retried
     if metrics["reject_rate"] > config.max_reject_rate:
+        transient = sum(metrics["rejects_by_reason"].get(reason, 0) for reason in TRANSIENT_REASONS)
+        hint = (f"; the {transient} server_error sample(s) are asked again when you rerun the same command (the "
+                "others are kept)" if transient else "; rerun with a higher --max-reject-rate to accept them, or "
+                "--force to start over")
         raise CompassError(
             f"distill: {metrics['rejects']} of {total} samples rejected ({metrics['reject_rate']:.1%} > max_reject_rate "
-            f"{config.max_reject_rate:.1%}); reasons {metrics['rejects_by_reason']}; see {rejects_path}"
+            f"{config.max_reject_rate:.1%}); reasons {metrics['rejects_by_reason']}; see {rejects_path}{hint}"
         )
     return metrics
 
@@ -306,9 +345,17 @@ def judge(result, teacher: str, sampling: dict, config: Config):
     index = result.meta["index"]
     if result.error is not None:
         reason = "no_reference" if config.backend == "reference" else "server_error"
-        return reason, Reject(id=result.id, reason=reason, detail=result.error,
+        return reason, Reject(id=result.id, reason=reason, detail=redact_text(result.error),
                               record={"problem_id": problem.id, "sample": index, "attempts": result.attempts})
     raw = result.text or ""
+    bad = lone_surrogate_at(raw)
+    if bad is not None:
+        # JSON's \ud800 escape decodes to a str no UTF-8 file can hold: reject this reply, keep the rest going
+        return "bad_encoding", Reject(
+            id=result.id, reason="bad_encoding",
+            detail=f"reply holds a lone UTF-16 surrogate {raw[bad]!r} at character {bad} (not valid Unicode text)",
+            record={"problem_id": problem.id, "sample": index, "attempts": result.attempts,
+                    "raw_output": raw.encode("utf-8", "backslashreplace").decode("utf-8")})
     text = strip_leading_think(raw) if config.strip_think else raw.strip()
     trace = Trace(
         id=result.id, problem_id=problem.id, source=problem.source, lang=problem.lang,
@@ -336,6 +383,15 @@ def judge(result, teacher: str, sampling: dict, config: Config):
                                       detail=f"answer {parts.boxed!r} does not match reference {problem.reference_answer!r}",
                                       record=trace.model_dump(mode="json"))
     return "kept", trace
+
+
+def lone_surrogate_at(text: str) -> int | None:
+    """Index of the first lone surrogate code point in `text` (what a JSON reply's bare \\ud800 becomes), or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError as err:
+        return err.start
 
 
 def count_outputs(out_dir: Path, total: int) -> dict:
