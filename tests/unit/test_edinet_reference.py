@@ -187,3 +187,12 @@ def test_both_protocols_through_the_stage_over_http(checkout, tmp_path):
     reference_requests = [b for b in seen if b["messages"][-1]["content"].startswith("STAND-IN")]
     assert len(reference_requests) == 3 + 3 * 3 and all(b["max_tokens"] == 4096 and b["seed"] == 0 for b in reference_requests)
     assert all(b["messages"][0] == {"role": "system", "content": "You are a financial analyst."} for b in reference_requests)
+
+
+def test_json_reading_equals_the_benchmark_reader():
+    """Values from EDINET-Bench's own extract_json_between_markers (tests/support/edinet_reference_values.py)."""
+    answers = json.loads((FIXTURES / "edinet_reference_cases.json").read_text(encoding="utf-8"))["answers"]
+    values = json.loads((FIXTURES / "edinet_reference_values.json").read_text(encoding="utf-8"))["values"]
+    assert len(answers) == len(values) >= 15
+    for answer, value in zip(answers, values):
+        assert edinet.reference_json(answer) == value, answer
