@@ -182,6 +182,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import shlex
+
+    from compass.sweep import run_sweep
+
+    workdir = args.workdir or Path("runs") / (Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml") + "-sweep")
+    command = shlex.join(["compass", "sweep", str(args.recipe), *[a for s in args.set for a in ("--set", s)],
+                          "--workdir", str(workdir)])
+    run_sweep(args.recipe, workdir, args.set, command=command, rehash=args.rehash, dry_run=args.dry_run)
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     from compass.packaged import copy_recipe, describe_recipes
 
@@ -229,6 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
     run.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
     run.set_defaults(handler=cmd_run)
+
+    sweep = sub.add_parser("sweep", help="run variants of a recipe; stages a variant does not change run once for all",
+                           epilog="examples:\n  compass sweep longdoc-ablation --workdir work/ablation     # its sweep: block\n"
+                                  "  compass sweep tiny --set 'doc_examples.config.top_k=[16, 24]' \\\n"
+                                  "      --set 'doc_merge.config.weights=[[0.25], [0.5]]' --workdir work/grid\n"
+                                  "  compass runs table --sweep tiny --rows top_k --cols weights --metric mmlongbench.cot_on.accuracy",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("recipe", help="a recipe file, or the name of a packaged recipe")
+    sweep.add_argument("--set", action="append", default=[], metavar="PATH=[V1, V2]",
+                       help="a grid axis: '<stage>.config.<key>' (or 'seed') and a YAML list of values; repeatable, "
+                            "crossed with the recipe's sweep: block")
+    sweep.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>-sweep)")
+    sweep.add_argument("--dry-run", action="store_true", help="write sweep.yaml and print the plan; run nothing")
+    sweep.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
+    sweep.set_defaults(handler=cmd_sweep)
 
     recipes = sub.add_parser("recipes", help="list the packaged recipes, or copy one out to edit",
                              epilog="examples:\n  compass recipes\n  compass recipes copy tiny my-recipes/",

@@ -45,6 +45,9 @@ class StageEntry(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict, description="input name -> '<stage name>.<output>' or a path")
     config: dict[str, Any] = Field(default_factory=dict)
     launch: Launch | None = None
+    sweep: dict[str, Any] | None = Field(None, description="written by `compass sweep` into the recipe it expands: the "
+                                         "sweep's name, the variants sharing this stage and the grid values that reach "
+                                         "it (recorded on the stage's run)")
 
     @field_validator("name")
     @classmethod
@@ -54,6 +57,41 @@ class StageEntry(BaseModel):
         return value
 
 
+class SweepVariant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the variant's name in tables and stage directories (letters, digits, '-', '_')")
+    set: dict[str, Any] = Field(description="'<stage>.config.<key>[.<key>...]' (or 'seed') -> value")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or not all(c.isalnum() or c in "-_" for c in value):
+            raise ValueError(f"variant name must be letters, digits, '-' or '_', got {value!r}")
+        return value
+
+
+class SweepTable(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: str = Field(description="an axis: 'variant', a grid path or its last part, or a key of `values`")
+    cols: str
+    metric: str = Field(description="metric key; '{axis}' is replaced by the cell's value of a `values` axis")
+    values: dict[str, list[Any]] = Field(default_factory=dict, description="axes that live in metric names, e.g. "
+                                         "{cot: [on, off]} with metric 'mmlongbench.cot_{cot}.accuracy'")
+
+
+class Sweep(BaseModel):
+    """Variants of a recipe (`compass sweep`): named variants, crossed with every combination of the grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, description="default: the recipe's name")
+    variants: list[SweepVariant] = Field(default_factory=list)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="'<stage>.config.<key>' (or 'seed') -> values")
+    tables: list[SweepTable] = Field(default_factory=list, description="ablation tables `compass runs table` builds")
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -61,6 +99,7 @@ class Recipe(BaseModel):
     description: str = ""
     seed: int | None = Field(None, description="default seed for stages that don't set their own")
     stages: list[StageEntry] = Field(min_length=1)
+    sweep: Sweep | None = Field(None, description="variants for `compass sweep` (`compass run` runs the recipe as written)")
 
 
 # --- YAML with line numbers -------------------------------------------------------------------------

@@ -59,6 +59,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any]
     launch: dict[str, Any] | None = None
     recipe: str | None = None
+    # `compass sweep`: {name, variants sharing this run, values of the axes that reach it} (compass.sweep)
+    sweep: dict[str, Any] | None = None
 
     def input_key(self) -> dict[str, dict[str, str]]:
         return {name: rec.files for name, rec in self.inputs.items()}

@@ -104,7 +104,7 @@ def _run_recipe(
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
         result = execute_stage(
             entry.stage, configs[entry.name], inputs, workdir / entry.name,
-            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash,
+            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash, sweep=entry.sweep,
         )
         state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
         log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")

@@ -123,6 +123,7 @@ def _execute_stage(
     recipe: str | None = None,
     force: bool = False,
     rehash: bool = False,
+    sweep: dict | None = None,
 ) -> StageResult:
     module = get_stage(kind)
     out_dir = Path(out_dir).resolve()
@@ -181,6 +182,7 @@ def _execute_stage(
         wall_time_s=round(wall, 3),
         metrics=redact_value(metrics),
         launch=launch.model_dump() if launch else None,
+        sweep=sweep,
         recipe=recipe,
     )
     if secondary:

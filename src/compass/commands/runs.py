@@ -28,6 +28,7 @@ EXAMPLES = {
     "reproduce": "compass runs reproduce 3f2a1b9c --out repro/",
     "report": "compass runs report --out runs.html --metric gsm8k.accuracy",
     "check": "compass runs check --repair",
+    "table": "compass runs table --sweep longdoc-ablation --rows variant --cols cot --metric 'mmlongbench.cot_{cot}.accuracy' --values cot=on,off",
 }
 
 
@@ -105,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("compass-report.html"))
     p.add_argument("--metric", action="append", help="leaderboard metric (repeatable; default: the eval metrics)")
     p.add_argument("--limit", type=int, default=30, help="runs per table and curves of the newest N runs")
+
+    p = _sub(sub, "table", "an ablation table of a sweep's runs: a metric over two axes, mean +- std over seeds, "
+             "each cell with its run ids (from the sweep's tables: block when --rows/--cols are not given)")
+    p.add_argument("--sweep", help="sweep name (default: the most recent sweep in the ledger)")
+    p.add_argument("--rows", help="axis for the rows: 'variant', a grid path or its last part (e.g. top_k)")
+    p.add_argument("--cols", help="axis for the columns")
+    p.add_argument("--metric", help="metric key; '{AXIS}' is filled from --values, e.g. 'mmlongbench.cot_{cot}.accuracy'")
+    p.add_argument("--values", action="append", default=[], metavar="AXIS=V1,V2",
+                   help="an axis that lives in metric names, e.g. cot=on,off")
+    p.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
 
     p = _sub(sub, "check", "verify the ledger: index integrity, every blob's sha256, MLflow runs; --repair cleans leftovers")
     p.add_argument("--repair", action="store_true", help="remove leftovers of killed recorders; restore blobs from run directories")
@@ -288,6 +299,35 @@ def cmd_report(workspace: Workspace, args) -> int:
     return 0
 
 
+def cmd_table(workspace: Workspace, args) -> int:
+    from compass.ledger.ablation import build_tables, render_tables
+    from compass.ledger.flat import flatten
+
+    if (args.rows is None) != (args.cols is None) or (args.rows is not None and args.metric is None):
+        raise CompassError("give --rows, --cols and --metric together, or none of them (the sweep's tables: block)")
+    values = {}
+    for item in args.values:
+        axis, sep, listed = item.partition("=")
+        if not sep or not listed:
+            raise CompassError(f"--values {item!r}: expected AXIS=V1,V2")
+        values[axis] = listed.split(",")
+    index = _index(workspace)
+    try:
+        sweep, runs = index.sweep_runs(args.sweep)
+    finally:
+        index.close()
+    rows = [(r.run_id, r.manifest["sweep"], flatten(r.metrics)) for r in runs]
+    specs = ([{"rows": args.rows, "cols": args.cols, "metric": args.metric, "values": values}] if args.rows is not None
+             else runs[-1].manifest["sweep"]["tables"] if runs else [])
+    if not specs:
+        raise CompassError(f"sweep {sweep!r} declares no tables: give --rows, --cols and --metric")
+    print(f"sweep {sweep}: {len(runs)} runs")
+    for spec in specs:
+        print()
+        print(render_tables(build_tables(rows, **spec), args.format))
+    return 0
+
+
 def cmd_check(workspace: Workspace, args) -> int:
     from compass.ledger.check import check_ledger
 
@@ -307,6 +347,7 @@ def cmd_check(workspace: Workspace, args) -> int:
 HANDLERS = {
     "list": cmd_list, "show": cmd_show, "note": cmd_note, "search": cmd_search, "leaderboard": cmd_leaderboard,
     "lineage": cmd_lineage, "diff": cmd_diff, "reproduce": cmd_reproduce, "report": cmd_report, "check": cmd_check,
+    "table": cmd_table,
 }
 
 

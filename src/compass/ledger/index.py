@@ -199,6 +199,16 @@ class Index:
             sql += f" LIMIT {int(limit)}"
         return [_row(v) for v in self.db.execute(sql, params).fetchall()]
 
+    def sweep_runs(self, sweep: str | None) -> tuple[str, list[RunRow]]:
+        """The runs `compass sweep` made under this sweep name (None: the most recently recorded sweep)."""
+        if sweep is None:
+            row = self.db.execute("SELECT json_extract(manifest, '$.sweep.name') FROM runs WHERE state='complete' AND "
+                                  "json_extract(manifest, '$.sweep.name') IS NOT NULL ORDER BY recorded_at DESC LIMIT 1").fetchone()
+            if row is None:
+                raise CompassError("no sweep runs in this ledger (compass sweep RECIPE records them)")
+            sweep = row[0]
+        return sweep, self.runs("json_extract(r.manifest, '$.sweep.name') = ?", (sweep,), order="recorded_at")
+
     def runs_by_ids(self, run_ids: list[str]) -> dict[str, RunRow]:
         out: dict[str, RunRow] = {}
         for start in range(0, len(run_ids), 500):
