@@ -1,23 +1,36 @@
-"""MMLongBench-Doc style evaluation: the document's pages as images ("Page N:" before each), the question
-after them, a free-form answer, a short answer extracted from it, and format-aware scoring
-(`compass.evals.mmlongbench_score`).
+"""MMLongBench-Doc evaluation: a document's pages as images, the question, a free-form answer, a short answer
+extracted from it, and format-aware scoring, under two protocols (`mmlongbench.protocol`: reference |
+compass | both; metrics TASK.reference.* and TASK.compass.*, or TASK.* for compass alone):
+
+- reference (the benchmark's pipeline, comparable with its leaderboard): the question then every page image
+  (up to 120 pages at 144 dpi, no size cap, no page labels, as run_api.py); the benchmark's few-shot
+  extraction prompt read from the user's checkout (`repo`: eval/prompt_for_answer_extraction.md), sent with
+  the question and the response in an assistant turn to any served LLM (`extractor_openai`); its
+  "Extracted answer: ... Answer format:" split; its scoring rules and figures
+  (`compass.evals.mmlongbench_reference`);
+- compass: "Page N:" before each image (up to `max_pages`), then the question; `extractor` rule or llm;
+  the corrected scorer (`compass.evals.mmlongbench_score`).
 
 Questions come in either schema:
-- MMLongBench-Doc's samples.json (a JSON list; also JSONL): doc_id (the PDF file name), question, answer,
-  answer_format, evidence_pages (a string like "[5, 7]" or a list; 1-based page numbers);
+- MMLongBench-Doc's samples.json as published (a JSON list; also JSONL): doc_id (the PDF file name), doc_type,
+  question, answer, answer_format, evidence_pages (a string like "[5, 7]", 1-based; "[0]" kept as written),
+  evidence_sources (a string like "['Chart']");
 - compass DocQuestion records (the `pdf-fixtures` stage): id, doc_id (PDF stem), question, answer,
-  answer_format, gold_pages (0-based page indices).
+  answer_format, gold_pages (0-based page indices, stored here 1-based like samples.json).
 The PDFs live in one directory; a doc_id names `<dir>/<doc_id>` or `<dir>/<doc_id>.pdf`.
 
-Pages are rendered with pypdfium2 at `dpi` (long side capped) and the first `max_pages` pages are shown;
-a document with more pages is cut there, and the count of cut documents is reported (`docs_truncated`).
+Golds are checked before any generation (`check_golds`): a gold that does not score 1 against itself under
+both protocols' scorers is reported by item and left out of both protocols' figures (counted).
 
-Short-answer extraction:
+Pages are rendered with pypdfium2 at `dpi`; a document with more pages than shown is cut, and the count of
+cut documents is reported (`docs_truncated`).
+
+Short-answer extraction under the compass protocol:
 - "rule" (default, offline): the text after </think> (an unfinished <think> means no answer), the last
   \\boxed{} if any, else the last "Answer:"/"答え:" line, else the whole remaining text; an abstention
   anywhere in that answer becomes "Not answerable";
-- "llm": the reference protocol's option, an LLM asked for "Extracted answer: ..." through the openai
-  backend; a reply without that line is an extraction failure (wrong, counted as extraction_failures).
+- "llm": an LLM asked, zero-shot, for "Extracted answer: ..." through the openai backend; a reply without
+  that line is an extraction failure (wrong, counted as extraction_failures).
 """
 from __future__ import annotations
 
@@ -536,5 +549,6 @@ BENCHMARK = Benchmark("mmlongbench", MMLongBenchSettings, (EvalTask(
     protocols=("reference", "compass"),
     inputs={"mmlongbench": Port("MMLongBench-Doc samples.json, or DocQuestion JSONL (pdf-fixtures stage)", required=False),
             "mmlongbench_docs": Port("directory of the PDFs the mmlongbench questions refer to", required=False)},
-    summary="MMLongBench-Doc style: PDF pages as images, short-answer extraction, format-aware scoring: accuracy, "
-            "f1, single/cross-page/unanswerable splits"),), "MMLongBench-Doc settings")
+    summary="MMLongBench-Doc: PDF pages as images, short-answer extraction, format-aware scoring: accuracy, f1, "
+            "single/cross-page/unanswerable, evidence-source and document-type groups; reference: the benchmark's "
+            "extraction prompt and scoring rules"),), "MMLongBench-Doc settings")
