@@ -133,24 +133,27 @@ def load_rows(location: str | Path, split: str = "train", *, hub_config: str | N
 
 
 def _hub_rows(hub_id: str, split: str, hub_config: str | None, revision: str | None) -> LoadedRows:
-    import os
-
     import datasets
 
+    from compass.hub import HubRef, resolve_revision
+
+    # the commit the name points at now (online: the hub; offline: the local hub cache): loaded and recorded
+    commit = resolve_revision(HubRef("dataset", hub_id, revision))
     try:
-        dataset = datasets.load_dataset(hub_id, hub_config, split=split, revision=revision)
+        dataset = datasets.load_dataset(hub_id, hub_config, split=split, revision=commit)
     except Exception as err:  # datasets raises many types (offline, missing config, bad split): one clear line
         raise CompassError(f"could not load hub dataset {hub_id!r} (config {hub_config!r}, split {split!r}, revision "
-                           f"{revision!r}): {type(err).__name__}: {err}") from None
-    resolved = revision
-    if os.environ.get("HF_HUB_OFFLINE") != "1":
-        from huggingface_hub import HfApi
-
-        # the commit the name resolves to now: what a reproduction pins with `revision:`
-        resolved = HfApi().dataset_info(hub_id, revision=revision).sha
+                           f"{revision or 'main'} = {commit}): {type(err).__name__}: {err}") from None
     where = f"{hub_id}[{split}]"
     rows = [Row(f"{where} row {i + 1}", i, data, None) for i, data in enumerate(dataset)]
-    return LoadedRows(rows, {}, hub_id=hub_id, revision=resolved)
+    return LoadedRows(rows, {}, hub_id=hub_id, revision=commit)
+
+
+def hub_refs(sources: Sequence["DataSource"]) -> list:
+    """The hub datasets of a mix, for the runner's cache key (`hub_inputs` of a stage)."""
+    from compass.hub import HubRef
+
+    return [HubRef("dataset", s.hub_id, s.revision) for s in sources if s.hub_id is not None]
 
 
 # --- format detection and conversion ----------------------------------------------------------------------

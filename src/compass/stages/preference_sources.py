@@ -20,6 +20,7 @@ from compass.data.sft_formats import DataSource
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+
 EXAMPLE = ("compass preference-sources --out work/prefs --eval work/eval_problems/problems.jsonl "
            "--datasets '[{hub_id: HuggingFaceH4/ultrafeedback_binarized, split: train_prefs, weight: 0.1}]'")
 
@@ -50,6 +51,12 @@ INPUTS = {
 }
 OUTPUTS = {"pairs": "pairs.jsonl", "report": "dropped.jsonl"}
 
+
+def hub_inputs(config: Config) -> list:
+    """The hub datasets this config reads, for the cache key (a moved branch is a cache miss)."""
+    from compass.data.sft_formats import hub_refs
+
+    return hub_refs(config.datasets)
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.data.preference import preference_converter

@@ -53,6 +53,12 @@ INPUTS = {
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
 
+def hub_inputs(config: Config) -> list:
+    """The hub datasets of `mix`, for the cache key (a moved branch is a cache miss)."""
+    from compass.data.sft_formats import hub_refs
+
+    return hub_refs(config.mix)
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     import torch
     from trl import SFTConfig, SFTTrainer

@@ -22,6 +22,7 @@ from compass.errors import CompassError
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+
 EXAMPLE = ("compass sft-sources --out work/sft_data --eval work/eval_problems/problems.jsonl "
            "--datasets '[{hub_id: teknium/OpenHermes-2.5, weight: 0.05}, {path: mine.jsonl, format: alpaca}]' --data .")
 
@@ -49,6 +50,12 @@ OUTPUTS = {"examples": "examples.jsonl", "images": "images", "report": "dropped.
 def user_text(messages: list[dict]) -> str:
     return "\n".join(m["content"] for m in messages if m["role"] == "user")
 
+
+def hub_inputs(config: Config) -> list:
+    """The hub datasets this config reads, for the cache key (a moved branch is a cache miss)."""
+    from compass.data.sft_formats import hub_refs
+
+    return hub_refs(config.datasets)
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.data.sft_formats import load_mix
