@@ -1,11 +1,13 @@
 """Audit MMLongBench-Doc's published golds with both protocols' scorers (development check, no generation).
 
-    python tests/support/mmlongbench_gold_audit.py CHECKOUT/data/samples.json
+    PYTHONPATH=tests python -m support.mmlongbench_gold_audit CHECKOUT/data/samples.json [--checkout CHECKOUT]
 
 Loads samples.json as published, reports the unscorable golds (`mmlongbench.check_golds`), then scores every
 scorable gold against itself (both protocols must give 1) and against perturbations that a grader must
 reject (another number, a changed string, a list with an item dropped, an abstention for an answerable
 question, an answer for an unanswerable one), printing per protocol how many perturbations still score 1.
+With --checkout, it also runs the benchmark's own eval/eval_score.py (imported from the checkout, in a scratch
+directory) on every (gold, answer) pair of all rows and counts where compass's reference scorer agrees.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import json
 from collections import Counter
 from decimal import Decimal
+from pathlib import Path
 
 from compass.evals import mmlongbench, mmlongbench_reference as reference
 from compass.evals.mmlongbench_score import parse_list, parse_number, score_answer
@@ -40,6 +43,7 @@ def perturbations(item: mmlongbench.DocItem) -> list[tuple[str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("samples", help="samples.json from a checkout of mayubo2333/MMLongBench-Doc")
+    parser.add_argument("--checkout", type=Path, help="a clone of MMLongBench-Doc: compare with its eval_score.py")
     args = parser.parse_args()
     items = mmlongbench.load_items(args.samples)
     kept, problems = mmlongbench.check_golds(items)
@@ -63,6 +67,46 @@ def main() -> None:
     for kind in sorted(totals):
         print(f"perturbation {kind:24s} n={totals[kind]:4d}  still 1: reference {accepted['reference'][kind]:4d}, "
               f"compass {accepted['compass'][kind]:4d}")
+
+
+    if args.checkout is not None:
+        compare_with_benchmark(items, args.checkout.resolve())
+
+
+EXTRA_ANSWERS = ("Not answerable", "0", "[]", "['a']", "1,000", "12%", "N/A", "Fail to answer", "[Not answerable]", "")
+
+
+def compare_with_benchmark(items: list[mmlongbench.DocItem], checkout: Path) -> None:
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    from support.mmlongbench_reference_values import load_reference_scorer
+
+    benchmark = load_reference_scorer(checkout)
+    pairs = agree = 0
+    differing = []
+    with tempfile.TemporaryDirectory(prefix="mmlongbench-audit-") as scratch:
+        os.chdir(scratch)
+        for item in items:
+            for answer in [item.answer] + [w for _, w in perturbations(item)] + list(EXTRA_ANSWERS):
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):
+                        theirs = benchmark.eval_score(item.answer, answer, item.answer_format)
+                except Exception:  # noqa: BLE001 - recording that the benchmark's scorer raised
+                    theirs = "raises"
+                try:
+                    ours = reference.score(item.answer, answer, item.answer_format)
+                except reference.ReferenceCrash:
+                    ours = "raises"
+                pairs += 1
+                agree += theirs == ours
+                if theirs != ours:
+                    differing.append((item.id, answer, theirs, ours))
+    print(f"benchmark eval_score.py vs compass reference scorer: {agree} of {pairs} (gold, answer) pairs agree")
+    for row in differing[:20]:
+        print("  differs:", row)
 
 
 if __name__ == "__main__":
