@@ -118,3 +118,4 @@ def test_each_protocol_sends_its_own_prompt(both_run):
     assert [p["type"] for p in reference_parts[0]] == ["text", "image_url", "image_url", "image_url"]  # all 3 pages
     assert [p["type"] for p in compass_parts[0]] == ["text", "image_url", "text", "image_url", "text"]  # max_pages 2
     assert [m["role"] for m in extractor[0]["messages"]] == ["user", "assistant"]
+    assert all("seed" not in b for b in extractor + [b for b in model if b["messages"][-1]["content"] in reference_parts])

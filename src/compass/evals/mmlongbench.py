@@ -338,26 +338,27 @@ def load_extraction_prompt(repo: Path) -> str:
 
 
 def reference_request(item: DocItem, pages: list[Path], *, cot: bool, for_http: bool, max_tokens: int,
-                      seed: int) -> GenRequest:
+                      seed: int | None = None) -> GenRequest:
     """The reference's model prompt (run_api.py): one user turn, the question first, then every page image,
-    no page labels. <cot> in the system message when cot is on (the recipe's switch, not the benchmark's)."""
+    no page labels; temperature 0 and no seed, as it calls the API. <cot> in the system message when cot is on
+    (the recipe's switch, not the benchmark's). `seed` is accepted for a common signature and not sent."""
     parts: list[dict] = [{"type": "text", "text": item.question}]
     parts += [{"type": "image_url", "image_url": {"url": _data_url(page)}} if for_http else {"type": "image"}
               for page in pages]
     messages = ([{"role": "system", "content": COT_TOKEN}] if cot else []) + [{"role": "user", "content": parts}]
     meta = {} if for_http else {"images": [str(p) for p in pages]}
-    return GenRequest(id=item.id, messages=messages, max_tokens=max_tokens, temperature=0.0, seed=seed, meta=meta)
+    return GenRequest(id=item.id, messages=messages, max_tokens=max_tokens, temperature=0.0, seed=None, meta=meta)
 
 
-def reference_extractor_request(item: DocItem, response: str | None, prompt: str, *, seed: int) -> GenRequest:
+def reference_extractor_request(item: DocItem, response: str | None, prompt: str) -> GenRequest:
     """eval/extract_answer.py's request: the benchmark's prompt as the user turn, then the question and the
-    model's whole response in an assistant turn; temperature 0, 256 tokens, top_p 1. A failed generation is
-    sent as the reference sends it, the word 'Failed'."""
+    model's whole response in an assistant turn; temperature 0, 256 tokens, top_p 1, no seed. A failed
+    generation is sent as the reference sends it, the word 'Failed'."""
     analysis = REFERENCE_FAILED_RESPONSE if response is None else response
     messages = [{"role": "user", "content": prompt},
                 {"role": "assistant", "content": f"\n\nQuestion:{item.question}\nAnalysis:{analysis}\n"}]
     return GenRequest(id=item.id, messages=messages, max_tokens=REFERENCE_EXTRACTOR_MAX_TOKENS, temperature=0.0,
-                      top_p=1.0, seed=seed)
+                      top_p=1.0, seed=None)
 
 
 def score_reference(items: list[DocItem], results: dict[str, GenResult], replies: dict[str, GenResult],
@@ -500,7 +501,7 @@ def _reference_replies(ctx, items: list[DocItem], results: dict[str, GenResult],
 
     extractor = make_backend("openai", ctx.settings.extractor_openai, TransformersSettings())
     requests = [reference_extractor_request(item, results[item.id].text if results[item.id].ok else None,
-                                            ctx.state["extraction_prompt"], seed=ctx.config.seed) for item in items]
+                                            ctx.state["extraction_prompt"]) for item in items]
     return ctx.collect(extractor, requests, f"{desc} extraction")
 
 
