@@ -142,6 +142,21 @@ def add_stage_verb(sub, kind: str) -> None:
     parser.set_defaults(handler=lambda args, kind=kind: run_stage_verb(kind, args))
 
 
+def flag_value(path: tuple[str, ...], value: str):
+    """A config flag's value, parsed as YAML (a number, a list, a mapping); a parse error names the flag."""
+    from compass.config import check_yaml_tree
+
+    flag = "--" + "-".join(path).replace("_", "-")
+    try:
+        node = yaml.compose(value, Loader=yaml.SafeLoader)
+        if node is not None:
+            check_yaml_tree(node, Path(flag))
+        return yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        problem = err.problem if isinstance(err, yaml.MarkedYAMLError) and err.problem else str(err)
+        raise CompassError(f"{flag} {value!r}: not a valid YAML value ({problem}); quote a string, e.g. {flag} \"{value}\"") from None
+
+
 def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
     from compass.config import load_stage_config
     from compass.runner import execute_stage
@@ -155,7 +170,7 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
         target = overrides
         for key in path[:-1]:  # a config block's field: {block: {field: value}}
             target = target.setdefault(key, {})
-        target[path[-1]] = value if _is_text(field.annotation) or _is_bool(field.annotation) else yaml.safe_load(value)
+        target[path[-1]] = value if _is_text(field.annotation) or _is_bool(field.annotation) else flag_value(path, value)
     config = load_stage_config(module.Config, args.config, overrides)
     inputs = {name: getattr(args, f"input__{name}") for name in module.INPUTS if getattr(args, f"input__{name}") is not None}
     result = execute_stage(kind, config, inputs, args.out, force=args.force, rehash=args.rehash)

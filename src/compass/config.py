@@ -119,6 +119,58 @@ def _node_lines(node: yaml.Node, path: tuple = ()) -> dict[tuple, int]:
     return lines
 
 
+MAX_YAML_VALUES = 100_000  # a hand-written recipe has hundreds; an alias bomb expands to billions
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's content; a byte that is not UTF-8 fails naming the file, line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise CompassError(f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at column {column}); "
+                           "save the file as UTF-8") from None
+
+
+def check_yaml_tree(root: yaml.Node, path: Path) -> None:
+    """Refuse duplicate keys in a mapping (YAML would keep the last one silently), an alias that contains
+    itself, and aliases that expand to more than MAX_YAML_VALUES values (each node is counted once, so this is
+    linear in the file whatever the expansion)."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if key in open_nodes:
+            raise CompassError(f"{path}:{line}: a YAML alias refers to a value that contains it")
+        open_nodes.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                    if key_node.value in first_line:
+                        raise CompassError(f"{path}:{key_node.start_mark.line + 1}: duplicate key {key_node.value!r} "
+                                           f"(first at line {first_line[key_node.value]}); remove one")
+                    first_line[key_node.value] = key_node.start_mark.line + 1
+                total += size(key_node) + size(value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise CompassError(f"{path}:{line}: YAML aliases expand to more than {MAX_YAML_VALUES} values; "
+                               "write the values out instead of nesting aliases")
+        sizes[key] = total
+        return total
+
+    size(root)
+
+
 class YamlDoc:
     """A parsed YAML file that remembers the line of every key, for error messages."""
 
@@ -127,9 +179,11 @@ class YamlDoc:
         if text is None:
             if not self.path.is_file():
                 raise CompassError(f"config file not found: {self.path}")
-            text = self.path.read_text(encoding="utf-8")
+            text = read_utf8(self.path)
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+            if node is not None:
+                check_yaml_tree(node, self.path)  # before anything walks or builds the (possibly huge) tree
             self.data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:

@@ -174,6 +174,16 @@ def hash_tree(path: str | os.PathLike, exclude: Iterable[str] = (), cache: HashC
     return dict(zip(files, cache.sha256_many(list(files.values()))))
 
 
+def numbered_utf8_lines(fh: IO[bytes], path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a file opened in binary; a line that is not UTF-8 fails naming file, line and column."""
+    for lineno, raw in enumerate(fh, 1):
+        try:
+            yield lineno, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CompassError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                               "save the file as UTF-8") from None
+
+
 def dumps_record(record: BaseModel | dict) -> str:
     data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
     return json.dumps(data, ensure_ascii=False, sort_keys=False)
@@ -205,8 +215,8 @@ def jsonl_files(path: str | os.PathLike) -> list[Path]:
 def iter_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> Iterator:
     """Stream records from a JSONL file or shard directory; a bad line fails with file:line and the reason."""
     for file in jsonl_files(path):
-        with open(file, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        with open(file, "rb") as fh:
+            for lineno, line in numbered_utf8_lines(fh, file):
                 if not line.strip():
                     continue
                 try:
@@ -228,8 +238,8 @@ def iter_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> Iterato
 
 def iter_json_objects(path: str | os.PathLike) -> Iterator[dict]:
     """Rows of one JSONL file in a dataset's own schema: each line a JSON object, errors with file:line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, line in numbered_utf8_lines(fh, path):
             if not line.strip():
                 continue
             try:

@@ -55,6 +55,40 @@ def check_recipe(recipe: Recipe, doc: YamlDoc) -> dict[str, dict]:
     return configs
 
 
+def is_stage_reference(ref: str, stage_names: set[str]) -> bool:
+    """'<stage>.<output>' or '<stage>' of a stage in the recipe; anything else is a path (relative to the cwd)."""
+    return not ref.startswith(("/", "./", "../", "~")) and ref.partition(".")[0] in stage_names
+
+
+def check_references(recipe: Recipe, doc: YamlDoc, only: list[str] | None) -> None:
+    """Before any stage runs: every --only name is a stage of the recipe, every '<stage>.<output>' names an output
+    that stage has, and every path input of a stage that will run exists (a typo gets a "did you mean")."""
+    import difflib
+
+    names = [e.name for e in recipe.stages]
+    for name in only or []:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; its stages are {', '.join(names)}"
+            raise CompassError(f"--only {name}: {doc.path} has no stage {name!r}{hint}")
+    references = [f"{e.name}.{output}" for e in recipe.stages for output in get_stage(e.stage).OUTPUTS] + names
+    for index, entry in enumerate(recipe.stages):
+        for input_name, ref in entry.inputs.items():
+            where = ("stages", index, "inputs", input_name)
+            if not ref.strip():
+                raise doc.error(where, "empty input reference; give '<stage>.<output>' or a path")
+            head, _, output = ref.partition(".")
+            if is_stage_reference(ref, set(names)):
+                stage_output_path(Path("."), head, output or None, recipe, doc, where)
+                continue
+            if (only and entry.name not in only) or Path(ref).expanduser().exists():
+                continue
+            close = difflib.get_close_matches(ref, references, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else (
+                " (relative paths are read from the current directory)" if not Path(ref).is_absolute() else "")
+            raise doc.error(where, f"{ref!r} is neither a stage of this recipe nor an existing file or directory{hint}")
+
+
 def run_recipe(recipe_path: str | Path, workdir: str | Path, **options) -> dict[str, StageResult]:
     """Run a recipe (options: see _run_recipe) holding the workdir's lock: one run per workdir at a time. A
     workdir this call made is removed again when the recipe fails before any stage wrote there."""
@@ -83,6 +117,7 @@ def _run_recipe(
     recipe_file = resolve_recipe(recipe_path)
     recipe, doc = load_recipe(recipe_file)
     configs = check_recipe(recipe, doc)
+    check_references(recipe, doc, only)  # --only names, stage outputs and input paths, before any stage runs
     # launch configs are found now (beside the recipe, else under the cwd), before any stage runs
     launches = {e.name: e.launch.model_copy(update={"accelerate_config": str(resolve_launch_config(e.launch.accelerate_config, recipe_file))})
                 if e.launch is not None and e.launch.accelerate_config else e.launch for e in recipe.stages}

@@ -9,8 +9,9 @@
   An `--out` outside the current directory (`../../x`, /scratch/...) is allowed: the marker rule alone keeps
   whatever is there safe.
 - Locks (`DirLock`): a run holds an exclusive lock on its workdir and on each output directory (flock on a
-  hidden `.compass.lock` that names the holder's pid, host and start time). A second run refuses in one line
-  naming the holder; a lock whose holder died is released by the kernel and simply taken over.
+  hidden `.compass.lock` that names the holder's pid, host and start time; removed when the run ends). A second
+  run refuses in one line naming the holder; a lock whose holder was killed is released by the kernel and
+  simply taken over (flock is per host: two hosts sharing a directory over NFS are not kept apart).
 - Cleanup of a failed run (`tidy_failed_out_dir`): empty files and directories, orphan temp files of atomic
   writes and the directory itself when nothing else is left; anything with content stays for the resume.
 """
@@ -61,15 +62,24 @@ class DirLock:
     def acquire(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.created_file = not self.path.exists()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise CompassError(f"{self.what} {self.directory} is in use by {self.holder()}; wait for that run to "
+                                   "finish or stop it, then run again") from None
+            # the holder before us removes the file as it finishes: a lock on that removed file guards nothing
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise CompassError(f"{self.what} {self.directory} is in use by {self.holder()}; wait for that run to "
-                               "finish or stop it, then run again") from None
         holder = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(fd, 0)
@@ -84,15 +94,15 @@ class DirLock:
             return "another compass run (holder not yet written)"
 
     def discard(self) -> None:
-        """Release, and remove the lock file when this lock created it (a refused directory is left as found)."""
+        """Release; a directory compass may not use is left as found (the lock file goes with the release)."""
         self.release()
-        if self.created_file:
-            self.path.unlink(missing_ok=True)
 
     def release(self) -> None:
+        """Remove the lock file (while still holding it: a run that opened it meanwhile sees it gone and retries),
+        then unlock. Only a killed run leaves its lock file behind, and that one is free."""
         if self._fd is None:
             return
-        # the file stays: unlinking it would let a waiting run lock a different inode than a third one
+        self.path.unlink(missing_ok=True)
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

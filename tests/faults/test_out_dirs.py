@@ -114,7 +114,7 @@ def test_a_failed_run_keeps_partial_output_and_force_clears_it(tmp_path, text, c
     assert (out / "out.txt").read_text() == "h" and not (out / "manifest.json").exists()
     (out / ".out.txt.abc123.tmp").write_text("orphan of a kill")
     assert run_cli(["echo", "--text", text, "--out", out, "--force"], capsys).code == 0
-    assert sorted(tree(out)) == sorted([LOCK_NAME, MARKER_NAME, "manifest.json", "out.txt"])
+    assert sorted(tree(out)) == sorted([MARKER_NAME, "manifest.json", "out.txt"])
 
 
 def gate_args(tmp_path: Path, text: Path, out: Path) -> list:
@@ -195,6 +195,7 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, text, capsys):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    assert (out / LOCK_NAME).is_file()  # the dead holder's file is still there ...
+    assert (out / LOCK_NAME).is_file()  # the killed holder's file is still there ...
     assert run_cli(["echo", "--text", text, "--out", out], capsys).code == 0  # ... and its lock is free
+    assert not (out / LOCK_NAME).exists()  # a run that ends removes its lock file
     assert (out / "out.txt").read_text() == "hello!"
