@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -19,6 +19,10 @@ class StageConfig(BaseModel):
 
     seed: int = Field(42, description="seed for every random choice the stage makes")
 
+    # fields that change how a run is carried out but never its output bytes (e.g. `workers`): left out of
+    # the cache key, so a run with 8 workers is found by a check with 1
+    NOT_IN_CACHE_KEY: ClassVar[frozenset[str]] = frozenset()
+
 
 class ConfigBlock(BaseModel):
     """A nested section of a stage config (e.g. one benchmark's settings in eval): unknown keys are errors; the CLI
@@ -27,14 +31,38 @@ class ConfigBlock(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+class SlurmLaunch(BaseModel):
+    """Submit the stage to Slurm (sbatch) and wait for it; `compass run` streams the job's log and records the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    partition: str | None = Field(None, description="sbatch --partition (default: the cluster's default)")
+    nodes: int = Field(1, ge=1, description="nodes of one job; more than 1 runs `accelerate launch` on each through srun")
+    gpus_per_node: int = Field(0, ge=0, description="GPUs per node (--gpus-per-node); accelerate starts one process per GPU")
+    cpus_per_task: int | None = Field(None, ge=1, description="--cpus-per-task (a data stage's default workers)")
+    mem: str | None = Field(None, description="--mem, e.g. 64G")
+    time: str | None = Field(None, description="--time limit, e.g. 04:00:00")
+    account: str | None = Field(None, description="--account")
+    qos: str | None = Field(None, description="--qos")
+    shards: int = Field(1, ge=1, description="data stages: a job array of this many shards (--shard I/N each), "
+                        "gathered into the stage's output when all are done; finished shards are not resubmitted")
+    max_parallel: int | None = Field(None, ge=1, description="most array tasks running at once (--array=...%N)")
+    main_process_port: int = Field(29500, ge=1, le=65535, description="multi-node: rendezvous port on the first node")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before compass in the job, e.g. "
+                             "'module load cuda/12.4', 'source .venv/bin/activate'")
+    sbatch_args: list[str] = Field(default_factory=list, description="further sbatch options, verbatim, e.g. ['--exclusive']")
+    poll_s: float = Field(5.0, gt=0, description="seconds between job state checks while waiting")
+
+
 class Launch(BaseModel):
-    """How the runner launches a stage: in-process, or under `accelerate launch` on several processes."""
+    """How the runner launches a stage: in-process, under `accelerate launch` on several processes, or on Slurm."""
 
     model_config = ConfigDict(extra="forbid")
 
     accelerate_config: str | None = Field(None, description="path of an accelerate config, e.g. configs/accelerate/zero3.yaml")
     num_processes: int = Field(1, ge=1)
     cpu: bool = Field(False, description="pass --cpu to accelerate launch (gloo, no GPU)")
+    slurm: SlurmLaunch | None = Field(None, description="run the stage as a Slurm job (see SlurmLaunch)")
 
 
 class StageEntry(BaseModel):
@@ -236,7 +264,8 @@ def format_validation_error(err: ValidationError, origin: str) -> str:
 
 def config_hash(config: BaseModel) -> str:
     """Hash of the resolved config (every field, defaults included): the stage's cache key, with input hashes."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    exclude = set(config.NOT_IN_CACHE_KEY) if isinstance(config, StageConfig) else set()
+    canonical = json.dumps(config.model_dump(mode="json", exclude=exclude), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -123,6 +123,7 @@ def _execute_stage(
     recipe: str | None = None,
     force: bool = False,
     rehash: bool = False,
+    gather_from: list[Path] | None = None,
     sweep: dict | None = None,
 ) -> StageResult:
     module = get_stage(kind)
@@ -158,7 +159,15 @@ def _execute_stage(
         remove_orphan_temps(out_dir)  # temp files of atomic writes a killed run never renamed
         detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
-    if launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
+    if gather_from is not None:  # shard runs of this config joined into its unsharded output
+        from compass.launch.gather import gather_shards
+
+        metrics = gather_shards(kind, config, input_hashes, gather_from, out_dir, cache)
+    elif launch is not None and launch.slurm is not None:  # a Slurm job (or array of shards), waited for here
+        from compass.launch.slurm import run_on_slurm
+
+        metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache)
+    elif launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
         metrics = _run_launched(kind, config, paths, out_dir, launch)
     else:
         set_seed(config.seed)

@@ -129,3 +129,15 @@ def test_method_defaults():
     config = dpo.Config()
     assert (config.learning_rate, config.global_batch_size, config.micro_batch_size, config.beta, config.max_length,
             config.epochs, config.lora_r, config.lora_alpha) == (5e-6, 32, 1, 0.1, 2048, 1.0, 32, 64)
+
+
+def test_dpo_trains_on_ultrafeedback_rows_directly(tiny_models, tmp_path):
+    """openbmb/UltraFeedback-shaped rows as the pairs input: best vs worst by rating, ties left out."""
+    from support import data_formats as F
+
+    rows = F.write_rows(tmp_path / "uf.jsonl", F.ultrafeedback_rows() * 4)
+    config = dpo.Config(max_steps=2, **{**TINY, "global_batch_size": 4, "micro_batch_size": 2})
+    result = execute_stage("dpo", config, {"model": tiny_models.llm, "pairs": rows}, tmp_path / "out")
+    m = result.manifest.metrics
+    assert m["pairs"] == 8 and m["steps"] == 2  # 16 rows: 4 ties and 4 with one rated completion dropped
+    assert m["first_loss"] == pytest.approx(0.6931, abs=1e-4)

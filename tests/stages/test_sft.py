@@ -246,3 +246,45 @@ def test_vlm_modules_to_save_need_lora(tiny_models, tmp_path):
 def test_global_batch_must_split_over_micro_batches():
     with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
         sft.Config(global_batch_size=5, micro_batch_size=2)
+
+
+def test_mixed_weighted_datasets_in_standard_formats_train(tiny_models, tmp_path):
+    """messages + ShareGPT + alpaca + Trace rows mixed with weights in one SFT stage; counts per dataset recorded."""
+    from support import data_formats as F
+
+    data = tmp_path / "data"
+    F.write_rows(data / "m.jsonl", F.messages_rows(8))
+    F.write_rows(data / "sg.jsonl", F.sharegpt_rows(4))
+    F.write_rows(data / "alpaca.jsonl", F.alpaca_rows())
+    write_traces(data / "traces.jsonl", 6)
+    mix = [{"path": "m.jsonl", "weight": 0.5}, {"path": "sg.jsonl", "weight": 2, "name": "sharegpt"},
+           {"path": "alpaca.jsonl", "format": "alpaca"}, {"path": "traces.jsonl"}]
+    config = sft.Config(max_steps=6, mix=mix, **TINY)
+    result = execute_stage("sft", config, {"model": tiny_models.llm, "data": data}, tmp_path / "out")
+    m = result.manifest.metrics
+    taken = {name: m["sources"][name]["taken"] for name in ("m.jsonl", "sharegpt", "alpaca.jsonl", "traces.jsonl")}
+    assert taken == {"m.jsonl": 4, "sharegpt": 8, "alpaca.jsonl": 2, "traces.jsonl": 6}
+    assert m["examples"] == 20 and m["steps"] == 6 and m["last_loss"] < m["first_loss"], m
+    formats = {name: m["sources"][name]["format"] for name in taken}
+    assert formats == {"m.jsonl": "messages", "sharegpt": "sharegpt", "alpaca.jsonl": "alpaca", "traces.jsonl": "trace"}
+    # a bad row in one dataset of the mix fails the stage with its file and line, nothing written
+    F.write_rows(data / "alpaca.jsonl", F.alpaca_rows() + [{"instruction": "x", "output": None}])
+    with pytest.raises(CompassError, match=r"alpaca.jsonl:3: output must be a string"):
+        execute_stage("sft", config, {"model": tiny_models.llm, "data": data}, tmp_path / "out2")
+    assert not (tmp_path / "out2" / "manifest.json").exists()
+
+
+def test_data_format_flag_reads_sharegpt_through_the_cli(tiny_models, tmp_path):
+    import subprocess
+
+    from support import data_formats as F
+
+    rows = F.write_rows(tmp_path / "sg.jsonl", F.sharegpt_rows(4))
+    args = ["sft", "--model", str(tiny_models.llm), "--data", str(rows), "--data-format", "sharegpt", "--out",
+            str(tmp_path / "out"), "--max-steps", "2", "--global-batch-size", "2", "--micro-batch-size", "2"]
+    done = subprocess.run(cli(*args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "data_format: sharegpt" in done.stdout and "examples: 4" in done.stdout
+    bad = subprocess.run(cli(*args[:-6], "--data-format", "alpaca", "--out", str(tmp_path / "bad")),
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "sg.jsonl:1: missing 'instruction'" in bad.stderr
