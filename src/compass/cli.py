@@ -186,6 +186,19 @@ def run_stage_verb(kind: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gather(args: argparse.Namespace) -> int:
+    from compass.launch.gather import gather_request
+    from compass.runner import execute_stage
+
+    kind, config, inputs = gather_request(args.shards)
+    result = execute_stage(kind, config, inputs, args.out, gather_from=args.shards, force=args.force, rehash=args.rehash)
+    state = "cached (matching completed run)" if result.cached else f"{len(args.shards)} shards joined"
+    print(f"{kind}: {state} -> {result.out_dir}")
+    for key, value in result.manifest.metrics.items():
+        print(f"  {key}: {value}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from compass.pipeline import run_recipe
 
@@ -256,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
     run.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
     run.set_defaults(handler=cmd_run)
+
+    gather = sub.add_parser("gather", help="join the shard runs of a data stage (--shard I/N) into its unsharded output",
+                            epilog="example:\n  compass pages --pdfs pdfs --out pages-0 --shard 0/2 && compass pages --pdfs pdfs "
+                            "--out pages-1 --shard 1/2\n  compass gather --out pages pages-0 pages-1",
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    gather.add_argument("shards", nargs="+", type=Path, help="the output directories of all N shard runs, any order")
+    gather.add_argument("--out", required=True, type=Path, help="output directory of the joined run")
+    gather.add_argument("--force", action="store_true", help="join again even when a matching completed run exists in --out")
+    gather.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache")
+    gather.set_defaults(handler=cmd_gather)
 
     sweep = sub.add_parser("sweep", help="run variants of a recipe; stages a variant does not change run once for all",
                            epilog="examples:\n  compass sweep longdoc-ablation --workdir work/ablation     # its sweep: block\n"

@@ -214,26 +214,41 @@ def jsonl_files(path: str | os.PathLike) -> list[Path]:
 
 def iter_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> Iterator:
     """Stream records from a JSONL file or shard directory; a bad line fails with file:line and the reason."""
+    for file, lineno, line in iter_jsonl_lines(path):
+        yield parse_jsonl_line(line, model, file, lineno)
+
+
+def iter_jsonl_lines(path: str | os.PathLike) -> Iterator[tuple[Path, int, str]]:
+    """(file, line number, text) of every non-blank line of a JSONL file or shard directory, unparsed: what a
+    worker pool is handed, so the parsing happens in the workers and errors still name file:line."""
     for file in jsonl_files(path):
         with open(file, "rb") as fh:
             for lineno, line in numbered_utf8_lines(fh, file):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise CompassError(f"{file}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-                if model is None:
-                    yield data
-                    continue
-                try:
-                    yield model.model_validate(data)
-                except ValidationError as err:
-                    first = err.errors()[0]
-                    where = ".".join(str(p) for p in first["loc"]) or "<record>"
-                    raise CompassError(
-                        f"{file}:{lineno}: field '{where}': {first['msg']} (expected a {model.__name__} record)"
-                    ) from None
+                if line.strip():
+                    yield file, lineno, line
+
+
+def count_jsonl_records(path: str | os.PathLike) -> int:
+    """Non-blank lines of a JSONL file or shard directory (one record each), without parsing them."""
+    return sum(1 for _ in iter_jsonl_lines(path))
+
+
+def parse_jsonl_line(line: str, model: type[M] | None, file: str | os.PathLike, lineno: int):
+    """One JSONL line as a dict, or as `model`; a bad line fails with file:line and the reason."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise CompassError(f"{file}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+    if model is None:
+        return data
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<record>"
+        raise CompassError(
+            f"{file}:{lineno}: field '{where}': {first['msg']} (expected a {model.__name__} record)"
+        ) from None
 
 
 def iter_json_objects(path: str | os.PathLike) -> Iterator[dict]:

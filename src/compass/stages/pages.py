@@ -4,14 +4,18 @@ Every *.pdf under the input directory (recursively) is opened with pypdfium2. A 
 encrypted, empty or corrupt, or one of whose pages fails to load, is rejected as a whole with its
 reason into rejects.jsonl and the other documents go on; the stage fails when the rejected share
 passes max_reject_rate. The doc id is the PDF's path relative to the input, without '.pdf'.
+
+`workers` processes render documents in parallel (pdfium is not thread-safe: processes, one document per
+task); pages.jsonl keeps the sorted file order whatever the count. A shard's units are the sorted PDF files.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from pydantic import Field
 
-from compass.config import StageConfig
+from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shard, merge_trees, ordered_map, sum_metrics
 from compass.errors import CompassError
 from compass.io import atomic_open, dumps_record
 from compass.records import Page, Reject
@@ -21,7 +25,7 @@ VERSION = 1  # code version of what this stage writes: bump when the same config
 EXAMPLE = "compass pages --pdfs work/pdfs/pdfs --out work/pages --dpi 144 --max-long-side 1400"
 
 
-class Config(StageConfig):
+class Config(DataStageConfig):
     dpi: float = Field(144.0, gt=0, description="render resolution before the long-side cap")
     max_long_side: int = Field(1400, ge=16, description="cap on the longer side of a rendered page, in pixels")
     max_reject_rate: float = Field(0.25, ge=0, le=1, description="fail when more than this share of PDFs is rejected")
@@ -114,22 +118,32 @@ def render_document(path: Path, doc_id: str, config: Config, image_root: Path) -
     return pages
 
 
+def render_job(job: tuple[str, str], config: Config, image_root: Path) -> tuple[list[Page], Reject | None]:
+    """One document, in whichever process: its pages, or its reject (a pool returns it; it does not raise)."""
+    pdf, doc_id = Path(job[0]), job[1]
+    try:
+        return render_document(pdf, doc_id, config, image_root), None
+    except Rejected as err:
+        return [], Reject(id=doc_id, reason=err.reason, detail=err.detail, record={"path": str(pdf.name)})
+
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from tqdm import tqdm
 
     root = inputs["pdfs"]
     files = pdf_files(root)
+    shard = config.shard_spec()
+    jobs = [(str(pdf), doc_id_of(pdf, root)) for pdf in in_shard(files, len(files), shard)]
     image_root = out_dir / OUTPUTS["images"]
     image_root.mkdir(parents=True, exist_ok=True)
     rejects: list[Reject] = []
     n_pages = 0
+    workers = min(config.worker_count(), max(1, len(jobs)))
+    rendered = ordered_map(partial(render_job, config=config, image_root=image_root), jobs, workers)
     with atomic_open(out_dir / OUTPUTS["pages"], "w") as out:
-        for pdf in tqdm(files, desc="pages", unit="pdf"):
-            doc_id = doc_id_of(pdf, root)
-            try:
-                pages = render_document(pdf, doc_id, config, image_root)
-            except Rejected as err:
-                rejects.append(Reject(id=doc_id, reason=err.reason, detail=err.detail, record={"path": str(pdf.name)}))
+        for pages, reject in tqdm(rendered, total=len(jobs), desc="pages", unit="pdf"):
+            if reject is not None:
+                rejects.append(reject)
                 continue
             for page in pages:  # one document's pages at a time: memory stays at one document's text
                 out.write(dumps_record(page) + "\n")
@@ -137,10 +151,31 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     with atomic_open(out_dir / OUTPUTS["rejects"], "w") as fh:
         for reject in rejects:
             fh.write(dumps_record(reject) + "\n")
-    fraction = len(rejects) / len(files)
+    metrics = {"documents": len(jobs) - len(rejects), "pages": n_pages, "rejected": len(rejects),
+               "reject_reasons": {reason: sum(r.reason == reason for r in rejects) for reason in sorted({r.reason for r in rejects})}}
+    if shard is None:  # a shard's share is checked with the others' at gather
+        check_reject_rate(config, metrics, rejects, out_dir)
+    return metrics
+
+
+def check_reject_rate(config: Config, metrics: dict, rejects: list[Reject], out_dir: Path) -> None:
+    total = metrics["documents"] + metrics["rejected"]
+    fraction = metrics["rejected"] / total
     if fraction > config.max_reject_rate:
         reasons = ", ".join(f"{r.id}: {r.reason}" for r in rejects[:5])
-        raise CompassError(f"{len(rejects)}/{len(files)} PDFs rejected ({fraction:.0%} > max_reject_rate "
+        raise CompassError(f"{metrics['rejected']}/{total} PDFs rejected ({fraction:.0%} > max_reject_rate "
                            f"{config.max_reject_rate:.0%}): {reasons}; see {out_dir / OUTPUTS['rejects']}")
-    return {"documents": len(files) - len(rejects), "pages": n_pages, "rejected": len(rejects),
-            "reject_reasons": {reason: sum(r.reason == reason for r in rejects) for reason in sorted({r.reason for r in rejects})}}
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' pages and rejects in shard order, their images side by side: the unsharded output."""
+    from compass.io import read_jsonl
+
+    metrics = sum_metrics([s.metrics for s in shards], ["documents", "pages", "rejected", "reject_reasons"])
+    metrics["reject_reasons"] = dict(sorted(metrics["reject_reasons"].items()))
+    rejects = [r for s in shards for r in read_jsonl(s.out_dir / OUTPUTS["rejects"], Reject)]
+    check_reject_rate(config, metrics, rejects, out_dir)  # before anything is written
+    for name in ("pages", "rejects"):
+        concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
+    merge_trees([s.out_dir / OUTPUTS["images"] for s in shards], out_dir / OUTPUTS["images"])
+    return metrics

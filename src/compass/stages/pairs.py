@@ -7,17 +7,20 @@ else its first number; a text answer falls back to a reasoning corruption). When
 cannot change a record the next one that can is used, and `strategy` names what was applied. The draw
 of a record depends only on (seed, record id): same input and seed, same bytes, however the input is sharded.
 Streams record by record (constant memory). Refused records go to rejects.jsonl with a reason.
+`workers` processes make the pairs of batches of records (output in input order, the same bytes for any
+count); a shard's units are the trace records in file order.
 """
 from __future__ import annotations
 
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from compass.config import StageConfig
+from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shard, ordered_map, sum_metrics
 from compass.errors import CompassError
-from compass.io import atomic_open, dumps_record, iter_jsonl
+from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Trace
 from compass.stages import Port
 
@@ -41,7 +44,7 @@ class Weights(BaseModel):
         return self
 
 
-class Config(StageConfig):
+class Config(DataStageConfig):
     weights: Weights = Field(default_factory=Weights, description="corruption weights, e.g. {tamper_answer: 0} drops one")
     require_tags: bool = Field(True, description="reject records whose answer is not in the <Problem>/<Thinking>/<Answer> format")
     require_verified: bool = Field(True, description="reject traces whose answer did not match the reference (chosen would be wrong)")
@@ -58,22 +61,37 @@ INPUTS = {
 OUTPUTS = {"pairs": "pairs.jsonl", "rejects": "rejects.jsonl"}
 
 
+BATCH = 256  # records per worker task: large enough to amortise the pickling, small enough to stream
+
+
+def pair_of_line(item: tuple, weights: dict[str, float], config: Config):
+    """One input line -> its PairOutcome (in a worker process or this one)."""
+    from compass.data.pairs import make_pair
+
+    file, lineno, line = item
+    trace = parse_jsonl_line(line, Trace, file, lineno)
+    return make_pair(trace, seed=config.seed, weights=weights, require_tags=config.require_tags,
+                     require_verified=config.require_verified)
+
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from tqdm import tqdm
 
-    from compass.data.pairs import make_pairs, normalized_weights
-    from compass.data.preference import write_preference_share
+    from compass.data.pairs import normalized_weights
 
     weights = normalized_weights(config.weights.model_dump())
-    traces = tqdm(iter_jsonl(inputs["traces"], Trace), desc="pairs", unit="rec", mininterval=2.0)
+    shard = config.shard_spec()
+    lines = iter_jsonl_lines(inputs["traces"])
+    if shard is not None:
+        lines = in_shard(lines, count_jsonl_records(inputs["traces"]), shard)
+    outcomes = ordered_map(partial(pair_of_line, weights=weights, config=config), lines, config.worker_count(), batch=BATCH)
     applied: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     n = 0
     # Both files are written to temp names and renamed only at the end: a failed run leaves neither.
     with atomic_open(out_dir / OUTPUTS["pairs"]) as pairs_fh, atomic_open(out_dir / OUTPUTS["rejects"]) as rejects_fh:
-        for outcome in make_pairs(traces, seed=config.seed, weights=weights,
-                                  require_tags=config.require_tags, require_verified=config.require_verified):
+        for outcome in tqdm(outcomes, desc="pairs", unit="rec", mininterval=2.0):
             n += 1
             if outcome.pair is not None:
                 pairs_fh.write(dumps_record(outcome.pair) + "\n")
@@ -83,25 +101,46 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
             else:
                 rejects_fh.write(dumps_record(outcome.reject) + "\n")
                 reasons[outcome.reject.reason] += 1
-        n_rejects = sum(reasons.values())
-        if n == 0:
-            raise CompassError(f"pairs: no Trace records in {inputs['traces']}")
-        if n_rejects / n > config.max_reject_rate:
-            raise CompassError(
-                f"pairs: {n_rejects} of {n} records rejected ({n_rejects / n:.1%} > max_reject_rate "
-                f"{config.max_reject_rate:.1%}); reasons {dict(sorted(reasons.items()))}"
-            )
-        # real preference pairs after the corruption pairs (DPO shuffles); each names its dataset row in source_id
-        preference = write_preference_share(pairs_fh, inputs.get("preference"), n - n_rejects, config.preference_ratio,
-                                            config.seed)
-    n_pairs = n - n_rejects
+        metrics = {"traces": n, "pairs": n - sum(reasons.values()), "rejects": sum(reasons.values()),
+                   "reject_reasons": dict(sorted(reasons.items())),
+                   "strategies": {name: applied[name] for name in weights}, "fallbacks": dict(sorted(fallbacks.items()))}
+        if shard is None:  # a shard's share is checked with the others' at gather
+            check_rates(config, metrics, inputs["traces"])
+    return with_shares(metrics)
+
+
+def check_rates(config: Config, metrics: dict, source) -> None:
+    n, n_rejects = metrics["traces"], metrics["rejects"]
+    if n == 0:
+        raise CompassError(f"pairs: no Trace records in {source}")
+    if n_rejects / n > config.max_reject_rate:
+        raise CompassError(
+            f"pairs: {n_rejects} of {n} records rejected ({n_rejects / n:.1%} > max_reject_rate "
+            f"{config.max_reject_rate:.1%}); reasons {metrics['reject_reasons']}"
+        )
+
+
+def with_shares(metrics: dict) -> dict:
+    """The metrics in their published order, with each strategy's share of the pairs."""
+    n_pairs = metrics["pairs"]
+    strategies = metrics["strategies"]
     return {
-        "traces": n,
+        "traces": metrics["traces"],
         "pairs": n_pairs,
-        "rejects": n_rejects,
-        "reject_reasons": dict(sorted(reasons.items())),
-        "strategies": {name: applied[name] for name in weights},
-        "strategy_share": {name: round(applied[name] / n_pairs, 4) if n_pairs else 0.0 for name in weights},
-        "fallbacks": dict(sorted(fallbacks.items())),
-        **preference,
+        "rejects": metrics["rejects"],
+        "reject_reasons": metrics["reject_reasons"],
+        "strategies": strategies,
+        "strategy_share": {name: round(count / n_pairs, 4) if n_pairs else 0.0 for name, count in strategies.items()},
+        "fallbacks": metrics["fallbacks"],
     }
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' pairs and rejects in shard order: the unsharded files; rates checked over the whole."""
+    metrics = sum_metrics([s.metrics for s in shards], ["traces", "pairs", "rejects", "reject_reasons", "strategies", "fallbacks"])
+    metrics["reject_reasons"] = dict(sorted(metrics["reject_reasons"].items()))
+    metrics["fallbacks"] = dict(sorted(metrics["fallbacks"].items()))
+    check_rates(config, metrics, [str(s.out_dir) for s in shards])  # before anything is written
+    for name in ("pairs", "rejects"):
+        concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
+    return with_shares(metrics)
