@@ -11,6 +11,7 @@ from compass.runner import StageResult
 
 # the tiny recipe's stages the closing summary reads (names in recipes/tiny.yaml)
 TRAINING_STAGES = ("sft", "dpo", "doc_sft")
+CARD_STAGE = "vlm"  # the Phase 2 VLM: vision tower + projector + the DPO-merged LLM; its card ends the demo
 EVAL_STAGES = {"eval_base": "Phase 0 (base)", "eval_sft": "Phase 1 (SFT)", "eval_dpo": "Phase 2 (SFT+DPO)"}
 DOC_EVAL_STAGE = "eval_doc"
 DOC_EVAL_ROWS = ("accuracy", "f1", "single_page.accuracy", "cross_page.accuracy", "unanswerable.accuracy", "mean_output_tokens", "n")
@@ -48,4 +49,10 @@ def run_demo(workdir: Path | None = None) -> dict[str, StageResult]:
     print(compare_table(columns).rstrip())
     # every stage run is in the ledger: end on the leaderboard of this demo's own runs
     print_demo_leaderboard([result.manifest.run_id for result in results.values()])
+    # the Phase 2 VLM's model card, written from the ledger alone (`compass card --check` re-derives every figure)
+    from compass.commands.card import CardInputs, Ledger, write_card
+
+    card = write_card(Ledger.open(), CardInputs(results[CARD_STAGE].manifest.run_id, title="compass tiny demo VLM (Phase 2)"),
+                      workdir / "card" / "README.md")
+    print(f"\nmodel card of the final model ({CARD_STAGE}): {card.resolve()}")
     return results
