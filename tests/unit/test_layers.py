@@ -5,13 +5,13 @@ Every module under src/compass is read with ast (nothing is imported), every `im
 is still a cycle), and each is checked against the layer order below.
 
 The layers, lowest first. A module may import its own layer and any layer below, never one above:
-  0 base        errors, io, records, vocab, config, manifest, logs, formats, packaged: words, records,
+  0 base        errors, io, records, vocab, config, manifest, logs, formats, packaged, hub: words, records,
                 files, hashes, the recipes shipped in the package; and compass.stages' own __init__, the
                 stage contract (Port, the verb -> module table, loaded by name), which imports only errors
   1 libraries   data, generate, evals, models, train, longdoc, ledger, card/export: domain logic; the
                 ledger records and queries runs and knows nothing of the runner or the stages
   2 stages      compass.stages.* (one module per verb) and stagekit (what stages share)
-  3 runner      runner, pipeline, worker, launch/slurm: executing stages, caching, recipes
+  3 runner      runner, pipeline, worker, sweep, launch/slurm: executing stages, caching, recipes
   4 commands    compass.commands.*: commands that need the runner and the ledger (runs, reproduce, demo tables)
   5 entry       cli, demo, __main__: the command line
 A new top-level module or package must be given a layer here (the test names it when it is missing).
@@ -29,11 +29,12 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 LAYERS: dict[str, int] = {
     "compass": 0,  # the package itself (its __init__)
     "compass.errors": 0, "compass.io": 0, "compass.records": 0, "compass.vocab": 0, "compass.config": 0,
-    "compass.manifest": 0, "compass.logs": 0, "compass.formats": 0, "compass.packaged": 0,
+    "compass.manifest": 0, "compass.logs": 0, "compass.formats": 0, "compass.packaged": 0, "compass.hub": 0,
     "compass.data": 1, "compass.generate": 1, "compass.evals": 1, "compass.models": 1, "compass.train": 1,
     "compass.longdoc": 1, "compass.ledger": 1, "compass.card": 1, "compass.export": 1,
     "compass.stages": 2, "compass.stagekit": 2,
     "compass.runner": 3, "compass.pipeline": 3, "compass.worker": 3, "compass.launch": 3, "compass.slurm": 3,
+    "compass.sweep": 3,
     "compass.commands": 4,
     "compass.cli": 5, "compass.demo": 5, "compass.__main__": 5,
 }

@@ -75,18 +75,20 @@ def test_diff_names_config_data_and_metric_changes(chain, tmp_path, capsys):
                           {"model": tmp_path / "work" / "sft" / "model", "pairs": tmp_path / "work" / "pairs" / "pairs.jsonl"},
                           tmp_path / "dpo-b", name="dpo")
     assert main(["diff", ids["dpo"], other.manifest.run_id]) == 0
-    out = capsys.readouterr().out
-    assert "  beta: 0.1 -> 0.3" in out
-    assert "data in: 3 file(s) identical" in out
-    assert "data out: 2 file(s) identical, 1 differ\n  log_history.json: " in out  # beta changes only the rewards
-    assert "  rewards.margins: 0.2 -> 0.6  (+0.4)" in out
+    out = capsys.readouterr().out.splitlines()
+    # what changed leads: the one config change and the one output file, before any metric
+    assert out[3:6] == ["changed", "  config beta: 0.1 -> 0.3", "  data out: 1 file(s) differ, 2 identical"]
+    assert out[6] == "metrics" and "  rewards.margins: 0.2 -> 0.6  (+0.4)" in out
+    assert out[-1] == "same: data in: 3 file(s) identical"
+    assert any(line.startswith("  data out log_history.json: ") for line in out)  # beta changes only the rewards
 
 
 def test_leaderboard_markdown(chain, capsys):
     assert main(["leaderboard", "--metric", "gsm8k.accuracy", "--format", "md"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "| rank | run | name | stage | gsm8k.accuracy | sources | pairs | hparams | commit | recorded |"
+    assert lines[0] == "| rank | run | name | stage | gsm8k.accuracy | sources | training pairs | seeds | hparams | commit | recorded |"
     assert lines[2].startswith("| 1 | ") and "omit_thinking 0.34" in lines[2]
+    assert "| sources 42, pairs 42, sft 42, dpo 42, eval 42 |" in lines[2] or "eval 42" in lines[2]
 
 
 def test_reproduce_data_stage_exactly_and_training_by_metrics(chain, tmp_path, capsys):
@@ -145,6 +147,6 @@ def test_demo_ends_on_the_leaderboard_of_its_own_runs(chain, capsys):
     print_demo_leaderboard(list(ids.values()), prefer=("problems.accuracy", "gsm8k.accuracy"))
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == f"leaderboard (gsm8k.accuracy; ledger {ws.root}):"
-    assert lines[1].split() == ["rank", "run", "name", "gsm8k.accuracy", "pairs", "hparams"]
+    assert lines[1].split() == ["rank", "run", "name", "gsm8k.accuracy", "training", "pairs", "seeds", "hparams"]
     assert lines[3].startswith(f"1     {ids['eval'][:8]}  eval")
     assert lines[-1] == f"more: compass runs leaderboard --metric gsm8k.accuracy | compass runs report | compass runs lineage {ids['eval'][:8]}"

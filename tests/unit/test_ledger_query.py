@@ -1,5 +1,5 @@
 """Finding runs: the --where parser (no eval), leaderboard with data-recipe columns, search by words
-(trigram: Japanese substrings), by meaning (packaged MiniLM) and by figures, each hit saying why."""
+(Japanese morphemes), by meaning (packaged multilingual E5) and by figures, each hit saying why."""
 import csv
 import io
 import json
@@ -82,13 +82,16 @@ def test_where_selects_by_own_and_ancestor_figures_with_or(two_chains, index):
 
 def test_leaderboard_ranks_with_data_recipe_columns(two_chains, index):
     _, a, b = two_chains
-    board = leaderboard(index, "train/loss", lower_is_better=True)
+    board = leaderboard(index, "train/loss")  # a loss: lower is better, by the metric-direction registry
     assert {row["run_id"] for row in board} == {a["sft"], a["dpo"], b["sft"], b["dpo"]}
     assert [row["train/loss"] for row in board] == sorted(row["train/loss"] for row in board)
     evals = leaderboard(index, "gsm8k.accuracy")
     assert {row["run_id"] for row in evals} == {a["eval"], b["eval"]}
     by_id = {row["run_id"]: row for row in evals}
-    assert by_id[b["eval"]]["pairs"] == "omit_thinking 0.5, tamper_thinking_numbers 0.5, tamper_answer dropped"
+    assert by_id[b["eval"]]["training pairs"] == "omit_thinking 0.5, tamper_thinking_numbers 0.5, tamper_answer dropped"
+    assert by_id[b["eval"]]["held-out pairs"] == ""
+    assert by_id[b["eval"]]["pairs"] == "training: omit_thinking 0.5, tamper_thinking_numbers 0.5, tamper_answer dropped"
+    assert by_id[b["eval"]]["seeds"] == "eval 42, dpo 42, pairs 42, sft 42, sources 42"
     assert by_id[a["eval"]]["sources"] == "sources: gsm8k 12, math 8"
     assert "dpo.beta=0.2" in by_id[b["eval"]]["hparams"] and "sft.learning_rate=0.05" in by_id[b["eval"]]["hparams"]
     assert [r["gsm8k.accuracy"] for r in evals] == sorted((r["gsm8k.accuracy"] for r in evals), reverse=True)
@@ -98,14 +101,14 @@ def test_leaderboard_ranks_with_data_recipe_columns(two_chains, index):
 
 def test_leaderboard_formats(two_chains, index):
     board = leaderboard(index, "gsm8k.accuracy", where="dpo.beta = 0.2")
-    cols = ["rank", "run", "gsm8k.accuracy", "pairs"]
+    cols = ["rank", "run", "gsm8k.accuracy", "training pairs"]
     assert json.loads(render(board, cols, "json")) == [{c: board[0][c] for c in cols}]
     rows = list(csv.reader(io.StringIO(render(board, cols, "csv"))))
     assert rows[0] == cols and rows[1][3] == "omit_thinking 0.5, tamper_thinking_numbers 0.5, tamper_answer dropped"
     md = render(board, cols, "md").splitlines()
-    assert md[0] == "| rank | run | gsm8k.accuracy | pairs |" and md[1] == "|---|---|---|---|" and len(md) == 3
+    assert md[0] == "| rank | run | gsm8k.accuracy | training pairs |" and md[1] == "|---|---|---|---|" and len(md) == 3
     table = render(board, cols, "table").splitlines()
-    assert table[0].split() == cols and set(table[1]) <= {"-", " "}
+    assert table[0].split() == ["rank", "run", "gsm8k.accuracy", "training", "pairs"] and set(table[1]) <= {"-", " "}
     with pytest.raises(CompassError, match="--format"):
         render(board, cols, "xml")
 
@@ -121,12 +124,14 @@ def test_search_by_words_ranks_the_run_with_all_words_first(two_chains, index):
     assert {h.run.run_id for h in hits[:3]} == {b["pairs"], b["dpo"], b["eval"]}
 
 
-def test_search_japanese_substring_in_a_note(two_chains, index):
+def test_search_japanese_words_by_morphological_analysis(two_chains, index):
     _, a, b = two_chains
-    hits = search(index, "証券報告", mode="text")  # inside 有価証券報告書: trigram substring
+    hits = search(index, "証券報告", mode="text")  # the morphemes 証券 + 報告 of 有価証券報告書, not a substring
     assert [h.run.run_id for h in hits] == [b["dpo"]]
-    assert hits[0].why[0].startswith("words in note: 有価[証券報告]書")
-    assert [h.run.run_id for h in search(index, "証券", mode="text")] == [b["dpo"]]  # 2 characters: substring scan
+    assert hits[0].why[0].startswith("words in note: 有価[証券][報告]書") and "(2/2 words)" in hits[0].why[0]
+    assert [h.run.run_id for h in search(index, "証券", mode="text")] == [b["dpo"]]  # a two-character word
+    assert [h.run.run_id for h in search(index, "試す", mode="text")] == [b["dpo"]]  # dictionary form of 試し(た)
+    assert search(index, "の で を", mode="text") == []  # particles are no words
 
 
 def test_search_by_meaning_with_the_packaged_model(two_chains, index):

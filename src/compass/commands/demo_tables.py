@@ -20,7 +20,8 @@ def print_demo_leaderboard(run_ids: list[str], prefer: tuple[str, ...] = ("probl
             if index.any_has_figure(metric, ids):
                 board = leaderboard(index, metric, run_ids=ids)
                 print(f"\nleaderboard ({metric}; ledger {workspace.root}):")
-                print(render(board, ["rank", "run", "name", metric, "pairs", "hparams"], "table", max_width=60))
+                recipe = [c for c in ("training pairs", "held-out pairs", "seeds", "hparams") if any(row[c] for row in board)]
+                print(render(board, ["rank", "run", "name", metric, *recipe], "table", max_width=60))
                 print(f"more: compass runs leaderboard --metric {metric} | compass runs report | compass runs lineage {board[0]['run']}")
                 return
         print(f"\nledger: {workspace.root} (compass runs list)")

@@ -28,6 +28,8 @@ EXAMPLES = {
     "reproduce": "compass runs reproduce 3f2a1b9c --out repro/",
     "report": "compass runs report --out runs.html --metric gsm8k.accuracy",
     "check": "compass runs check --repair",
+    "publish": "compass runs publish --out site/ --title 'longdoc ablations'",
+    "import": "compass runs import downloads/their-site --origin lab-b",
     "table": "compass runs table --sweep longdoc-ablation --rows variant --cols cot --metric 'mmlongbench.cot_{cot}.accuracy' --values cot=on,off",
 }
 
@@ -66,20 +68,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text")
 
     p = _sub(sub, "search", "find runs by words, meaning and figures; ranked, with why each matched",
-             "Find runs by words (SQLite FTS5 trigram: substrings, Japanese included) in names, notes, configs and\n"
-             "metrics; by meaning (the packaged all-MiniLM-L6-v2 embedding model, English); and by figures with\n"
-             "--where (=, !=, <, <=, >, >=, ~ contains; and, or, not, parentheses). A figure name is a run's own\n"
-             "config key or metric, or STAGE.KEY for the run's own or an ancestor's (dpo.beta on an eval run).\n"
-             "Results are fused by reciprocal rank; each line says why the run matched.")
+             "Find runs the way you remember them, in English or Japanese. The query is read into:\n"
+             "  facts        KEY VALUE or KEY=VALUE (KEY<VALUE, ...) on any config key or metric, typed and exact\n"
+             "               (tamper_answer=0 is not 0.33; a list matches by element; 学習率/lr/seed/シード name keys)\n"
+             "  stage words  dpo, sft, eval/評価, pairs/ペア, ...: only runs of that stage; a fact after another stage\n"
+             "               word is that ancestor's ('eval of the model trained on pairs with seed 7')\n"
+             "  superlatives best/worst/highest/lowest, 一番高い/最小/最良: rank by the metric named beside it, in\n"
+             "               its direction (losses and error rates lower)\n"
+             "  words        the rest, whole words (Japanese by MeCab morphemes), stopwords of both languages dropped\n"
+             "  meaning      the query against each run's description embedded at record time (multilingual E5)\n"
+             "--where adds a figure filter (=, !=, <, <=, >, >=, ~ contains; and, or, not, parentheses); STAGE.KEY\n"
+             "reads the run's own or an ancestor's KEY. Each line says why the run matched.")
     p.add_argument("query", nargs="?", default="", help="words or a description (may be empty with --where)")
     p.add_argument("--where", help='e.g. "gsm8k.accuracy > 0.5 and (dpo.beta = 0.1 or dpo.beta = 0.2)"')
-    p.add_argument("--mode", default="all", choices=["all", "text", "meaning"], help="text skips the embedding model (fast start)")
+    p.add_argument("--mode", default="all", choices=["all", "text", "meaning"], help="text skips the embedding model (fastest)")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--format", default="table", choices=["table", "json"])
 
     p = _sub(sub, "leaderboard", "runs ranked by a metric, with their data recipe (sources, pair strategies, hyperparameters)")
     p.add_argument("--metric", required=True, help="a numeric figure, e.g. gsm8k.accuracy, train/loss, sft.train/loss")
-    p.add_argument("--lower-is-better", action="store_true", help="rank ascending (losses, error rates)")
+    p.add_argument("--lower-is-better", action="store_true", default=None,
+                   help="rank ascending although the metric's name does not say so (losses, error rates, perplexity "
+                        "and runtimes already rank ascending: compass.ledger.metric_direction)")
     p.add_argument("--where", help="figure filter applied first")
     p.add_argument("--limit", type=int)
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"])
@@ -116,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values", action="append", default=[], metavar="AXIS=V1,V2",
                    help="an axis that lives in metric names, e.g. cot=on,off")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
+
+    p = _sub(sub, "publish", "a static leaderboard site (search and filters in the browser, no server) plus runs.jsonl / "
+             "runs.parquet and the small artifacts, secrets redacted, for others to explore or import")
+    p.add_argument("--out", type=Path, required=True, help="directory for index.html, runs.jsonl, runs.parquet, artifacts/")
+    p.add_argument("--where", help="only runs matching this figure filter, e.g. \"stage = 'eval'\"")
+    p.add_argument("--title", default="compass runs", help="the page's title")
+    p.add_argument("--max-artifact-kb", type=int, default=256, help="artifacts up to this size are copied (default 256)")
+
+    p = _sub(sub, "import", "bring a published export into this ledger as read-only foreign runs (marked by origin)")
+    p.add_argument("export", type=Path, help="a directory `compass runs publish` wrote (runs.jsonl)")
+    p.add_argument("--origin", help="the name these runs are marked with (default: the directory's name)")
 
     p = _sub(sub, "check", "verify the ledger: index integrity, every blob's sha256, MLflow runs; --repair cleans leftovers")
     p.add_argument("--repair", action="store_true", help="remove leftovers of killed recorders; restore blobs from run directories")
@@ -157,7 +178,8 @@ def cmd_list(workspace: Workspace, args) -> int:
         if args.where:
             allowed = where_run_ids(index, args.where)
             runs = [r for r in runs if r.run_id in allowed][: args.limit]
-        rows = [{"run": r.short, "recorded": r.recorded_at[:19].replace("T", " "), "stage": r.stage, "name": r.name,
+        rows = [{"run": r.short, "recorded": r.recorded_at[:19].replace("T", " "), "stage": r.stage,
+                 "name": r.name + (f" [from {r.manifest['origin']['name']}]" if "origin" in r.manifest else ""),
                  "metrics": headline_metrics(r), "note": r.note, "run_id": r.run_id} for r in runs]
         columns = ["run", "recorded", "stage", "name", "metrics", "note"] + (["run_id"] if args.format != "table" else [])
         if not rows:
@@ -223,15 +245,15 @@ def cmd_search(workspace: Workspace, args) -> int:
 
 
 def cmd_leaderboard(workspace: Workspace, args) -> int:
-    from compass.ledger.query import leaderboard
+    from compass.ledger.query import leaderboard, leaderboard_columns
     from compass.ledger.tables import render
 
     index = _index(workspace)
     try:
         board = leaderboard(index, args.metric, where=args.where, lower_is_better=args.lower_is_better, limit=args.limit)
-        columns = ["rank", "run", "name", "stage", args.metric, "sources", "pairs", "hparams", "commit", "recorded"]
-        if args.format in ("json", "csv"):
-            columns.append("run_id")
+        columns = leaderboard_columns(board, args.metric, extra=("run_id",) if args.format in ("json", "csv") else ())
+        if args.format == "table" and board:
+            print(f"{args.metric}: {board[0]['direction']}")
         print(render(board, columns, args.format))
         return 0
     finally:
@@ -328,6 +350,22 @@ def cmd_table(workspace: Workspace, args) -> int:
     return 0
 
 
+def cmd_publish(workspace: Workspace, args) -> int:
+    from compass.commands.publish import publish
+
+    site, count = publish(workspace, args.out, where=args.where, title=args.title, max_artifact_bytes=args.max_artifact_kb * 1024)
+    print(f"published {count} runs: {site} (open it in a browser; runs.jsonl and runs.parquet beside it)")
+    return 0
+
+
+def cmd_import(workspace: Workspace, args) -> int:
+    from compass.commands.publish import import_runs
+
+    imported, skipped = import_runs(workspace, args.export, args.origin)
+    print(f"imported {imported} runs from {args.export}" + (f" ({skipped} were already here)" if skipped else ""))
+    return 0
+
+
 def cmd_check(workspace: Workspace, args) -> int:
     from compass.ledger.check import check_ledger
 
@@ -347,7 +385,7 @@ def cmd_check(workspace: Workspace, args) -> int:
 HANDLERS = {
     "list": cmd_list, "show": cmd_show, "note": cmd_note, "search": cmd_search, "leaderboard": cmd_leaderboard,
     "lineage": cmd_lineage, "diff": cmd_diff, "reproduce": cmd_reproduce, "report": cmd_report, "check": cmd_check,
-    "table": cmd_table,
+    "table": cmd_table, "publish": cmd_publish, "import": cmd_import,
 }
 
 

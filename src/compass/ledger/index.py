@@ -22,7 +22,7 @@ from typing import Any
 from compass.errors import CompassError
 from compass.ledger.where import BoolOp, Cmp, Not, comparisons, name_forms
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the word index, figure keys per stage, list elements as figures, e5 embeddings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +80,14 @@ CREATE TABLE IF NOT EXISTS history(
 CREATE INDEX IF NOT EXISTS history_run ON history(run_id, key, step);
 CREATE VIRTUAL TABLE IF NOT EXISTS fulltext USING fts5(run_id UNINDEXED, name, note, body, tokenize='trigram');
 CREATE TABLE IF NOT EXISTS embeddings(run_id TEXT PRIMARY KEY, text_sha TEXT NOT NULL, vec BLOB NOT NULL);
+"""
+# schema 2: words segmented at record time (compass.ledger.text_terms: Japanese by morphological analysis),
+# searched with bm25; tokens keep '_', '.', '/' and '-' so identifiers and numbers stay whole. And which
+# figure keys each stage kind has (query understanding reads it instead of scanning every figure).
+SCHEMA_2 = """
+CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(run_id UNINDEXED, name, note, body, tokenize="unicode61 tokenchars '_./-+'");
+CREATE TABLE IF NOT EXISTS figure_keys(stage TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, numeric INTEGER NOT NULL,
+    PRIMARY KEY (stage, key, kind));
 """
 
 
@@ -147,7 +155,9 @@ class Index:
         version = self._version()
         if version is None:
             # one script, one transaction; IF NOT EXISTS makes a concurrent first use harmless
-            self.db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+            self.db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{SCHEMA_2}INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+        elif version == "1":
+            self._migrate_from_1()
         elif version != SCHEMA_VERSION:
             raise CompassError(f"{self.path}: index schema {version}, this compass reads {SCHEMA_VERSION}")
 
@@ -160,6 +170,32 @@ class Index:
 
     def close(self) -> None:
         self.db.close()
+
+    def _migrate_from_1(self) -> None:
+        """Schema 1 -> 2: derive the word index, figure keys and list-element figures from each run's stored
+        manifest and history; drop the English-model embeddings (the next meaning search embeds again)."""
+        from compass.ledger.search_text import figures_of, words_body
+
+        with self.transaction() as db:
+            if db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] != "1":
+                return  # another process migrated it while this one waited
+            for statement in SCHEMA_2.split(";\n"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("DELETE FROM embeddings")
+            rows = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE state='complete'").fetchall()
+            for values in rows:
+                run = _row(values)
+                history = [(k, step, v) for k, step, v in db.execute("SELECT key, step, value FROM history WHERE run_id = ?", (run.run_id,))]
+                figures = figures_of(run.config, run.metrics, history)
+                db.execute("DELETE FROM figures WHERE run_id = ?", (run.run_id,))
+                db.executemany("INSERT INTO figures VALUES (?, ?, ?, ?, ?)", [(run.run_id, *f) for f in figures])
+                db.executemany("INSERT OR IGNORE INTO figure_keys VALUES (?, ?, ?, ?)",
+                               [(run.stage, key, kind, int(num is not None)) for key, num, _, kind in figures])
+                body = db.execute("SELECT body FROM fulltext WHERE run_id = ?", (run.run_id,)).fetchone()
+                name, note, text = words_body(run.name, run.note, body[0] if body else "")
+                db.execute("INSERT INTO words (run_id, name, note, body) VALUES (?, ?, ?, ?)", (run.run_id, name, note, text))
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
 
     def transaction(self):
         return _Transaction(self.db)
@@ -244,6 +280,14 @@ class Index:
             "WHERE p.parent_id = ? AND r.state='complete' ORDER BY r.recorded_at", (run_id,))
         return [r[0] for r in rows]
 
+    def parent_edges(self, run_ids: list[str]) -> list[tuple[str, str, str]]:
+        """(run id, parent id, port) of the given runs' input edges."""
+        out: list[tuple[str, str, str]] = []
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start:start + 500]
+            out += self.db.execute(f"SELECT run_id, parent_id, port FROM parents WHERE run_id IN ({_marks(chunk)})", chunk).fetchall()
+        return out
+
     def ancestors(self, run_id: str) -> list[tuple[str, int]]:
         return self.db.execute("SELECT ancestor_id, depth FROM ancestry WHERE run_id = ? ORDER BY depth, ancestor_id", (run_id,)).fetchall()
 
@@ -275,8 +319,13 @@ class Index:
             "SELECT run_id, out_dir FROM runs WHERE state='complete' AND (out_dir = ? OR substr(?, 1, length(out_dir) + 1) = out_dir || '/') "
             "ORDER BY recorded_at DESC", (path, path)).fetchall()
 
-    def all_blob_refs(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT DISTINCT f.sha256 FROM files f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete'")}
+    def all_blob_refs(self, *, foreign: bool = False) -> set[str]:
+        """sha256 of every file of the complete runs made here (foreign=True: of the runs imported from an export,
+        whose blobs are in the store only where the export carried them)."""
+        op = "LIKE" if foreign else "NOT LIKE"
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT f.sha256 FROM files f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete' "
+            f"AND r.tracking_uri {op} 'compass-export:%'")}
 
     def numeric_metric_keys(self) -> list[str]:
         return [k for (k,) in self.db.execute("SELECT DISTINCT key FROM figures WHERE num IS NOT NULL AND kind = 'metric' ORDER BY key")]
@@ -399,6 +448,33 @@ class Index:
                 out[run_id] = {"name": name, "note": note, "text": body}
         return out
 
+    def words_match(self, expression: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[tuple[str, float]]:
+        """(run id, bm25: lower is better) for an FTS5 MATCH over the segmented words; names weigh 4, notes 3."""
+        return self.db.execute(
+            "SELECT w.run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score FROM words w JOIN runs r ON r.run_id = w.run_id "
+            f"WHERE words MATCH ? AND r.state = 'complete'{filter_sql} ORDER BY score LIMIT ?",
+            (expression, *filter_params, limit)).fetchall()
+
+    def figure_key_table(self) -> list[tuple[str, str, str, bool]]:
+        """(stage, key, kind, numeric) of every figure key some run of that stage has."""
+        return [(s, k, kind, bool(n)) for s, k, kind, n in
+                self.db.execute("SELECT stage, key, kind, numeric FROM figure_keys ORDER BY stage, key")]
+
+    def stage_kinds(self) -> list[str]:
+        return sorted({stage for stage, *_ in self.figure_key_table()})
+
+    def run_ids_of_stages(self, stages: list[str]) -> set[str]:
+        return {r[0] for r in self.db.execute(
+            f"SELECT run_id FROM runs WHERE state = 'complete' AND stage IN ({_marks(stages)})", stages)}
+
+    def figure_text_exists(self, key: str, text: str) -> bool:
+        return self.db.execute("SELECT 1 FROM figures WHERE key = ? AND text = ? COLLATE NOCASE LIMIT 1", (key, text)).fetchone() is not None
+
+    def figure_numbers(self, key: str, run_ids: set[str] | None = None) -> dict[str, float]:
+        """run id -> the numeric value of its own figure `key`."""
+        rows = self.db.execute("SELECT run_id, num FROM figures WHERE key = ? AND num IS NOT NULL", (key,)).fetchall()
+        return {r: n for r, n in rows if run_ids is None or r in run_ids}
+
     # --- embeddings ---------------------------------------------------------------------------------
 
     def runs_without_embedding(self) -> list[str]:
@@ -433,7 +509,8 @@ class Index:
             db.execute("UPDATE runs SET mlflow_run_id = ? WHERE run_id = ?", (mlflow_run_id, run_id))
 
     def complete_recording(self, run_id: str, *, out_dir: str, out_files, in_files, inputs, parents, depths, figures, history,
-                           name: str, body: str, embedding: tuple[str, bytes] | None = None) -> None:
+                           name: str, body: str, words: tuple[str, str, str], stage: str,
+                           embedding: tuple[str, bytes] | None = None) -> None:
         """Phase 3: every row the ledger's own queries need, in one transaction that flips the run to complete."""
         with self.transaction() as db:
             db.executemany("INSERT INTO files VALUES (?, 'out', '', ?, ?, ?)", [(run_id, rel, sha, size) for rel, sha, size in out_files])
@@ -444,6 +521,9 @@ class Index:
             db.executemany("INSERT INTO figures VALUES (?, ?, ?, ?, ?)", [(run_id, *row) for row in figures])
             db.executemany("INSERT INTO history VALUES (?, ?, ?, ?)", [(run_id, k, s, v) for k, s, v in history])
             db.execute("INSERT INTO fulltext (run_id, name, note, body) VALUES (?, ?, '', ?)", (run_id, name, body))
+            db.execute("INSERT INTO words (run_id, name, note, body) VALUES (?, ?, ?, ?)", (run_id, *words))
+            db.executemany("INSERT OR IGNORE INTO figure_keys VALUES (?, ?, ?, ?)",
+                           [(stage, key, kind, int(num is not None)) for key, num, _, kind in figures])
             if embedding is not None:
                 db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (run_id, *embedding))
             db.execute("UPDATE runs SET state = 'complete', out_dir = ? WHERE run_id = ?", (out_dir, run_id))
@@ -457,11 +537,12 @@ class Index:
         with self.transaction() as db:
             db.execute("DELETE FROM runs WHERE run_id = ? AND state = 'recording'", (run_id,))
 
-    def set_note(self, run_id: str, text: str, embedding: tuple[str, bytes] | None) -> None:
-        """The run's note, in its row and its full text; its embedding replaced (or dropped when None)."""
+    def set_note(self, run_id: str, text: str, note_words: str, embedding: tuple[str, bytes] | None) -> None:
+        """The run's note, in its row, its full text and its words; its embedding replaced (dropped when None)."""
         with self.transaction() as db:
             db.execute("UPDATE runs SET note = ? WHERE run_id = ?", (text, run_id))
             db.execute("UPDATE fulltext SET note = ? WHERE run_id = ?", (text, run_id))
+            db.execute("UPDATE words SET note = ? WHERE run_id = ?", (note_words, run_id))
             if embedding is None:
                 db.execute("DELETE FROM embeddings WHERE run_id = ?", (run_id,))
             else:

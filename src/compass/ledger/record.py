@@ -22,7 +22,7 @@ from compass.ledger.index import Index, RunRow
 from compass.ledger.lineage import ancestry_rows, find_parents
 from compass.ledger.recipe_summary import build_summary
 from compass.ledger.redact import Redactor
-from compass.ledger.search_text import figures_of, search_body
+from compass.ledger.search_text import figures_of, meaning_text, search_body, text_sha, words_body
 from compass.ledger.store import ContentStore
 from compass.ledger.workspace import Workspace, ledger_lock
 from compass.manifest import Manifest
@@ -30,17 +30,18 @@ from compass.manifest import Manifest
 MAX_FILE_TAGS = 200  # per role; beyond that the manifest artifact lists every hash
 
 
-_TRACKERS: dict[tuple[str, str, str], Any] = {}
-
-
 def tracker_for(workspace: Workspace):
-    """MLflow client per (store, experiment), kept for the process: its setup costs a query or two."""
-    from compass.ledger.tracking import Tracker, experiment_name
+    """MLflow client per (store, experiment), kept for the process (the cache lives in compass.ledger.tracking,
+    which also opens the live runs a recording adopts)."""
+    from compass.ledger.tracking import tracker_for as cached_tracker
 
-    key = (str(workspace.root), workspace.tracking_uri, experiment_name())
-    if key not in _TRACKERS:
-        _TRACKERS[key] = Tracker(workspace)
-    return _TRACKERS[key]
+    return cached_tracker(workspace)
+
+
+def embedder():
+    from compass.ledger.embed import embedder as shared
+
+    return shared()
 
 
 def now_iso() -> str:
@@ -59,6 +60,7 @@ def record_stage_run(manifest: Manifest, out_dir: str | Path, *, workspace: Work
     if index.state(manifest.run_id) == "complete":
         return manifest.run_id
     tracker = tracker_for(workspace)  # outside the lock: the first use imports MLflow (seconds)
+    embed = embedder()  # and loads the embedding model (most of a second)
     with ledger_lock(workspace):
         state = index.state(manifest.run_id)
         if state == "complete":
@@ -68,7 +70,7 @@ def record_stage_run(manifest: Manifest, out_dir: str | Path, *, workspace: Work
         out_files, in_files = _store_files(workspace, manifest, out_dir)
         if state == "recording":
             rollback_recording(index, tracker, manifest.run_id)
-        _record_locked(index, tracker, manifest, out_dir, out_files, in_files)
+        _record_locked(index, tracker, embed, manifest, out_dir, out_files, in_files)
     return manifest.run_id
 
 
@@ -122,7 +124,7 @@ def rollback_recording(index: Index, tracker, run_id: str) -> None:
     index.delete_recording(run_id)
 
 
-def _record_locked(index: Index, tracker, manifest: Manifest, out_dir: Path, out_files, in_files) -> None:
+def _record_locked(index: Index, tracker, embed, manifest: Manifest, out_dir: Path, out_files, in_files) -> None:
     redactor = Redactor()
     data = redactor.value(manifest.model_dump(mode="json"))
     run_id = manifest.run_id
@@ -133,7 +135,7 @@ def _record_locked(index: Index, tracker, manifest: Manifest, out_dir: Path, out
     produced = index.producers_of(sorted({sha for _, _, sha, _, _ in in_files}))
     raw = [(str(Path(manifest.inputs[port].path) / rel) if not is_file else manifest.inputs[port].path, size)
            for port, rel, sha, size, is_file in in_files if sha not in produced]
-    summary = build_summary(index, data, depths, [(redactor.text(p), s) for p, s in raw[:20]])
+    summary = build_summary(index, data, depths, [(redactor.text(p), s) for p, s in raw[:20]], parents)
 
     # phase 1: the row that says a recording is under way
     index.begin_recording({
@@ -172,10 +174,13 @@ def _record_locked(index: Index, tracker, manifest: Manifest, out_dir: Path, out
 
     # phase 3: everything the ledger's own queries need, in one transaction
     body = search_body(data, summary, out_files)
+    description = meaning_text(data["stage"], data["name"], "", summary, data["config"], data["metrics"])
+    vector = embed.passages([description])[0]
     inputs = [(port, rec["path"], any(f[4] for f in in_files if f[0] == port)) for port, rec in data["inputs"].items()]
     index.complete_recording(run_id, out_dir=str(out_dir.resolve()), out_files=out_files, in_files=in_files, inputs=inputs,
                              parents=parents, depths=depths, figures=figures_of(data["config"], data["metrics"], history),
-                             history=history, name=data["name"], body=body)
+                             history=history, name=data["name"], body=body, words=words_body(data["name"], "", body),
+                             stage=data["stage"], embedding=(text_sha(description), vector.tobytes()))
 
 
 def _file_tags(prefix: str, groups: dict[str, dict[str, str]]) -> dict[str, str]:
@@ -201,12 +206,15 @@ def _file_tags(prefix: str, groups: dict[str, dict[str, str]]) -> dict[str, str]
 def add_note(workspace: Workspace, run: RunRow, text: str) -> str:
     """Replace the run's note (shown by MLflow as the run description); the note is searchable."""
     text = Redactor().text(text.strip())
+    description = meaning_text(run.stage, run.name, text, run.summary, run.config, run.metrics)
+    vector = embedder().passages([description])[0]  # only this run is embedded again
+    note_words = words_body("", text, "")[1]
     index = Index(workspace.index_db, create=False)
     try:
         with ledger_lock(workspace):
             if run.mlflow_run_id and run.tracking_uri == workspace.tracking_uri:
                 tracker_for(workspace).set_tag(run.mlflow_run_id, "mlflow.note.content", text)
-            index.set_note(run.run_id, text, None)  # re-embedded with the note by the next meaning search
+            index.set_note(run.run_id, text, note_words, (text_sha(description), vector.tobytes()))
     finally:
         index.close()
     return text

@@ -6,11 +6,16 @@ import hashlib
 from typing import Any
 
 from compass.ledger.flat import as_number, as_text, flatten, format_number
-from compass.ledger.index import RunRow
 
 
 def figures_of(config: dict[str, Any], metrics: dict[str, Any], history: list[tuple[str, int, float]]) -> list[tuple[str, float | None, str, str]]:
-    rows = [(k, as_number(v), as_text(v), "config") for k, v in flatten(config).items()]
+    """(key, number or None, text, kind) rows. A list of scalars is one row with its JSON text and one row
+    per element, so `merge.weights = 0.25` finds [0.25, 0.75] while the whole list still compares as text."""
+    rows = []
+    for k, v in flatten(config).items():
+        rows.append((k, as_number(v), as_text(v), "config"))
+        if isinstance(v, list):
+            rows += [(k, as_number(item), as_text(item), "config") for item in v if not isinstance(item, (dict, list))]
     metric_flat = flatten(metrics)
     rows += [(k, as_number(v), as_text(v), "metric") for k, v in metric_flat.items()]
     last: dict[str, float] = {}
@@ -35,20 +40,29 @@ def search_body(manifest: dict[str, Any], summary: dict[str, str], out_files: li
     return "\n".join(lines)
 
 
-def meaning_text(row: RunRow) -> str:
-    """A short description for the embedding model (it reads about 256 word pieces): the note and the
-    data recipe first, then the config and metrics."""
-    parts = [f"{row.stage} run {row.name}."]
-    if row.note:
-        parts.append(row.note)
-    for key, value in row.summary.items():
+MEANING_CHARS = 360  # embedding time grows with the length; the note and the recipe come first
+
+
+def meaning_text(stage: str, name: str, note: str, summary: dict[str, str], config: dict[str, Any], metrics: dict[str, Any]) -> str:
+    """A short description for the embedding model: the note and the data recipe first, then the
+    config and metrics (cut at MEANING_CHARS: embedding time grows with the length)."""
+    parts = [note] if note else []  # the note first: it is what a person remembers
+    parts.append(f"{stage} run {name}.")
+    for key, value in summary.items():
         if value:
             parts.append(f"{key}: {value}.")
-    parts.append("config: " + ", ".join(f"{k.replace('_', ' ')} {as_text(v)}" for k, v in flatten(row.config).items()) + ".")
-    numbers = [f"{k.replace('_', ' ')} {format_number(as_number(v))}" for k, v in flatten(row.metrics).items() if as_number(v) is not None]
+    parts.append("config: " + ", ".join(f"{k.replace('_', ' ')} {as_text(v)}" for k, v in flatten(config).items()) + ".")
+    numbers = [f"{k.replace('_', ' ')} {format_number(as_number(v))}" for k, v in flatten(metrics).items() if as_number(v) is not None]
     if numbers:
         parts.append("metrics: " + ", ".join(numbers) + ".")
-    return " ".join(parts)
+    return " ".join(parts)[:MEANING_CHARS]
+
+
+def words_body(name: str, note: str, body: str) -> tuple[str, str, str]:
+    """The (name, note, body) columns of the word index: each text's search words joined by spaces."""
+    from compass.ledger.text_terms import index_words
+
+    return " ".join(index_words(name)), " ".join(index_words(note)), " ".join(index_words(body))
 
 
 def text_sha(text: str) -> str:
