@@ -119,6 +119,17 @@ def test_quirk_rows_load_as_published_and_unscorable_golds_are_found():
         assert score_answer(item.answer, item.answer, item.answer_format, item.question) == 1.0
 
 
+def test_a_compass_only_run_is_not_narrowed_by_the_reference_scorer():
+    items = mmlongbench.load_items(QUIRKS)
+    _, problems = mmlongbench.check_golds(items, ("compass",))
+    assert [p.answer for p in problems] == ["yes", "14:04 CET", "21%", "GPT-4"]  # '[]' scores 1 for compass
+    _, problems = mmlongbench.check_golds(items, ("reference",))
+    assert [p.answer for p in problems] == ["yes", "14:04 CET", "21%", "GPT-4", "[]"]
+    separated = mmlongbench.DocItem("r#0", "r.pdf", "How many staff?", "1,250", "Int", (1,))
+    assert mmlongbench.gold_problem(separated, ("compass",)) is None
+    assert "reference scorer gives it 0" in mmlongbench.gold_problem(separated)  # int('1,250') fails there
+
+
 def test_evidence_sources_are_read_not_executed(tmp_path):
     bad = tmp_path / "samples.json"
     bad.write_text(json.dumps([{"doc_id": "d.pdf", "doc_type": "Guidebook", "question": "q", "answer": "a",
