@@ -90,11 +90,16 @@ def metric_agrees(recorded: Any, now: Any, tolerance: float) -> bool:
 
 def reproduce_run(workspace: Workspace, run: RunRow, *, out: Path | None = None, allow_code_change: bool = False,
                   tolerance: float = 0.01, overrides: dict[str, Any] | None = None) -> Reproduction:
+    from compass.ledger.exchange import origin_of
     from compass.ledger.record import mark_reproduction
     from compass.manifest import code_version
     from compass.runner import execute_stage
     from compass.stages import get_stage
 
+    origin = origin_of(run)
+    if origin is not None:
+        raise CompassError(f"run {run.short} was imported from {origin['name']} ({origin['export']}); its inputs are not "
+                           "here: reproduce it in that ledger, or rerun its config (compass runs show --json) on your data")
     current = code_version()
     code_changed = current.commit != run.code_commit
     if code_changed and not allow_code_change:

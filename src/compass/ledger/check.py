@@ -89,8 +89,9 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
 
     # 3. the store: referenced blobs present and intact; temp files of dead writers
     referenced = index.all_blob_refs()
+    carried = {sha for sha in index.all_blob_refs(foreign=True) if store.has(sha)}  # imported runs' small artifacts
     damaged: list[str] = []
-    for sha in sorted(referenced):
+    for sha in sorted(referenced | carried):
         path = store.path(sha)
         if not path.is_file():
             damaged.append(sha)
@@ -98,8 +99,8 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
         elif verify_bytes and _hash_file(path) != sha:
             damaged.append(sha)
             report.problems.append(f"store: blob {sha[:12]} is damaged (its bytes no longer hash to its name)")
-    report.checked_blobs = len(referenced)
-    unreferenced = [sha for sha, _ in store.iter_blobs() if sha not in referenced]
+    report.checked_blobs = len(referenced | carried)
+    unreferenced = [sha for sha, _ in store.iter_blobs() if sha not in referenced and sha not in carried]
     if unreferenced:
         report.leftovers.append(f"store: {len(unreferenced)} blob(s) no complete run refers to (an interrupted recording's)")
     dead_tmp = []
