@@ -78,6 +78,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from tqdm import tqdm
 
     from compass.data.pairs import normalized_weights
+    from compass.data.preference import write_preference_share
 
     weights = normalized_weights(config.weights.model_dump())
     shard = config.shard_spec()
@@ -106,7 +107,12 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                    "strategies": {name: applied[name] for name in weights}, "fallbacks": dict(sorted(fallbacks.items()))}
         if shard is None:  # a shard's share is checked with the others' at gather
             check_rates(config, metrics, inputs["traces"])
-    return with_shares(metrics)
+        if "preference" in inputs and shard is not None:
+            raise CompassError("pairs: the `preference` input mixes into an unsharded run only (its share is of all pairs)")
+        # real preference pairs after the corruption pairs (DPO shuffles); each names its dataset row in source_id
+        preference = write_preference_share(pairs_fh, inputs.get("preference"), metrics["pairs"], config.preference_ratio,
+                                            config.seed)
+    return {**with_shares(metrics), **preference}
 
 
 def check_rates(config: Config, metrics: dict, source) -> None:
