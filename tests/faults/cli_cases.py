@@ -18,7 +18,8 @@ class CliResult:
 
     @property
     def error_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
+        # progress bars (tqdm draws with \r, "NN%|") are not messages
+        return [line for line in self.err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
 
 
 def run_cli(argv: list[str], capsys) -> CliResult:

@@ -206,7 +206,17 @@ PATH_CASES = [
          ["run", "{T}/r.yaml", "--workdir", "{T}/work"], ["teacher", "compass did not write (mine.txt)"]),
 ]
 
-CASES = RECIPE_CASES + CONFIG_CASES + FLAG_CASES + JSONL_CASES + PATH_CASES
+MERGE = ["merge", "--base", "{T}/base", "--finetuned", "{T}/ft", "--out", "{T}/merged"]
+MODEL_FILES = {"base/config.json": '{"model_type": "toy"}', "ft/config.json": '{"model_type": "toy"}'}
+MERGE_CASES = [
+    Case("merge-nan-weight", MODEL_FILES, [*MERGE, "--weights", "[.nan]"], ["weights must be finite numbers", "nan"]),
+    Case("merge-inf-weight", MODEL_FILES, [*MERGE, "--weights", "[0.5, .inf]"], ["weights must be finite numbers", "inf"]),
+    Case("merge-empty-weights", MODEL_FILES, [*MERGE, "--weights", "[]"], ["needs weights"]),
+    Case("merge-base-without-config", {"base/model.safetensors": b"", "ft/config.json": "{}"}, [*MERGE, "--weights", "[0.25]"],
+         ["has no config.json", "would not load"]),
+]
+
+CASES = RECIPE_CASES + CONFIG_CASES + FLAG_CASES + JSONL_CASES + PATH_CASES + MERGE_CASES
 
 
 def test_at_least_150_cases():

@@ -133,3 +133,10 @@ def test_reproduce_of_an_openai_run_keeps_the_key_variable_name(tmp_path, capsys
         again = run_cli(["runs", "reproduce", run_id[:12], "--out", tmp_path / "repro", "--allow-code-change"], capsys)
         assert again.code == 0, again.out + again.err
         assert server.completed == 2 and all(h["authorization"] == f"Bearer {TEACHER_KEY}" for h in server.headers_seen)
+
+
+def test_numbers_under_token_like_keys_are_figures_not_secrets():
+    assert Redactor().value({"mean_token_accuracy": 0.5, "train_tokens_this_run": 3, "token": "abc",
+                             "credentials": {"user": "u", "retries": 1}, "api_key": None}) == {
+        "mean_token_accuracy": 0.5, "train_tokens_this_run": 3, "token": REDACTED,
+        "credentials": {"user": REDACTED, "retries": 1}, "api_key": None}

@@ -68,16 +68,17 @@ class Redactor:
         value = KEY_VALUE.sub(_redact_pair, value)
         return OPAQUE.sub(REDACTED, value)
 
-    def value(self, value: Any, key: str = "") -> Any:
-        """A JSON-like value with every secret replaced; keys named like secrets lose their whole value."""
-        if key and is_secret_key(key) and value not in (None, "", [], {}):
-            return REDACTED
+    def value(self, value: Any, key: str = "", *, under_secret: bool = False) -> Any:
+        """A JSON-like value with every secret replaced: every text under a key named like a secret (at any depth
+        below it) is replaced whole, other texts by pattern. Numbers, booleans and null are kept: no credential
+        is a number, and metrics such as `mean_token_accuracy` must survive."""
+        secret = under_secret or (bool(key) and is_secret_key(key))
         if isinstance(value, str):
-            return self.text(value)
+            return REDACTED if secret and value else self.text(value)
         if isinstance(value, dict):
-            return {k: self.value(v, str(k)) for k, v in value.items()}
+            return {k: self.value(v, str(k), under_secret=secret) for k, v in value.items()}
         if isinstance(value, list):
-            return [self.value(v) for v in value]
+            return [self.value(v, under_secret=secret) for v in value]
         return value
 
 

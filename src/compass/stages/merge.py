@@ -9,6 +9,7 @@ shapes and dtypes, or the stage fails naming the first bad tensor.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +32,8 @@ class Config(StageConfig):
     def _weights_match_method(self):
         if self.method == "task_arithmetic" and not self.weights:
             raise ValueError("method task_arithmetic needs weights, e.g. [0.25]")
+        if self.weights is not None and not all(math.isfinite(w) for w in self.weights):
+            raise ValueError(f"weights must be finite numbers, got {self.weights}")  # NaN/inf turn every tensor NaN
         if self.method == "lora" and self.weights is not None:
             raise ValueError(f"method lora takes no weights (got {self.weights}); the adapter is merged at its own scale")
         return self
@@ -66,9 +69,38 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.io import staged_dir
 
     # build in a hidden directory and rename at the end: a failed merge never leaves a model-looking directory
+    if not (inputs["base"] / "config.json").is_file():
+        raise CompassError(f"merge: base {inputs['base']} has no config.json; a merge of it would not load as a model")
     with staged_dir(out_dir / OUTPUTS["model"]) as partial:
         metrics = _merge(config, inputs, partial)
+        check_loadable(partial)  # before the rename, so before the runner writes a manifest for it
     return {"method": config.method, **metrics}
+
+
+def check_loadable(model_dir: Path) -> None:
+    """The merged directory must load as a model: its config parses and every tensor is finite (a NaN or an
+    overflow to inf would otherwise be recorded as a successful merge)."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    try:
+        config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CompassError(f"merge: the merged model's config.json does not load ({err})") from None
+    if not isinstance(config, dict):
+        raise CompassError("merge: the merged model's config.json is not a JSON object")
+    shards = sorted(model_dir.glob("*.safetensors"))
+    if not shards:
+        raise CompassError(f"merge: the merged model in {model_dir} has no safetensors weights")
+    for shard in shards:
+        with safe_open(str(shard), framework="pt") as fh:
+            for name in fh.keys():
+                tensor = fh.get_tensor(name)
+                if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                    raise CompassError(f"merge: tensor {name} of the merged model is not finite (NaN or inf); "
+                                       "check the weights and the dtype")
 
 
 def _merge(config: Config, inputs: dict[str, Path], partial: Path) -> dict:
