@@ -14,7 +14,7 @@ from compass.errors import CompassError
 from compass.train.data import read_pairs, read_sft_examples
 from support import data_formats as F
 from support.traces import synthetic_trace
-from compass.io import write_jsonl
+from compass.io import sha256_file, write_jsonl
 
 
 def conv(example) -> list[tuple[str, str]]:
@@ -108,7 +108,7 @@ def test_weighted_mix_counts_and_draws_are_seeded(tmp_path):
     assert reports["m.jsonl"]["taken"] == 5 and reports["alpaca"]["taken"] == 4 and len(examples) == 9
     assert reports["alpaca"]["format"] == "alpaca" and reports["m.jsonl"]["format"] == "messages"
     assert sorted(e.id for e in examples[5:]) == ["alpaca/0", "alpaca/0#copy2", "alpaca/1", "alpaca/1#copy2"]
-    assert list(reports["m.jsonl"]["files"].values())[0] == __import__("compass.io", fromlist=["sha256_file"]).sha256_file(tmp_path / "m.jsonl")
+    assert reports["m.jsonl"]["files"] == {(tmp_path / "m.jsonl").as_posix(): sha256_file(tmp_path / "m.jsonl")}
     again, _ = load_mix(sources, tmp_path, seed=42, image_dir=None)
     assert [e.id for e in again] == [e.id for e in examples]
     assert weighted_take(10, 0.5, 42, "m.jsonl") != weighted_take(10, 0.5, 43, "m.jsonl")

@@ -277,7 +277,8 @@ def build_card(ledger: Ledger, inputs: CardInputs) -> str:
 
     # training procedure: every hyperparameter of every training stage in the lineage
     lines += ["## Training procedure", ""]
-    for _, stage_run in reversed(lineage):
+    chronological = sorted(runs, key=lambda r: r.recorded_at)
+    for stage_run in chronological:
         if stage_run.stage not in TRAINING_STAGES:
             continue
         lines += [f"### {stage_run.name} ({stage_run.stage}) {_run_ref(stage_run)}", ""]
@@ -289,7 +290,7 @@ def build_card(ledger: Ledger, inputs: CardInputs) -> str:
 
     # data
     lines += ["## Training data", ""]
-    for _, data_run in reversed(lineage):
+    for data_run in chronological:
         if data_run.stage not in DATA_STAGES:
             continue
         lines += [f"### {data_run.name} ({data_run.stage}) {_run_ref(data_run)}", ""]
