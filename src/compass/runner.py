@@ -166,7 +166,8 @@ def _execute_stage(
     elif launch is not None and launch.slurm is not None:  # a Slurm job (or array of shards), waited for here
         from compass.launch.slurm import run_on_slurm
 
-        metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache)
+        metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache,
+                               metrics_file=out_dir / WORKER_METRICS, name=name or kind)
     elif launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
         metrics = _run_launched(kind, config, paths, out_dir, launch)
     else:
