@@ -1,23 +1,30 @@
-"""Search latency at 10k runs: the ledger's search (FTS5 trigram, figure filters with lineage and OR,
-MiniLM meaning) beside MLflow's own search_runs on the same runs, in one process.
+"""`compass runs search` at 10k runs, measured as a process (what a user waits for), text and with meaning.
 
-    python bench/ledger_search.py                 # 10,000 runs (built once into --home, reused after)
-    python bench/ledger_search.py --runs 2000 --home bench-out/ledger-2k
+    python bench/ledger_search.py                  # 10,000 runs (built once into --home, reused after)
+    python bench/ledger_search.py --runs 2000 --home bench-out/ledger-2k --repeat 10
 
-The runs are recorded through the real path (compass.ledger.record_stage_run: store, MLflow sqlite,
-index), as chains sources -> pairs -> sft -> dpo -> eval with varied configs, notes and metrics.
-Building 10k runs takes several minutes (MLflow writes dominate); the timings are of queries only.
-Prints p50/p95 per query and the ratio MLflow / ledger where both can answer.
+The ledger: chains sources -> pairs -> sft -> dpo -> eval with varied configs, metrics and notes (English
+and Japanese). Each run's index rows are made by the ledger's own row builders, as record_stage_run makes
+them (figures, full text, segmented words, data-recipe summary, lineage, the e5 embedding of its
+description); the MLflow run and the content store are skipped, because search reads neither and writing
+10k MLflow runs takes hours on a small machine (tests/unit/test_ledger_record.py covers that path).
+
+Printed per query: p50/p95 wall time of `python -m compass.cli runs search ...` as a fresh process, and,
+as the same-process baseline, the wall time of a bare `python -c pass` (the ratio says how much of the wait
+is compass). Goals (issue 15): p95 < 1 s for --mode text, < 2 s with meaning.
 """
 from __future__ import annotations
 
-import tempfile
 import argparse
 import hashlib
+import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -28,152 +35,139 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 STRATEGIES = ("omit_thinking", "tamper_thinking_numbers", "tamper_answer")
 POOLS = ("gsm8k", "math", "svamp", "aqua_rat", "mgsm_ja", "orca_math")
 NOTES = ("tamper_answer dropped: rejected answers were too easy", "有価証券報告書のページで試した", "baseline rerun on new shards",
-         "lower lr after loss spikes", "long context, 4096 tokens", "")
+         "lower lr after loss spikes", "長い文脈、4096トークン", "学習率を下げたら損失が安定した", "", "", "")
 
 
 def build(home: Path, runs: int, seed: int = 0) -> None:
-    from compass.ledger import Workspace, record_stage_run
+    from compass.ledger.embed import embedder
     from compass.ledger.index import Index
-    from compass.ledger.record import add_note
-    from compass.manifest import InputRecord, Manifest, code_version, now_iso
+    from compass.ledger.recipe_summary import build_summary
+    from compass.ledger.search_text import figures_of, meaning_text, search_body, text_sha, words_body
 
-    os.environ["COMPASS_HOME"] = str(home)
-    workspace = Workspace(home)
+    home.mkdir(parents=True, exist_ok=True)
+    index = Index(home / "index.db")
+    embed = embedder()
     rng = random.Random(seed)
-    code = code_version()
-    work = home.parent / f"{home.name}-work"
-    chains = max(1, runs // 5)
     t0 = time.perf_counter()
     count = 0
+    clock = 0
 
-    def stage(kind: str, name: str, config: dict, metrics: dict, inputs: dict[str, Path], out: Path, files: dict[str, bytes]) -> tuple[str, Path]:
-        nonlocal count
-        out.mkdir(parents=True, exist_ok=True)
-        outputs = {}
-        for rel, data in files.items():
-            (out / rel).write_bytes(data)
-            outputs[rel] = hashlib.sha256(data).hexdigest()
-        manifest = Manifest(
-            stage=kind, name=name, run_id=uuid.uuid4().hex, config={"seed": 42, **config},
-            config_hash=hashlib.sha256(repr(config).encode()).hexdigest(), seed=42, code=code, versions={"python": "3.11"},
-            inputs={port: InputRecord(path=str(path), files={path.name: hashlib.sha256(path.read_bytes()).hexdigest()})
-                    for port, path in inputs.items()},
-            outputs=outputs, started_at=now_iso(), wall_time_s=round(rng.uniform(1, 500), 2), metrics=metrics)
-        record_stage_run(manifest, out, workspace=workspace)
+    def stage(kind: str, config: dict, metrics: dict, parents: list[tuple[str, str]], note: str = "") -> str:
+        nonlocal count, clock
+        run_id = uuid.uuid4().hex
+        clock += 1
+        stamp = f"2026-01-01T00:00:00.{clock:06d}+00:00"
+        config = {"seed": rng.choice((1, 7, 42)), **config}
+        out_sha = hashlib.sha256(run_id.encode()).hexdigest()
+        manifest = {"stage": kind, "name": kind, "run_id": run_id, "recipe": None, "config": config, "metrics": metrics,
+                    "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(), "seed": config["seed"],
+                    "code": {"commit": None, "dirty": None}, "versions": {}, "launch": None, "started_at": stamp, "wall_time_s": 1.0,
+                    "inputs": {port: {"path": f"/bench/{p[:8]}/out", "files": {"out.jsonl": hashlib.sha256(p.encode()).hexdigest()}}
+                               for p, port in parents},
+                    "outputs": {"out.jsonl": out_sha}}
+        depths = {run_id: 0}
+        for parent, _ in parents:
+            for ancestor, depth in index.ancestors(parent):
+                depths[ancestor] = min(depths.get(ancestor, depth + 1), depth + 1)
+        summary = build_summary(index, manifest, depths, [], parents)
+        body = search_body(manifest, summary, [("out.jsonl", out_sha, 100)])
+        description = meaning_text(kind, kind, note, summary, config, metrics)
+        index.begin_recording({
+            "run_id": run_id, "tracking_uri": "bench", "name": kind, "stage": kind, "recipe": None, "started_at": stamp,
+            "recorded_at": stamp, "wall_time_s": 1.0, "config_hash": manifest["config_hash"], "code_commit": None, "code_dirty": None,
+            "out_dir": f"/bench/{run_id[:8]}/out", "manifest": json.dumps(manifest, ensure_ascii=False),
+            "summary": json.dumps(summary, ensure_ascii=False)})
+        index.complete_recording(
+            run_id, out_dir=f"/bench/{run_id[:8]}/out", out_files=[("out.jsonl", out_sha, 100)],
+            in_files=[(port, "out.jsonl", hashlib.sha256(p.encode()).hexdigest(), 100, False) for p, port in parents],
+            inputs=[(port, f"/bench/{p[:8]}/out", False) for p, port in parents], parents=parents, depths=depths,
+            figures=figures_of(config, metrics, []), history=[], name=kind, body=body, words=words_body(kind, note, body),
+            stage=kind, embedding=(text_sha(description), embed.passages([description])[0].tobytes()))
+        if note:
+            index.set_note(run_id, note, words_body("", note, "")[1], (text_sha(description), embed.passages([description])[0].tobytes()))
         count += 1
-        if count % 500 == 0:
-            print(f"  recorded {count} runs ({(time.perf_counter() - t0) / count * 1000:.0f} ms/run)", flush=True)
-        return manifest.run_id, out
+        if count % 1000 == 0:
+            print(f"  {count} runs ({(time.perf_counter() - t0) / count * 1000:.0f} ms/run)", flush=True)
+        return run_id
 
-    for c in range(chains):
+    for c in range(max(1, runs // 5)):
         pools = {p: rng.choice((250, 1000, 7500, 12500)) for p in rng.sample(POOLS, 3)}
         weights = {s: rng.choice((0.0, 0.33, 0.5)) for s in STRATEGIES}
         weights["omit_thinking"] = weights["omit_thinking"] or 0.34
         lr, beta = rng.choice((1e-4, 2e-4, 5e-4)), rng.choice((0.05, 0.1, 0.2))
-        root = work / f"c{c:05d}"
-        _, src = stage("sources", "sources", {"pools": pools}, {"records": sum(pools.values()), "counts": pools}, {},
-                       root / "sources", {"problems.jsonl": f"{c} {pools}".encode()})
-        _, pairs = stage("pairs", "pairs", {"weights": weights, "require_tags": True}, {"pairs": sum(pools.values())},
-                         {"traces": src / "problems.jsonl"}, root / "pairs", {"pairs.jsonl": f"pairs {c} {weights}".encode()})
-        _, sft = stage("sft", "sft", {"learning_rate": lr, "lora_r": 32, "num_train_epochs": 1}, {"train_loss": rng.uniform(0.3, 1.5)},
-                       {"data": src / "problems.jsonl"}, root / "sft", {"model.safetensors": f"sft {c} {lr}".encode()})
-        dpo_id, dpo = stage("dpo", "dpo", {"beta": beta, "learning_rate": 5e-6}, {"train_loss": rng.uniform(0.1, 0.7)},
-                            {"model": sft / "model.safetensors", "pairs": pairs / "pairs.jsonl"}, root / "dpo",
-                            {"model.safetensors": f"dpo {c} {beta}".encode()})
-        stage("eval", "eval", {"tasks": ["gsm8k", "mgsm_ja"]},
+        src = stage("sources", {"pools": pools}, {"records": sum(pools.values()), "counts": pools}, [])
+        pairs = stage("pairs", {"weights": weights, "require_tags": True}, {"pairs": sum(pools.values())}, [(src, "traces")],
+                      note=rng.choice(NOTES))
+        sft = stage("sft", {"learning_rate": lr, "lora_r": rng.choice((16, 32)), "max_steps": rng.choice((100, 200, 400))},
+                    {"train_loss": round(rng.uniform(0.3, 1.5), 4)}, [(src, "data")])
+        dpo = stage("dpo", {"beta": beta, "learning_rate": 5e-6}, {"train_loss": round(rng.uniform(0.1, 0.7), 4),
+                    "eval_after": {"reward_accuracy": round(rng.uniform(0.5, 1.0), 4)}}, [(sft, "model"), (pairs, "pairs")],
+                    note=rng.choice(NOTES))
+        stage("eval", {"tasks": ["gsm8k", "mgsm_ja"], "max_new_tokens": rng.choice((512, 1024))},
               {"gsm8k": {"accuracy": round(rng.uniform(0.2, 0.8), 4)}, "mgsm_ja": {"accuracy": round(rng.uniform(0.1, 0.6), 4)}},
-              {"model": dpo / "model.safetensors"}, root / "eval", {"scores.jsonl": f"eval {c}".encode()})
-        note = rng.choice(NOTES)
-        if note:
-            index = Index(workspace.index_db)
-            add_note(workspace, index.run(dpo_id), note)
-            index.close()
+              [(dpo, "model")])
+    index.close()
     print(f"built {count} runs in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def timed(fn, repeat: int) -> tuple[float, float, object]:
-    fn()  # warm: caches, first page of the db
-    samples = []
-    result = None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        result = fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[min(len(samples) - 1, int(round(0.95 * (len(samples) - 1))))], result
+def wall(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}): {done.stderr.strip()[-400:]}")
+    return time.perf_counter() - start, done.stdout
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return statistics.median(samples), samples[min(len(samples) - 1, int(round(0.95 * (len(samples) - 1))))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--home", type=Path, default=Path(tempfile.gettempdir()) / "compass-ledger-bench")
-    parser.add_argument("--repeat", type=int, default=40)
+    parser.add_argument("--repeat", type=int, default=10, help="processes per query (p95 of these)")
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args()
 
-    from compass.ledger import Workspace
     from compass.ledger.index import Index
-    from compass.ledger.query import MeaningIndex, search
-    from compass.ledger.record import tracker_for
 
     home = args.home.resolve()
-    if args.rebuild or not (home / "index.db").is_file() or Index(home / "index.db").count() < args.runs:
-        if home.exists():
-            import shutil
-
-            shutil.rmtree(home)
-            shutil.rmtree(home.parent / f"{home.name}-work", ignore_errors=True)
+    have = Index(home / "index.db").count() if (home / "index.db").is_file() else 0
+    if args.rebuild or have < args.runs:
+        shutil.rmtree(home, ignore_errors=True)
         print(f"building a ledger of {args.runs} runs in {home} (once; reused by later runs of this bench)", flush=True)
         build(home, args.runs)
-    os.environ["COMPASS_HOME"] = str(home)
-    workspace = Workspace(home)
-    index = Index(workspace.index_db)
-    total = index.count()
-    client = tracker_for(workspace).client
-    experiment = tracker_for(workspace).experiment_id
+    env = {**os.environ, "COMPASS_HOME": str(home)}
+    total = Index(home / "index.db").count()
 
-    meaning = MeaningIndex(index)
-    t = time.perf_counter()
-    embedded = meaning.update()
-    load_s = time.perf_counter() - t
-    print(f"{total} runs; meaning index: embedded {embedded} new run(s) in {load_s:.1f} s (model load included)", flush=True)
-
-    def mlflow(filter_string: str):
-        return client.search_runs([experiment], filter_string=filter_string, max_results=100)
-
-    # (label, ours, MLflow's equivalent or None when MLflow cannot express it)
+    baseline = [wall([sys.executable, "-c", "pass"], env)[0] for _ in range(args.repeat)]
+    base50, base95 = percentiles(baseline)
     cases = [
-        ("figures: beta = 0.1 and train_loss < 0.3",
-         lambda: search(index, "", where="beta = 0.1 and train_loss < 0.3", limit=100),
-         lambda: mlflow("params.beta = '0.1' and metrics.train_loss < 0.3")),
-        ("figures: gsm8k.accuracy > 0.75",
-         lambda: search(index, "", where="gsm8k.accuracy > 0.75", limit=100),
-         lambda: mlflow("metrics.`gsm8k.accuracy` > 0.75")),
-        ("text: 'tamper_answer dropped' in notes",
-         lambda: search(index, "tamper_answer dropped", mode="text", limit=100),
-         lambda: mlflow("tags.`mlflow.note.content` LIKE '%tamper_answer dropped%'")),
-        ("text: Japanese substring 証券報告",
-         lambda: search(index, "証券報告", mode="text", limit=100),
-         lambda: mlflow("tags.`mlflow.note.content` LIKE '%証券報告%'")),
-        ("figures through lineage: gsm8k.accuracy > 0.7 and dpo.beta = 0.1", lambda: search(index, "", where="gsm8k.accuracy > 0.7 and dpo.beta = 0.1", limit=100), None),
-        ("figures with OR: dpo.beta = 0.05 or sft.learning_rate = 0.0005", lambda: search(index, "", where="dpo.beta = 0.05 or sft.learning_rate = 0.0005", limit=100), None),
-        ("meaning: 'runs where the rejected answers were too easy'", lambda: search(index, "runs where the rejected answers were too easy", mode="meaning", meaning=meaning, limit=100), None),
-        ("all: words + meaning + figures", lambda: search(index, "tamper_answer dropped", where="gsm8k.accuracy > 0.5", meaning=meaning, limit=100), None),
+        ("text", "tamper_answer dropped"), ("text", "dpo with beta 0.1 and lora_r 32"),
+        ("text", "eval of the model trained on pairs with tamper_answer 0"), ("text", "dpo with the best reward accuracy"),
+        ("text", "有価証券報告書のページ"), ("text", "学習率を下げたら損失が安定した"),
+        ("all", "runs where the rejected answers were too easy"), ("all", "長い文脈で試した実行"),
+        ("all", "報酬精度が一番高いDPO"),
     ]
-    print(f"\n{'query':<68} {'ledger p50/p95 ms':>18} {'MLflow p50/p95 ms':>18} {'p95 ratio':>9}  hits")
-    worst = 0.0
-    for label, ours, theirs in cases:
-        p50, p95, hits = timed(ours, args.repeat)
-        worst = max(worst, p95)
-        line = f"{label:<68} {p50:>8.1f} /{p95:>7.1f}"
-        if theirs is not None:
-            m50, m95, mhits = timed(theirs, args.repeat)
-            line += f" {m50:>8.1f} /{m95:>7.1f} {m95 / p95:>8.1f}x  {len(hits)} vs {len(mhits)}"
-        else:
-            line += f" {'(cannot)':>18} {'':>9}  {len(hits)}"
-        print(line, flush=True)
-    print(f"\nworst ledger p95: {worst:.1f} ms (goal < 50 ms at 10k runs) over {total} runs")
-    index.close()
+    print(f"{total} runs; bare interpreter start p50/p95 {base50 * 1000:.0f}/{base95 * 1000:.0f} ms\n")
+    print(f"{'mode':<5} {'query':<58} {'p50 ms':>7} {'p95 ms':>7} {'goal ms':>7} {'p95/goal':>8} {'p95/bare':>8}  first hit")
+    worst = {"text": 0.0, "all": 0.0}
+    for mode, query in cases:
+        command = [sys.executable, "-m", "compass.cli", "runs", "search", "--mode", mode, "--limit", "3", query]
+        samples, out = [], ""
+        for _ in range(args.repeat):
+            seconds, out = wall(command, env)
+            samples.append(seconds)
+        p50, p95 = percentiles(samples)
+        goal = 1.0 if mode == "text" else 2.0
+        worst[mode] = max(worst[mode], p95)
+        first = next((line.strip() for line in out.splitlines() if line.strip().startswith("1.")), "(no hit)")
+        print(f"{mode:<5} {query:<58} {p50 * 1000:>7.0f} {p95 * 1000:>7.0f} {goal * 1000:>7.0f} {p95 / goal:>8.2f} {p95 / base95:>8.1f}  {first[:60]}",
+              flush=True)
+    print(f"\nworst p95 over {total} runs: text {worst['text'] * 1000:.0f} ms (goal < 1000), "
+          f"with meaning {worst['all'] * 1000:.0f} ms (goal < 2000)")
     return 0
 
 

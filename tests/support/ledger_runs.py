@@ -94,10 +94,21 @@ def _fit(x, y, w, b, lr, steps, extra=None):
     return w, b, history
 
 
+def _points(lines: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of line-fit records; other records (real Problem or Pair rows) get x from their position."""
+    x = np.array([r["x"] if "x" in r else (i % 17) / 8 - 1 for i, r in enumerate(lines)])
+    y = np.array([r["y"] if "y" in r else (r["chosen"] if isinstance(r.get("chosen"), float) else 3 * xi + 1)
+                  for r, xi in zip(lines, x)])
+    return x, y
+
+
+def _read_lines(path: Path) -> list[dict]:
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    return [json.loads(line) for file in files for line in file.read_text().splitlines() if line.strip()]
+
+
 def run_sft(config: SftConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
-    recs = [json.loads(line) for line in inputs["data"].read_text().splitlines()]
-    x = np.array([r["x"] for r in recs])
-    y = np.array([r["y"] for r in recs])
+    x, y = _points(_read_lines(inputs["data"]))
     w, b, history = _fit(x, y, 0.0, 0.0, config.learning_rate, config.max_steps)
     (out_dir / "model").mkdir(exist_ok=True)
     (out_dir / "model" / "weights.json").write_text(json.dumps({"w": round(w, 8), "b": round(b, 8)}))
@@ -114,9 +125,7 @@ class DpoConfig(StageConfig):
 
 def run_dpo(config: DpoConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     model = json.loads((inputs["model"] / "weights.json").read_text())
-    pairs = [json.loads(line) for line in inputs["pairs"].read_text().splitlines()]
-    x = np.array([p["x"] for p in pairs])
-    y = np.array([p["chosen"] for p in pairs])
+    x, y = _points(_read_lines(inputs["pairs"]))
 
     def rewards(step, loss):
         chosen = config.beta * step / config.max_steps
@@ -127,7 +136,14 @@ def run_dpo(config: DpoConfig, inputs: dict[str, Path], out_dir: Path) -> dict:
     (out_dir / "model" / "weights.json").write_text(json.dumps({"w": round(w, 8), "b": round(b, 8)}))
     shutil.copyfile(inputs["model"] / "tokenizer.json", out_dir / "model" / "tokenizer.json")
     (out_dir / "log_history.json").write_text(json.dumps(history))
-    return {"train_loss": history[-1]["loss"], "rewards": {"margins": history[-1]["rewards/margins"]}}
+    metrics = {"train_loss": history[-1]["loss"], "rewards": {"margins": history[-1]["rewards/margins"]}}
+    if "eval_pairs" in inputs:  # held-out reward accuracy before/after: a deterministic function of the fit
+        held = len(_read_lines(inputs["eval_pairs"]))
+        before = round(0.5 / (1 + abs(model["w"] - 3)), 4)
+        gain = config.beta * config.max_steps / (1 + config.beta * config.max_steps)
+        after = round(before + (1 - before) * gain * (0.9 + held / 1000), 4)
+        metrics.update({"eval_pairs": held, "eval_before": {"reward_accuracy": before}, "eval_after": {"reward_accuracy": after}})
+    return metrics
 
 
 # --- eval: accuracy of the fitted line on fixed points ---------------------------------------------------
@@ -148,14 +164,16 @@ MODULES = {
                        {"problems": "problems.jsonl"}, run_sources),
     "pairs": _module("pairs", "pairs", PairsConfig, {"problems": Port("problems")}, {"pairs": "pairs.jsonl"}, run_pairs),
     "sft": _module("sft", "line-fit sft", SftConfig, {"data": Port("problems")}, {"model": "model"}, run_sft),
-    "dpo": _module("dpo", "line-fit dpo", DpoConfig, {"model": Port("model dir"), "pairs": Port("pairs")}, {"model": "model"}, run_dpo),
+    "dpo": _module("dpo", "line-fit dpo", DpoConfig, {"model": Port("model dir"), "pairs": Port("pairs"),
+                                                       "eval_pairs": Port("held-out pairs", required=False)}, {"model": "model"}, run_dpo),
     "eval": _module("eval", "line-fit eval", EvalConfig, {"model": Port("model dir")}, {"scores": "scores.jsonl"}, run_eval),
 }
 
 
-def register(monkeypatch) -> None:
+def register(monkeypatch, kinds: tuple[str, ...] | None = None) -> None:
     for kind, module in MODULES.items():
-        monkeypatch.setitem(stages.STAGES, kind, module)
+        if kinds is None or kind in kinds:
+            monkeypatch.setitem(stages.STAGES, kind, module)
 
 
 def run_chain(work: Path, *, beta: float = 0.1, weights: dict | None = None, sft_lr: float = 0.2, raw: Path | None = None) -> dict:
@@ -217,3 +235,107 @@ def workspace_for_test(tmp_path_factory, target: Path, monkeypatch):
     workspace = fresh_workspace(template_dir(tmp_path_factory), target)
     monkeypatch.setenv("COMPASS_HOME", str(workspace.root))
     return workspace
+
+
+# --- a ledger to search: 212 runs, real data stages (sources, decontaminate, pairs) feeding line-fit training --
+NOTES_EN = {
+    "pairs-7": "tamper_answer dropped: rejected answers were too easy to spot",
+    "pairs-21": "baseline strategy mix, same as the paper",
+    "sources-12": "first try with the sampled gsm8k subset",
+    "decontaminate-5": "strict threshold removed half of the problems",
+    "dpo-3": "reward margins exploded after step 4, lowered beta next time",
+    "dpo-9": "best run for the workshop slides",
+    "sft-6": "loss plateaued early; the learning rate was too small",
+    "eval-11": "numbers look suspicious, rerun with the fixed tolerance",
+    "sources-30": "the held-out eval problems, never trained on",
+    "pairs-44": "only number tampering in the thinking, no answer edits",
+    "sft-15": "warm start from the merged checkpoint",
+    "eval-20": "final candidate for the release",
+}
+NOTES_JA = {
+    "pairs-13": "有価証券報告書の問題で作ったペア。思考の数字だけを改ざんした",
+    "sources-3": "最初のデータ取得。重複が多かった",
+    "decontaminate-17": "評価セットとの重なりを取り除いた。閾値を緩めにした",
+    "dpo-5": "報酬のマージンが伸びなかったのでベータを上げた",
+    "dpo-14": "学会発表用の一番良いモデル",
+    "sft-2": "学習率を下げたら損失が安定した",
+    "eval-7": "日本語の算数問題で精度が落ちた",
+    "pairs-33": "答えの改ざんをやめて思考の省略を増やした",
+    "sources-25": "金融の文書から抽出した問題を追加した",
+    "eval-16": "長い文脈で推論が崩れた",
+    "sft-19": "バッチサイズを倍にして再実行",
+    "decontaminate-33": "テストデータの漏れを確認するための実行",
+}
+
+
+def _gsm8k_rows(count: int, offset: int) -> list[dict]:
+    rows = []
+    for i in range(offset, offset + count):
+        a, b = 3 + i % 41, 5 + (i * 7) % 53
+        rows.append({"question": f"A farmer has {a} sheep and buys {b} more. How many sheep are there now? (#{i})",
+                     "answer": f"{a} + {b} = <<{a}+{b}={a + b}>>{a + b}\n#### {a + b}"})
+    return rows
+
+
+def _weights(i: int) -> dict[str, float]:
+    grid = [(0.34, 0.33, 0.33), (0.5, 0.5, 0.0), (0.25, 0.25, 0.5), (0.0, 1.0, 0.0), (0.6, 0.2, 0.2), (0.4, 0.3, 0.3)]
+    omit, numbers, answer = grid[i % len(grid)]
+    return {"omit_thinking": omit, "tamper_thinking_numbers": numbers, "tamper_answer": answer}
+
+
+def build_search_corpus(work: Path) -> dict[str, str]:
+    """Record the corpus through the real runner into the current ledger; returns 'stage-i' -> run id.
+    The real stages must be registered for sources/decontaminate/pairs and the line-fit ones for sft/dpo/eval."""
+    from compass.ledger.index import Index
+    from compass.ledger.record import add_note
+    from compass.ledger.workspace import Workspace
+    from compass.runner import execute_stage
+    from compass.stages import get_stage
+    from support.traces import synthetic_trace
+
+    data = work / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, offset in (("train_a", 0), ("train_b", 500), ("test", 900)):
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _gsm8k_rows(60, offset)))
+    for name, start in (("traces_a", 0), ("traces_b", 40)):
+        (data / f"{name}.jsonl").write_text("".join(synthetic_trace(i).model_dump_json() + "\n" for i in range(start, start + 40)))
+    ids: dict[str, str] = {}
+
+    def run(key: str, kind: str, config: dict, inputs: dict[str, Path], name: str | None = None) -> Path:
+        module = get_stage(kind)
+        out = work / key
+        result = execute_stage(kind, module.Config.model_validate(config), inputs, out, name=name or kind)
+        ids[key] = result.manifest.run_id
+        return out
+
+    sources_out = {}
+    for i in range(40):
+        file = "test.jsonl" if i == 30 else ("train_a.jsonl" if i % 2 == 0 else "train_b.jsonl")
+        entry = {"name": "gsm8k", "path": file, "limit": 5 + i, "sample": i % 3 == 0, "split": "test" if i == 30 else "train"}
+        sources_out[i] = run(f"sources-{i}", "sources", {"seed": 100 + i, "workers": 1, "datasets": [entry]}, {"data": data},
+                             name="eval-problems" if i == 30 else "sources")
+    eval_problems = sources_out[30] / "problems.jsonl"
+    for i in range(40):
+        problems = sources_out[i if i != 30 else 31] / "problems.jsonl"
+        run(f"decontaminate-{i}", "decontaminate",
+            {"seed": 200 + i, "workers": 1, "ngram": 8 + i % 6, "threshold": [0.5, 0.6, 0.7, 0.8, 0.9][i % 5], "max_drop_rate": 0.9},
+            {"problems": problems, "eval": eval_problems})
+    pairs_out = {}
+    for i in range(60):
+        traces = data / ("traces_a.jsonl" if i % 2 == 0 else "traces_b.jsonl")
+        pairs_out[i] = run(f"pairs-{i}", "pairs", {"seed": i, "workers": 1, "max_reject_rate": 0.5, "weights": _weights(i)}, {"traces": traces})
+    for i in range(24):
+        sft = run(f"sft-{i}", "sft", {"seed": 300 + i, "learning_rate": [0.05, 0.1, 0.2, 0.3][i % 4], "max_steps": 6 + i % 5,
+                                      "lora_r": [4, 8, 16][i % 3]},
+                  {"data": sources_out[i] / "problems.jsonl"})
+        dpo = run(f"dpo-{i}", "dpo", {"seed": 400 + i, "beta": [0.05, 0.1, 0.2, 0.3, 0.5][i % 5], "max_steps": 4 + i % 7},
+                  {"model": sft / "model", "pairs": pairs_out[i] / "pairs.jsonl", "eval_pairs": pairs_out[59 - i] / "pairs.jsonl"})
+        run(f"eval-{i}", "eval", {"seed": 500 + i, "tolerance": [0.1, 0.2, 0.3, 0.5][i % 4]}, {"model": dpo / "model"})
+    workspace = Workspace.current()
+    index = Index(workspace.index_db)
+    try:
+        for key, note in {**NOTES_EN, **NOTES_JA}.items():
+            add_note(workspace, index.run(ids[key]), note)
+    finally:
+        index.close()
+    return ids

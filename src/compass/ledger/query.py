@@ -7,8 +7,6 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from compass.errors import CompassError
 from compass.ledger.flat import as_number, format_number
 from compass.ledger.index import Index, RunRow
@@ -109,6 +107,8 @@ class MeaningIndex:
     ledger) are embedded by the first meaning search that finds them missing."""
 
     def __init__(self, index: Index, embedder=None):
+        import numpy as np  # here, not at the top: text search never loads numpy
+
         self.index = index
         self._embedder = embedder
         self._cache_key: tuple | None = None
@@ -138,7 +138,10 @@ class MeaningIndex:
             self.index.put_embeddings([(r, text_sha(t), v.tobytes()) for r, t, v in zip(ids, texts, vectors)])
         return len(missing)
 
-    def matrix(self) -> tuple[list[str], np.ndarray]:
+    def matrix(self):
+        """(run ids, unit-length float32 matrix, one row each)."""
+        import numpy as np
+
         key = self.index.embeddings_version()
         if key != self._cache_key:
             rows = self.index.embeddings()
@@ -149,6 +152,8 @@ class MeaningIndex:
         return self._ids, self._matrix
 
     def hits(self, query: str, allowed: set[str] | None = None) -> list[tuple[str, float]]:
+        import numpy as np
+
         self.update()
         ids, matrix = self.matrix()
         if not ids:
@@ -163,9 +168,9 @@ class MeaningIndex:
 def _fact_node(fact: Fact):
     """The where-node of a fact: over each full key it names (OR); a metric given with decimals as the
     interval that rounds to it."""
-    prefix = f"{fact.stage}." if fact.stage else ""
+    prefixes = [f"{stage}." for stage in fact.stages] or [""]
     items = []
-    for key in fact.keys:
+    for key, prefix in ((k, p) for k in fact.keys for p in prefixes):
         name = prefix + key
         if fact.decimals is not None and isinstance(fact.value, float):
             half = 0.5 * 10 ** -fact.decimals
@@ -213,7 +218,8 @@ def search(index: Index, query: str, *, where: str | None = None, mode: str = "a
             ids &= allowed
         for run_id in ids:
             facts_met[run_id] = facts_met.get(run_id, 0) + 1
-            why.setdefault(run_id, []).append(f"fact {fact}" + (f" (of its {fact.stage} ancestor)" if fact.stage and fact.stage != plan.stage else ""))
+            owner = fact.stage or ("/".join(fact.stages) if fact.stages else None)
+            why.setdefault(run_id, []).append(f"fact {fact}" + (f" (of its {owner} ancestor)" if owner and owner != plan.stage else ""))
 
     fused: dict[str, float] = {}
     if plan.words and mode in ("all", "text"):

@@ -25,7 +25,10 @@ from compass.ledger.redact import Redactor
 from compass.ledger.search_text import figures_of, meaning_text, search_body, text_sha, words_body
 from compass.ledger.store import ContentStore
 from compass.ledger.workspace import Workspace, ledger_lock
-from compass.manifest import Manifest
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compass.manifest import Manifest
 
 MAX_FILE_TAGS = 200  # per role; beyond that the manifest artifact lists every hash
 

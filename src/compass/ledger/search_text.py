@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from compass.ledger.flat import as_number, as_text, flatten, format_number
+from compass.ledger.flat import as_number, as_text, flatten
 
 
 def figures_of(config: dict[str, Any], metrics: dict[str, Any], history: list[tuple[str, int, float]]) -> list[tuple[str, float | None, str, str]]:
@@ -40,21 +40,18 @@ def search_body(manifest: dict[str, Any], summary: dict[str, str], out_files: li
     return "\n".join(lines)
 
 
-MEANING_CHARS = 360  # embedding time grows with the length; the note and the recipe come first
+MEANING_CHARS = 200  # embedding costs ~10 ms per character on one loaded core: the note and the recipe only
 
 
 def meaning_text(stage: str, name: str, note: str, summary: dict[str, str], config: dict[str, Any], metrics: dict[str, Any]) -> str:
-    """A short description for the embedding model: the note and the data recipe first, then the
-    config and metrics (cut at MEANING_CHARS: embedding time grows with the length)."""
-    parts = [note] if note else []  # the note first: it is what a person remembers
-    parts.append(f"{stage} run {name}.")
-    for key, value in summary.items():
-        if value:
-            parts.append(f"{key}: {value}.")
-    parts.append("config: " + ", ".join(f"{k.replace('_', ' ')} {as_text(v)}" for k, v in flatten(config).items()) + ".")
-    numbers = [f"{k.replace('_', ' ')} {format_number(as_number(v))}" for k, v in flatten(metrics).items() if as_number(v) is not None]
-    if numbers:
-        parts.append("metrics: " + ", ".join(numbers) + ".")
+    """What the embedding model reads of a run: its note (what a person remembers), its kind and name, and
+    its data recipe in short. Config values and metrics are not in it: facts and superlatives find those
+    exactly (compass.ledger.understand), and they would only blur the note's meaning."""
+    parts = [note] if note else []
+    parts.append(f"{stage} run {name}." if name != stage else f"{stage} run.")
+    for key in ("sources", "training pairs"):
+        if summary.get(key):
+            parts.append(f"{key}: {summary[key]}.")
     return " ".join(parts)[:MEANING_CHARS]
 
 

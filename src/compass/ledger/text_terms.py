@@ -51,8 +51,8 @@ def japanese_words(chunk: str) -> list[str]:
     out: list[str] = []
     for word in _tagger()(chunk):
         pos = word.feature.pos1
-        if pos in DROPPED_POS:
-            continue
+        if pos in DROPPED_POS or (pos in ("動詞", "形容詞") and word.feature.pos2 == "非自立可能"):
+            continue  # particles, auxiliaries, symbols; light verbs (し/為る, すぎ/過ぎる, いる)
         surface = word.surface
         lemma = word.feature.lemma
         lemma = lemma.split("-")[0] if lemma else None  # unidic writes loan words as ページ-page
@@ -107,7 +107,7 @@ STAGE_WORDS: dict[str, str] = {
     "pair": "pairs", "pairs": "pairs", "ペア": "pairs", "選好ペア": "pairs",
     "decontaminate": "decontaminate", "decontamination": "decontaminate", "decontam": "decontaminate",
     "decontaminated": "decontaminate", "汚染除去": "decontaminate", "除染": "decontaminate", "重複除去": "decontaminate",
-    "sft": "sft", "fine-tune": "sft", "finetune": "sft", "fine-tuning": "sft", "ファインチューニング": "sft", "教師あり学習": "sft",
+    "sft": "sft", "fine-tune": "sft", "finetune": "sft", "fine-tuning": "sft", "fine-tuned": "sft", "finetuned": "sft", "ファインチューニング": "sft", "教師あり学習": "sft",
     "dpo": "dpo", "選好学習": "dpo", "選好最適化": "dpo",
     "eval": "eval", "evals": "eval", "evaluation": "eval", "evaluations": "eval", "評価": "eval", "benchmark": "eval", "ベンチマーク": "eval",
     "merge": "merge", "merged": "merge", "マージ": "merge", "統合": "merge",
@@ -140,9 +140,14 @@ COMPARISONS: dict[str, str] = {
 }
 
 
-def phrase_hits(text: str, table: dict[str, str]) -> list[tuple[int, int, str]]:
+COMPOUND_CONTINUES = re.compile(r"[\u30a0-\u30ff\u3400-\u9fff]")  # katakana or kanji: the noun goes on
+
+
+def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -> list[tuple[int, int, str]]:
     """(start, end, meaning) of every entry of `table` in normalised `text`: Japanese entries by substring
-    (they may be several morphemes), the others as whole words. Longest first, no overlaps."""
+    (they may be several morphemes), the others as whole words. Longest first, no overlaps. `heads_only`:
+    a Japanese entry that a compound noun continues is a modifier, not the head (評価セット is a set, not
+    an evaluation)."""
     low = _normalize(text)
     found: list[tuple[int, int, str]] = []
     taken = [False] * len(low)
@@ -150,6 +155,8 @@ def phrase_hits(text: str, table: dict[str, str]) -> list[tuple[int, int, str]]:
         pattern = re.escape(phrase) if CJK.search(phrase) else rf"(?<![\w\-]){re.escape(phrase)}(?![\w\-])"
         for match in re.finditer(pattern, low):
             if any(taken[match.start():match.end()]):
+                continue
+            if heads_only and CJK.search(phrase) and COMPOUND_CONTINUES.match(low, match.end()):
                 continue
             for i in range(match.start(), match.end()):
                 taken[i] = True

@@ -42,6 +42,7 @@ class Fact:
     decimals: int | None  # a metric given as 0.85 matches 0.8523 (2 decimals); None: exact
     stage: str | None   # the stage kind whose figure it is, when not the run's own
     text: str           # as written, for the reasons
+    stages: list[str] = field(default_factory=list)  # when no stage word says whose: every ancestor kind that has the key
 
     def __str__(self) -> str:
         return self.text
@@ -118,7 +119,7 @@ def understand(index: Index, query: str, vocabulary: Vocabulary | None = None) -
 
     stage_table = dict(STAGE_WORDS)
     stage_table.update({s: s for s in vocab.stages})
-    stage_hits = [(s, e, st) for s, e, st in phrase_hits(text, stage_table) if st in vocab.stages]
+    stage_hits = [(s, e, st) for s, e, st in phrase_hits(text, stage_table, heads_only=True) if st in vocab.stages]
     for s, e, _ in stage_hits:
         take(s, e)
     plan.stages_mentioned = [st for _, _, st in stage_hits]
@@ -148,11 +149,15 @@ def understand(index: Index, query: str, vocabulary: Vocabulary | None = None) -
         if between and op == "=":
             op = between[0][2]
         stage = _owner_stage(plan, vocab, keys, stage_hits, match.start(), japanese)
+        owners = [stage] if stage else []
+        if stage == AMBIGUOUS:
+            owners = [st for st in vocab.stages if st != plan.stage and keys & vocab.keys_by_stage.get(st, set())]
+            stage = owners[0] if len(owners) == 1 else None
         metric = all(vocab.kind.get(k) == "metric" for k in keys)
         decimals = _decimals(raw) if metric and isinstance(value, float) and op == "=" else None
         name = match["key"] if len(keys) > 1 else next(iter(keys))
         plan.facts.append(Fact(name if stage is None else f"{stage}.{name}", sorted(keys), op, value, decimals, stage,
-                               match.group(0).strip()))
+                               match.group(0).strip(), owners))
         take(match.start(), match.end())
 
     # the metric a superlative ranks by: the numeric metric whose words the query names most
@@ -189,10 +194,13 @@ def _owner_stage(plan: Plan, vocab: Vocabulary, keys: set[str], stage_hits, posi
         return nearest[2]
     if plan.stage is None or keys & vocab.keys_by_stage.get(plan.stage, set()):
         return None
-    for stage in plan.stages_mentioned + vocab.stages:
+    for stage in plan.stages_mentioned:
         if keys & vocab.keys_by_stage.get(stage, set()):
             return stage
-    return None
+    return AMBIGUOUS  # some ancestor's: any kind that has the key
+
+
+AMBIGUOUS = "*"
 
 
 def _pick_metric(vocab: Vocabulary, query_words: list[str], stage: str | None) -> tuple[str | None, list[str]]:

