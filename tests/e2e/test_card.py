@@ -43,11 +43,26 @@ CHAIN = {
 }
 
 
+def with_preference_data(chain: dict, folder: Path) -> dict:
+    """The chain with real preference pairs (UltraFeedback-shaped rows) mixed into the DPO pairs at 0.2."""
+    from support import data_formats as F
+
+    F.write_rows(folder / "uf.jsonl", F.ultrafeedback_rows() * 5)
+    stages = []
+    for stage in chain["stages"]:
+        if stage["name"] == "pairs":
+            stages.append({"name": "prefs", "stage": "preference-sources", "inputs": {"data": str(folder)},
+                           "config": {"datasets": [{"path": "uf.jsonl", "name": "ultrafeedback"}]}})
+            stage = {**stage, "inputs": {**stage["inputs"], "preference": "prefs.pairs"}, "config": {"preference_ratio": 0.2}}
+        stages.append(stage)
+    return {**chain, "stages": stages}
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     root = tmp_path_factory.mktemp("card-chain")
     recipe = root / "chain.yaml"
-    recipe.write_text(yaml.safe_dump(CHAIN, sort_keys=False))
+    recipe.write_text(yaml.safe_dump(with_preference_data(CHAIN, root / "prefdata"), sort_keys=False))
     results = run_recipe(recipe, root / "work", log=lambda _: None)
     return results, root
 
@@ -95,6 +110,12 @@ def test_every_figure_is_the_ledgers_value_of_its_run(card, chain):
         row = f'| {name} | [{as_text(pairs.config["weights"][name])}](#run-{pairs.run_id[:12]} "config.weights.{name}") | ' \
               f'[{count}](#run-{pairs.run_id[:12]} "metrics.strategies.{name}") |'
         assert row in card[1]
+    pid = pairs.run_id[:12]
+    assert (f'| real preference pairs (share of all) | [0.2](#run-{pid} "config.preference_ratio") | '
+            f'[{pairs.metrics["preference_pairs"]}](#run-{pid} "metrics.preference_pairs") |') in card[1]
+    prefs = results["prefs"].manifest
+    assert "### prefs (preference-sources)" in card[1] and pairs.metrics["preference_pairs"] > 0
+    assert f'[{prefs.metrics["per_source"]["ultrafeedback"]}](#run-{prefs.run_id[:12]} "metrics.per_source.ultrafeedback")' in card[1]
     for stage in ("eval_sft", "eval_dpo"):
         m = results[stage].manifest
         assert f'[{as_text(flatten(m.metrics)["problems.accuracy"])}]' \

@@ -354,12 +354,14 @@ def _data_section(run: RunRow) -> list[str]:
     metrics = flatten(run.metrics)
     lines: list[str] = []
     if run.stage == "pairs":
-        weights = run.config.get("weights", {})
-        strategies = run.metrics.get("strategies", {})
+        weights, strategies = run.config["weights"], run.metrics["strategies"]
         lines += _table(("DPO strategy", "weight", "pairs"),
                         [(name, link(run, f"config.weights.{name}", weights[name]),
                           link(run, f"metrics.strategies.{name}", strategies[name]) if name in strategies else "-")
-                         for name in weights])
+                         for name in weights]
+                        + ([("real preference pairs (share of all)", link(run, "config.preference_ratio", run.config["preference_ratio"]),
+                             link(run, "metrics.preference_pairs", run.metrics["preference_pairs"]))]
+                           if "preference_pairs" in run.metrics else []))
     if run.stage == "sources":
         for entry in run.config.get("datasets", []):
             where = entry.get("path") or entry.get("hub_id") or "(the source's hub id)"
