@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compass.config import Recipe, YamlDoc, load_recipe
 from compass.errors import CompassError
+from compass.ledger.tracking import recipe_experiment, recipe_run
 from compass.logs import get as get_logger
 from compass.logs import number, result_warnings
 from compass.runner import StageResult, execute_stage
@@ -125,27 +126,32 @@ def _run_recipe(
     workdir.mkdir(parents=True, exist_ok=True)
     stage_names = {e.name for e in recipe.stages}
     results: dict[str, StageResult] = {}
-    for index, entry in enumerate(recipe.stages):
-        if only and entry.name not in only:
-            continue
-        inputs = {}
-        for input_name, ref in entry.inputs.items():
-            head, _, output = ref.partition(".")
-            if head in stage_names and not ref.startswith(("/", "./", "../")):
-                inputs[input_name] = stage_output_path(workdir, head, output or None, recipe, doc, ("stages", index, "inputs", input_name))
-            else:
-                inputs[input_name] = Path(ref)
-        t0 = time.perf_counter()
-        log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
-        result = execute_stage(
-            entry.stage, configs[entry.name], inputs, workdir / entry.name,
-            name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash, sweep=entry.sweep,
-        )
-        state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
-        log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")
-        for text in result_warnings(entry.stage, result.manifest.metrics):
-            get_logger("run").warning(f"warning: {entry.name}: {text}")
-        results[entry.name] = result
+    # MLflow: the recipe's own experiment (unless $MLFLOW_EXPERIMENT_NAME says otherwise), one parent run for
+    # this invocation, the stages that run as its children
+    with recipe_experiment(recipe.name), recipe_run(recipe.name, str(recipe_path), workdir) as parent:
+        for index, entry in enumerate(recipe.stages):
+            if only and entry.name not in only:
+                continue
+            inputs = {}
+            for input_name, ref in entry.inputs.items():
+                head, _, output = ref.partition(".")
+                if head in stage_names and not ref.startswith(("/", "./", "../")):
+                    inputs[input_name] = stage_output_path(workdir, head, output or None, recipe, doc, ("stages", index, "inputs", input_name))
+                else:
+                    inputs[input_name] = Path(ref)
+            t0 = time.perf_counter()
+            log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
+            result = execute_stage(
+                entry.stage, configs[entry.name], inputs, workdir / entry.name,
+                name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash, sweep=entry.sweep,
+            )
+            state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
+            log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")
+            for text in result_warnings(entry.stage, result.manifest.metrics):
+                get_logger("run").warning(f"warning: {entry.name}: {text}")
+            results[entry.name] = result
+        parent.log_summary(summary_table(results), {name: {"kind": r.manifest.stage, "cached": r.cached, "run_id": r.manifest.run_id,
+                                                    "wall_time_s": r.manifest.wall_time_s} for name, r in results.items()})
     return results
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from compass.errors import CompassError
 from compass.hub import resolve_all
 from compass.io import HASH_CACHE_NAME, HashCache, hash_tree, write_json_atomic
 from compass.ledger import detach_links, record_stage_run
+from compass.ledger.tracking import live_stage_run
 from compass.ledger.workspace import find_workspace
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
 from compass.ledger.redact import redact_value
@@ -159,20 +161,22 @@ def _execute_stage(
         remove_orphan_temps(out_dir)  # temp files of atomic writes a killed run never renamed
         detach_links(out_dir)  # files the ledger's store shares by hard link get their own copy before rewrites
     started_at, t0 = now_iso(), time.perf_counter()
-    if gather_from is not None:  # shard runs of this config joined into its unsharded output
-        from compass.launch.gather import gather_shards
+    # the stage's MLflow run is open while it runs (live metrics; FAILED if it raises); rank 0 only
+    with live_stage_run(kind, name or kind, out_dir, recipe) if not secondary else nullcontext():
+        if gather_from is not None:  # shard runs of this config joined into its unsharded output
+            from compass.launch.gather import gather_shards
 
-        metrics = gather_shards(kind, config, input_hashes, gather_from, out_dir, cache)
-    elif launch is not None and launch.slurm is not None:  # a Slurm job (or array of shards), waited for here
-        from compass.launch.slurm import run_on_slurm
+            metrics = gather_shards(kind, config, input_hashes, gather_from, out_dir, cache)
+        elif launch is not None and launch.slurm is not None:  # a Slurm job (or array of shards), waited for here
+            from compass.launch.slurm import run_on_slurm
 
-        metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache,
-                               metrics_file=out_dir / WORKER_METRICS, name=name or kind)
-    elif launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
-        metrics = _run_launched(kind, config, paths, out_dir, launch)
-    else:
-        set_seed(config.seed)
-        metrics = module.run(config, paths, out_dir)
+            metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache,
+                                   metrics_file=out_dir / WORKER_METRICS, name=name or kind)
+        elif launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
+            metrics = _run_launched(kind, config, paths, out_dir, launch)
+        else:
+            set_seed(config.seed)
+            metrics = module.run(config, paths, out_dir)
     wall = time.perf_counter() - t0
 
     manifest = Manifest(

@@ -35,10 +35,11 @@ def test_chain_is_recorded_in_mlflow_with_params_tags_history_and_artifacts(ws, 
     assert tags["compass.run_id"] == manifest.run_id
     assert tags["compass.code.commit"] == (manifest.code.commit or "unknown")
     assert tags["compass.code.dirty"] in ("true", "false", "unknown")
-    # the full sha256 of every output and input file
-    for rel, sha in manifest.outputs.items():
-        assert tags[f"compass.output/{rel}"] == sha and len(sha) == 64
-    assert tags["compass.input.pairs/pairs.jsonl"] == manifest.inputs["pairs"].files["pairs.jsonl"]
+    # the full sha256 of every output and input file: one JSON artifact, not a tag each (issue 16)
+    assert not [k for k in tags if k.startswith(("compass.output", "compass.input", "compass.version."))]
+    files = json.loads(open(client.download_artifacts(dpo.mlflow_run_id, "files.json", str(tmp_path))).read())
+    assert files["outputs"] == manifest.outputs and all(len(sha) == 64 for sha in files["outputs"].values())
+    assert files["inputs"]["pairs"]["pairs.jsonl"] == manifest.inputs["pairs"].files["pairs.jsonl"]
     assert set(tags["compass.parents"].split(",")) == {chain["sft"].manifest.run_id, chain["pairs"].manifest.run_id}
     assert tags["compass.data.pairs"] == "omit_thinking 0.34, tamper_thinking_numbers 0.33, tamper_answer 0.33"
     assert "dpo.beta=0.1" in tags["compass.data.hparams"] and "sft.learning_rate=0.2" in tags["compass.data.hparams"]
@@ -51,7 +52,8 @@ def test_chain_is_recorded_in_mlflow_with_params_tags_history_and_artifacts(ws, 
     assert run.data.metrics["rewards.margins"] == pytest.approx(0.2)
     # the manifest and config as artifacts
     names = {a.path for a in client.list_artifacts(dpo.mlflow_run_id)}
-    assert names == {"manifest.json", "config.yaml"}
+    assert names == {"manifest.json", "config.yaml", "files.json", "outputs"}
+    assert {a.path for a in client.list_artifacts(dpo.mlflow_run_id, "outputs")} >= {"outputs/log_history.json"}
     local = client.download_artifacts(dpo.mlflow_run_id, "manifest.json", str(tmp_path))
     assert json.loads(open(local).read())["run_id"] == manifest.run_id
     index.close()

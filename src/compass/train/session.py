@@ -115,8 +115,13 @@ def train(trainer, resume: Resume, config, plan: DevicePlan):
     and the stage's live MLflow run fed as the trainer logs."""
     from transformers.trainer_callback import PrinterCallback
 
+    from compass.ledger.tracking import live_run_for
+
     trainer.remove_callback(PrinterCallback)  # the raw-dict printer disable_tqdm puts in; LogLines replaces it
     trainer.add_callback(LogLines(len(trainer.train_dataset), resume, config, plan))
+    live = live_run_for(Path(trainer.args.output_dir).parent) if plan.is_main else None  # out_dir/.checkpoints
+    if live is not None:
+        trainer.add_callback(LiveMetrics(live))
     return trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
 
 
@@ -180,6 +185,20 @@ class LogLines(_callback_base()):
             return
         parts = [f"{short} {number(logs[key])}" for key, short in LINE_KEYS.items() if key in logs]
         log.info(f"step {state.global_step}/{state.max_steps}  " + "  ".join(parts))
+
+
+class LiveMetrics(_callback_base()):
+    """Each trainer log entry into the stage's open MLflow run as it is logged, under the names the ledger's
+    history uses (train/loss, ...), so the run's charts grow while it trains."""
+
+    def __init__(self, live):
+        from compass.ledger.history import HISTORY_PREFIX
+
+        self.live, self.prefix = live, HISTORY_PREFIX
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.live.log_entry(state.global_step, logs, self.prefix)
 
 
 def loss_metrics(log_history: list[dict], loss_key: str = "loss") -> dict:
