@@ -88,6 +88,15 @@ def test_a_malformed_row_is_one_line_with_its_row_and_the_expected_shape(tmp_pat
     assert "\n" not in text and text.startswith(f"{path}:2: ") and message in text and "expected" in text, text
 
 
+def test_a_malformed_trace_record_names_its_line_and_field(tmp_path):
+    path = tmp_path / "traces.jsonl"
+    good = synthetic_trace(0).model_dump(mode="json")
+    bad = {**synthetic_trace(1).model_dump(mode="json"), "verified": "maybe"}
+    F.write_rows(path, [good, bad])
+    with pytest.raises(CompassError, match=r"traces.jsonl:2: field 'verified': .*expected a Trace record"):
+        read_sft_examples(path)
+
+
 def test_a_row_fitting_no_format_names_every_expected_one(tmp_path):
     path = F.write_rows(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
     with pytest.raises(CompassError, match=r"odd.jsonl:1: the row fits no SFT format; expected .*messages.*ShareGPT.*alpaca"):
@@ -161,6 +170,9 @@ def test_hh_split_at_the_common_prefix(tmp_path):
     (F.ultrafeedback_rows()[:1] + [{"instruction": "q", "completions": [{"response": "a"}]}], "must have 'response' and 'overall_score'"),
     (F.conversational_preference_rows(1) + [{"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "bot", "content": "a"}],
                                              "rejected": [{"role": "assistant", "content": "b"}]}], r"chosen\[0\] must be"),
+    (F.hh_rows()[:1] + [{"chosen": "yes", "rejected": "no"}], "chosen and rejected share no prompt"),
+    (F.preference_rows(1) + [{"prompt": "q", "chosen": "a", "rejected": ["b"]}],
+     "must both be strings or both message lists"),
 ])
 def test_malformed_preference_rows(tmp_path, rows, message):
     path = F.write_rows(tmp_path / "p.jsonl", rows)

@@ -211,20 +211,20 @@ def _hub_datasets(runs: list[RunRow]) -> list[str]:
     found: list[str] = []
     for run in runs:
         if run.stage == "sources":
-            for entry in run.config.get("datasets", []):
-                if entry.get("path") is None:
-                    found.append(entry.get("hub_id") or SOURCES[entry["name"]].hub_id)
+            for entry in run.config["datasets"]:
+                if entry["path"] is None:
+                    found.append(entry["hub_id"] or SOURCES[entry["name"]].hub_id)
         elif run.stage in ("sft-sources", "preference-sources"):
             found += [report["hub_id"] for report in run.metrics["sources"].values() if "hub_id" in report]
-        elif run.stage == "sft":
-            found += [report["hub_id"] for report in run.metrics.get("sources", {}).values() if "hub_id" in report]
+        elif run.stage == "sft" and "sources" in run.metrics:  # an SFT run on a `mix` of datasets
+            found += [report["hub_id"] for report in run.metrics["sources"].values() if "hub_id" in report]
     return sorted(dict.fromkeys(h for h in found if h))
 
 
 def _languages(runs: list[RunRow]) -> list[str]:
     langs: set[str] = set()
     for run in runs:
-        if run.stage == "sources" and isinstance(run.metrics.get("langs"), dict):
+        if run.stage == "sources":
             langs |= set(run.metrics["langs"])
     return sorted(langs) or ["en"]
 
@@ -363,11 +363,12 @@ def _data_section(run: RunRow) -> list[str]:
                              link(run, "metrics.preference_pairs", run.metrics["preference_pairs"]))]
                            if "preference_pairs" in run.metrics else []))
     if run.stage == "sources":
-        for entry in run.config.get("datasets", []):
-            where = entry.get("path") or entry.get("hub_id") or "(the source's hub id)"
-            lines.append(f"- {entry['name']} split {entry.get('split') or 'default'}: {where}")
-        for entry in run.config.get("reasoning_gym", []):
-            lines.append(f"- reasoning-gym {entry['generator']}, seed {entry.get('seed') or run.config['seed']}")
+        for entry in run.config["datasets"]:
+            where = entry["path"] or entry["hub_id"] or "(the source's own hub id)"
+            lines.append(f"- {entry['name']} split {entry['split'] or 'default'}: {where}")
+        for entry in run.config["reasoning_gym"]:
+            seed = run.config["seed"] if entry["seed"] is None else entry["seed"]
+            lines.append(f"- reasoning-gym {entry['generator']}, seed {seed}")
         lines.append("")
     if run.stage in ("sft-sources", "preference-sources"):
         for name, report in run.metrics["sources"].items():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from compass.commands.card import CardInputs, Ledger, build_card, checkpoint_files
@@ -59,7 +58,9 @@ def export_run(ledger: Ledger, inputs: CardInputs, out: Path) -> dict[str, objec
 
 def push(out: Path, repo: str) -> str:
     """Upload DIR to the hub; one line either way."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
+    from compass.hub import offline
+
+    if offline():
         raise CompassError(f"the hub is offline here (HF_HUB_OFFLINE=1): {out} is ready; upload it later with "
                            f"`huggingface-cli upload {repo} {out}`")
     from huggingface_hub import HfApi
