@@ -26,7 +26,7 @@ DELEGATED = {
     "runs": ("compass.commands.runs", "search, compare and reproduce recorded runs",
              "compass runs list | show RUN | search QUERY | leaderboard | diff A B | lineage RUN | reproduce RUN | report"),
     "card": ("compass.commands.card", "write a model card for a run's checkpoint from the ledger, or --check one",
-             "compass card RUN [--out README.md] [--license L] [--base-model HUB_ID] | compass card --check CARD.md"),
+             "compass card RUN --out card/README.md [--license L] [--base-model HUB_ID] | compass card --check CARD.md"),
     "export": ("compass.commands.export", "a run's checkpoint + card + processor + chat template in the hub layout",
                "compass export RUN --out DIR [--push REPO]"),
 }

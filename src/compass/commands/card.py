@@ -436,7 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="compass card", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"examples:\n  {EXAMPLE}\n  {CHECK_EXAMPLE}")
     parser.add_argument("run", nargs="?", help="run id (or unique prefix) whose checkpoint the card describes")
-    parser.add_argument("--out", type=Path, help="where to write the card (default: README.md in the current directory)")
+    parser.add_argument("--out", type=Path, help="where to write the card, e.g. card/README.md (required with RUN; an "
+                        "existing file is replaced)")
     parser.add_argument("--check", type=Path, metavar="CARD.md", help="re-derive every figure of a card from the ledger")
     parser.add_argument("--license", default="other", help="hub license id for the front matter (default: other)")
     parser.add_argument("--base-model", help="hub id of the model the chain started from (front matter base_model)")
@@ -472,6 +473,8 @@ def main(argv: list[str]) -> int:
         return 0
     if not args.run:
         raise CompassError("give the RUN whose checkpoint the card describes (or --check CARD.md)")
-    out = write_card(ledger, CardInputs(args.run, args.license, args.base_model, args.title), args.out or Path("README.md"))
+    if args.out is None:
+        raise CompassError("give --out PATH for the card (e.g. card/README.md)")
+    out = write_card(ledger, CardInputs(args.run, args.license, args.base_model, args.title), args.out)
     print(out)
     return 0
