@@ -203,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from compass.pipeline import run_recipe
 
     workdir = args.workdir or Path("runs") / Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml")
-    results = run_recipe(args.recipe, workdir, only=args.only, rehash=args.rehash)
+    results = run_recipe(args.recipe, workdir, only=args.only, rehash=args.rehash, jobs=args.jobs)
     from compass.pipeline import summary_table
 
     print("\n" + summary_table(results))
@@ -218,7 +218,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     workdir = args.workdir or Path("runs") / (Path(args.recipe).name.removesuffix(".yaml").removesuffix(".yml") + "-sweep")
     command = shlex.join(["compass", "sweep", str(args.recipe), *[a for s in args.set for a in ("--set", s)],
                           "--workdir", str(workdir)])
-    run_sweep(args.recipe, workdir, args.set, command=command, rehash=args.rehash, dry_run=args.dry_run)
+    run_sweep(args.recipe, workdir, args.set, command=command, rehash=args.rehash, dry_run=args.dry_run, jobs=args.jobs)
     return 0
 
 
@@ -268,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>)")
     run.add_argument("--only", nargs="+", metavar="STAGE", help="run only these stages (their inputs must exist)")
     run.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
+    run.add_argument("--jobs", type=int, default=1, help="stages run at once, each in its own process, once their "
+                     "inputs are done (default 1: one after another)")
     run.set_defaults(handler=cmd_run)
 
     gather = sub.add_parser("gather", help="join the shard runs of a data stage (--shard I/N) into its unsharded output",
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "crossed with the recipe's sweep: block")
     sweep.add_argument("--workdir", type=Path, help="where stage outputs go (default: runs/<recipe name>-sweep)")
     sweep.add_argument("--dry-run", action="store_true", help="write sweep.yaml and print the plan; run nothing")
+    sweep.add_argument("--jobs", type=int, default=1, help="stage runs at once (variants side by side), each in its "
+                       "own process (default 1)")
     sweep.add_argument("--rehash", action="store_true", help="read every file again instead of trusting the stat cache of hashes")
     sweep.set_defaults(handler=cmd_sweep)
 

@@ -12,7 +12,7 @@ from compass.logs import get as get_logger
 from compass.logs import number, result_warnings
 from compass.runner import StageResult, execute_stage
 from compass.stagekit import LOCK_NAME, DirLock
-from compass.stages import get_stage
+from compass.stages import STAGES, get_stage
 
 
 def stage_output_path(workdir: Path, stage_name: str, output: str | None, recipe: Recipe, doc: YamlDoc, where: tuple) -> Path:
@@ -111,9 +111,13 @@ def _run_recipe(
     *,
     only: list[str] | None = None,
     rehash: bool = False,
+    jobs: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict[str, StageResult]:
     from compass.packaged import resolve_launch_config, resolve_recipe
+
+    if jobs < 1:
+        raise CompassError(f"--jobs must be at least 1, got {jobs}")
 
     recipe_file = resolve_recipe(recipe_path)
     recipe, doc = load_recipe(recipe_file)
@@ -129,9 +133,7 @@ def _run_recipe(
     # MLflow: the recipe's own experiment (unless $MLFLOW_EXPERIMENT_NAME says otherwise), one parent run for
     # this invocation, the stages that run as its children
     with recipe_experiment(recipe.name), recipe_run(recipe.name, str(recipe_path), workdir) as parent:
-        for index, entry in enumerate(recipe.stages):
-            if only and entry.name not in only:
-                continue
+        def inputs_of(index: int, entry) -> dict[str, Path]:
             inputs = {}
             for input_name, ref in entry.inputs.items():
                 head, _, output = ref.partition(".")
@@ -139,20 +141,75 @@ def _run_recipe(
                     inputs[input_name] = stage_output_path(workdir, head, output or None, recipe, doc, ("stages", index, "inputs", input_name))
                 else:
                     inputs[input_name] = Path(ref)
-            t0 = time.perf_counter()
-            log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
-            result = execute_stage(
-                entry.stage, configs[entry.name], inputs, workdir / entry.name,
-                name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash, sweep=entry.sweep,
-            )
+            return inputs
+
+        def finished(index: int, entry, result: StageResult, t0: float) -> None:
             state = "cached" if result.cached else f"done in {time.perf_counter() - t0:.1f}s"
             log(f"[{index + 1}/{len(recipe.stages)}] {entry.name}: {state} -> {result.out_dir}")
             for text in result_warnings(entry.stage, result.manifest.metrics):
                 get_logger("run").warning(f"warning: {entry.name}: {text}")
             results[entry.name] = result
+
+        todo = [(index, entry) for index, entry in enumerate(recipe.stages) if not only or entry.name in only]
+        if jobs == 1:
+            for index, entry in todo:
+                t0 = time.perf_counter()
+                log(f"[{index + 1}/{len(recipe.stages)}] {entry.name} ({entry.stage}) ...")
+                result = execute_stage(
+                    entry.stage, configs[entry.name], inputs_of(index, entry), workdir / entry.name,
+                    name=entry.name, launch=launches[entry.name], recipe=str(recipe_path), rehash=rehash, sweep=entry.sweep,
+                )
+                finished(index, entry, result, t0)
+        else:
+            _run_concurrently(todo, jobs, lambda index, entry: (
+                (entry.stage, configs[entry.name], inputs_of(index, entry), workdir / entry.name),
+                {"name": entry.name, "launch": launches[entry.name], "recipe": str(recipe_path), "rehash": rehash,
+                 "sweep": entry.sweep}), finished, stage_names, log, len(recipe.stages))
         parent.log_summary(summary_table(results), {name: {"kind": r.manifest.stage, "cached": r.cached, "run_id": r.manifest.run_id,
                                                     "wall_time_s": r.manifest.wall_time_s} for name, r in results.items()})
     return results
+
+
+def _stage_in_child(registry: dict[str, str], args: tuple, options: dict) -> StageResult:
+    from compass import stages
+
+    stages.STAGES.update(registry)  # the parent's registry, stages registered at run time included
+    return execute_stage(*args, **options)
+
+
+def _run_concurrently(todo: list, jobs: int, call_of, finished, stage_names: set[str], log, total: int) -> None:
+    """Run stages whose upstream stages are done, up to `jobs` at once, each in its own process (spawned: a
+    stage seeds the process's RNGs and sets torch's threads, so two must not share one). The first failure
+    stops new submissions; running stages finish, then it is raised."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    scheduled = {entry.name for _, entry in todo}
+    needs = {entry.name: {ref.partition(".")[0] for ref in entry.inputs.values()
+                          if is_stage_reference(ref, stage_names)} & scheduled for _, entry in todo}
+    pending, running, done = list(todo), {}, set()
+    failure: BaseException | None = None
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while pending or running:
+            if failure is None:
+                for item in [item for item in pending if needs[item[1].name] <= done][: jobs - len(running)]:
+                    pending.remove(item)
+                    index, entry = item
+                    log(f"[{index + 1}/{total}] {entry.name} ({entry.stage}) ...")
+                    args, options = call_of(index, entry)
+                    running[pool.submit(_stage_in_child, dict(STAGES), args, options)] = (index, entry, time.perf_counter())
+            if not running:
+                break
+            complete, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in complete:
+                index, entry, t0 = running.pop(future)
+                try:
+                    finished(index, entry, future.result(), t0)
+                    done.add(entry.name)
+                except BaseException as err:  # kept until the running stages are done, then raised
+                    failure = failure or err
+    if failure is not None:
+        raise failure
 
 
 def headline(metrics: dict) -> str:

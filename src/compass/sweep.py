@@ -248,7 +248,7 @@ def write_sweep(expansion: Expansion, workdir: Path, command: str) -> Path:
 
 
 def run_sweep(recipe_path: str | Path, workdir: str | Path, sets: list[str], *, command: str, rehash: bool = False,
-              dry_run: bool = False, log=print) -> dict:
+              dry_run: bool = False, jobs: int = 1, log=print) -> dict:
     """Expand, write and run a sweep; returns the runner's results by expanded stage name ({} on a dry run)."""
     from compass.pipeline import run_recipe
 
@@ -262,6 +262,6 @@ def run_sweep(recipe_path: str | Path, workdir: str | Path, sets: list[str], *, 
         log(f"  {variant.name}: " + ", ".join(f"{axis}={value}" for axis, value in variant.values.items()))
     if dry_run:
         return {}
-    results = run_recipe(path, workdir, rehash=rehash, log=log)
+    results = run_recipe(path, workdir, rehash=rehash, jobs=jobs, log=log)
     log(f"tables: compass runs table --sweep {expansion.recipe['name']} --rows AXIS --cols AXIS --metric METRIC")
     return results

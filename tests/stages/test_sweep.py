@@ -145,3 +145,24 @@ def test_seed_axis_is_averaged_and_the_cli_prints_the_declared_tables(tmp_path, 
     assert "sweep sweepy: " in out and "tamper_answer \\ require_tags" in out and "(n=2)" in out
     with pytest.raises(CompassError, match="the sweep has no axis 'top_k'"):
         runs_main(["table", "--home", str(ledger.root), "--rows", "top_k", "--cols", "seed", "--metric", "pairs"])
+
+
+def test_jobs_run_independent_stages_at_once_and_give_the_same_bytes(tmp_path, ledger, monkeypatch):
+    from compass import stages
+    from compass.pipeline import run_recipe
+
+    monkeypatch.setitem(stages.STAGES, "rendezvous", "support.rendezvous_stage")
+    a, b = tmp_path / "a.started", tmp_path / "b.started"
+    recipe = tmp_path / "meet.yaml"
+    recipe.write_text(f"""name: meet
+stages:
+  - {{name: left, stage: rendezvous, config: {{me: "{a}", other: "{b}", wait_s: 120}}}}
+  - {{name: right, stage: rendezvous, config: {{me: "{b}", other: "{a}", wait_s: 120}}}}
+""", encoding="utf-8")
+    results = run_recipe(recipe, tmp_path / "meet", jobs=2, log=lambda _: None)  # one after another: a timeout
+    assert {name: r.manifest.metrics["met"] for name, r in results.items()} == {"left": True, "right": True}
+
+    # a sweep with 2 jobs writes exactly the bytes of the same sweep with 1
+    one = run_sweep(_recipe(tmp_path), tmp_path / "one", [], command="c", log=lambda _: None)
+    two = run_sweep(_recipe(tmp_path), tmp_path / "two", [], command="c", jobs=2, log=lambda _: None)
+    assert {n: r.manifest.outputs for n, r in one.items()} == {n: r.manifest.outputs for n, r in two.items()}
