@@ -58,7 +58,7 @@ def test_metric_names_values_and_manifest(llm_run):
     for name in ("gsm8k.cot_on.accuracy", "gsm8k.cot_off.accuracy", "gsm8k.cot_on.format_valid_rate",
                  "gsm8k.cot_off.mean_output_tokens", "gsm8k.cot_gain.accuracy", "gsm8k.cot_token_ratio",
                  "problems.cot_on.accuracy", "chabsa.accuracy", "chabsa.accuracy_norm", "chabsa.macro_f1", "fp2.accuracy",
-                 "edinet_fraud.accuracy", "edinet_fraud.f1", "edinet_fraud.mcc", "edinet_fraud.roc_auc",
+                 "edinet_fraud.accuracy", "edinet_fraud.f1", "edinet_fraud.mcc", "edinet_fraud.roc_auc_loglikelihood",
                  "edinet_fraud.unparseable_rate", "edinet_industry.macro_f1", "edinet_industry.mcc"):
         assert name in metrics, name
     assert "gsm8k.accuracy" not in metrics  # with cot both every math metric names its variant
@@ -211,3 +211,72 @@ def test_mmlongbench_needs_a_vlm_on_the_local_backend(tiny_models, tmp_path, cap
                  str(FIXTURES / "mmlongbench_samples.json"), "--mmlongbench-docs", str(tmp_path / "docs"),
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "needs a vision-language model" in capsys.readouterr().err
+
+
+# --- japanese-lm-fin-harness: lm-evaluation-harness (reference) beside compass's log-likelihoods ----------
+
+HARNESS = Path(__file__).resolve().parents[1] / "fixtures" / "finharness" / "checkout"
+
+
+@pytest.fixture(scope="module")
+def finharness_run(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval-finharness")
+    config = Config(tasks=["chabsa", "cma_basics"], finharness={"protocol": "both", "repo": str(HARNESS)}, batch_size=4)
+    inputs = {"model": tiny_models.llm, "chabsa": FIXTURES / "chabsa"}  # cma_basics: the checkout's own data.json
+    return execute_stage("eval", config, inputs, out)
+
+
+def test_compass_log_likelihoods_equal_lm_eval_per_item(finharness_run):
+    out = finharness_run.out_dir
+    metrics = finharness_run.manifest.metrics
+    for task, n in (("chabsa", 6), ("cma_basics", 4)):
+        # the harness's default prompt version is the one compass's own path implements
+        reference, compass = rows_of(out, f"{task}.reference.vdefault"), rows_of(out, f"{task}.compass")
+        assert len(reference) == len(compass) == n and metrics[f"{task}.compass.n"] == n
+        best = "v" + metrics[f"{task}.reference.prompt_version"].replace(".", "_")
+        assert rows_of(out, f"{task}.reference") == rows_of(out, f"{task}.reference.{best}")
+        for ref, own in zip(reference, compass):
+            assert ref["id"] == own["id"] and ref["input"] == own["input"]  # the same prompt, built by lm-eval
+            assert ref["options"] == [o if task == "cma_basics" else " " + o for o in own["options"]]
+            assert own["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-4)
+    # the default version's figures are compass's (same prompts, same log-likelihoods)
+    assert metrics["cma_basics.reference.vdefault.accuracy"] == metrics["cma_basics.compass.accuracy"]
+    assert metrics["chabsa.reference.vdefault.accuracy"] == metrics["chabsa.compass.accuracy"]
+
+
+def test_reference_takes_the_leaderboards_best_prompt_version(finharness_run):
+    metrics = finharness_run.manifest.metrics
+    averages = {}
+    for version in ("default", "1.0-0.1"):
+        key = "v" + version.replace(".", "_")
+        # make_leaderboard.py: chabsa's f1, cma_basics' acc, averaged over the tasks (zeros left out)
+        values = [v for v in (metrics[f"chabsa.reference.{key}.macro_f1"], metrics[f"cma_basics.reference.{key}.accuracy"]) if v]
+        averages[version] = sum(values) / len(values) if values else 0.0
+        assert metrics[f"chabsa.reference.{key}.leaderboard_average"] == pytest.approx(averages[version])
+    best = "1.0-0.1" if averages["1.0-0.1"] > averages["default"] else "default"
+    assert metrics["chabsa.reference.prompt_version"] == metrics["cma_basics.reference.prompt_version"] == best
+    key = "v" + best.replace(".", "_")
+    assert metrics["chabsa.reference.macro_f1"] == metrics[f"chabsa.reference.{key}.macro_f1"]
+    assert metrics["cma_basics.reference.accuracy"] == metrics[f"cma_basics.reference.{key}.accuracy"]
+
+
+def test_chabsa_macro_f1_the_harness_way_and_compass_way(finharness_run):
+    from sklearn.metrics import f1_score
+
+    out, metrics = finharness_run.out_dir, finharness_run.manifest.metrics
+    reference = rows_of(out, "chabsa.reference")
+    golds, preds = [r["reference"] for r in reference], [r["extracted"].strip() for r in reference]
+    assert metrics["chabsa.reference.macro_f1"] == pytest.approx(f1_score(golds, preds, average="macro") * 1.5)
+    compass = rows_of(out, "chabsa.compass")
+    golds, preds = [r["reference"] for r in compass], [r["extracted"] for r in compass]
+    two_labels = f1_score(golds, preds, labels=["positive", "negative"], average="macro", zero_division=0.0)
+    assert metrics["chabsa.compass.macro_f1"] == pytest.approx(two_labels)
+    assert (out / ".lm_eval_tasks" / "chabsa" / "chabsa.yaml").read_text().count("metric:") == 3  # f1_norm dropped
+
+
+def test_reference_protocol_needs_the_checkout(tmp_path, capsys):
+    from compass.cli import main
+
+    code = main(["eval", "--tasks", "cma_basics", "--finharness-protocol", "reference", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--finharness-repo DIR" in err and len(err.strip().splitlines()) == 1

@@ -49,3 +49,20 @@ def test_protocols_are_checked_per_task():
         Config.model_validate({"tasks": ["problems"], "problems": {"protocol": "both"}})
     with pytest.raises(ValueError, match="protocol"):
         Config.model_validate({"finharness": {"protocol": "maybe"}})
+
+
+def test_output_names_carry_the_protocol_unless_compass_alone():
+    from pathlib import Path
+
+    from compass.stages.evaluate import Config, contexts
+
+    def names(**blocks):
+        config = Config.model_validate({"tasks": ["chabsa"], **blocks})
+        ctx = contexts(config, {}, Path("."))[0]
+        return [ctx.output_name(p) for p in ctx.protocols()]
+
+    assert names() == ["chabsa"]
+    assert names(finharness={"protocol": "reference", "repo": "harness"}) == ["chabsa.reference"]
+    assert names(finharness={"protocol": "both", "repo": "harness"}) == ["chabsa.reference", "chabsa.compass"]
+    with pytest.raises(ValueError, match="needs repo"):
+        names(finharness={"protocol": "both"})

@@ -280,8 +280,10 @@ def test_loglikelihoods_match_a_direct_forward_and_do_not_depend_on_batching(tin
     tok = AutoTokenizer.from_pretrained(str(tiny_models.llm))
     model = AutoModelForCausalLM.from_pretrained(str(tiny_models.llm)).eval()
     context, continuation = pairs[0]
-    ctx = [tok.bos_token_id] + tok.encode(context, add_special_tokens=False)
-    cont = tok.encode(context + continuation, add_special_tokens=False)[len(ctx) - 1:]
+    # lm-eval's split: the tokenizer's own special tokens (this one adds no BOS), context tokens then the rest
+    ctx = tok.encode(context)
+    cont = tok.encode(context + continuation)[len(ctx):]
+    assert ctx[0] != tok.bos_token_id
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(ids).logits[0].float(), -1)
@@ -296,3 +298,9 @@ def test_trailing_context_spaces_move_to_the_continuation(tiny_models):
     model = LocalModel(tiny_models.llm)
     model._load()
     assert model._encode_pair("回答: ", "positive") == model._encode_pair("回答:", " positive")
+    # newlines too, as lm-eval rstrips the whole trailing whitespace
+    assert model._encode_pair("【答え】\n", "A") == model._encode_pair("【答え】", "\nA")
+    tok = model._tokenizer
+    assert model._encode_pair("", "A")[0] == [tok.bos_token_id]  # an empty context is the prefix token
+    with_bos = model._encode_pair(tok.bos_token + "x", " y")[0]
+    assert with_bos.count(tok.bos_token_id) == 1  # a context that starts with BOS gets no second one

@@ -1,11 +1,22 @@
-"""japanese-lm-fin-harness (pfnet-research), 5 tasks, scored like its LM Evaluation Harness tasks: 0-shot,
-context = the task's description + the document's prompt, one log-likelihood request per option
-(continuation = target delimiter + option), prediction = the option with the highest summed log-probability
-(`accuracy`) or the highest log-probability per character of the option (`accuracy_norm`, lm-eval's
-acc_norm). chabsa adds macro-F1 over its two options.
+"""japanese-lm-fin-harness (pfnet-research), 5 tasks on lm-evaluation-harness, in two protocols.
 
-The prompts and options are the harness's default task definitions (its <task>.yaml + utils.py, prompt
-version "0.0"); this is an implementation of the same scoring, not lm-eval itself (not installed here).
+protocol reference (`finharness.repo` = a checkout of the harness): lm-evaluation-harness itself (the
+`lm-eval` extra) runs the checkout's own task files, every prompt version (`<task>.yaml` = 'default' and each
+`<task>-<version>.yaml`, as they are, with their utils.py), 0-shot on the local model through lm-eval's HFLM;
+the data are the checkout's data files (or the task's input) converted to JSONL in its dataset scripts' schema,
+because `datasets` no longer runs loading scripts. The figures are the leaderboard's (make_leaderboard.py):
+per version, chabsa's f1 (sklearn macro-F1 over the labels present x 1.5, the harness's aggregation, registered
+by importing the checkout's jlm_fin_eval) and the others' acc; the best version is the one with the highest
+average over the run's tasks (zeros left out), and every version's figures are reported beside it
+(TASK.reference.v<version>.*). The harness's map*/f1_norm come from a patch in its main.py that no longer
+imports under lm-eval 0.4.13; those metric entries are dropped from the prepared task files.
+
+protocol compass: the harness's default prompts (prompt version "0.0") scored by compass's own
+log-likelihood path, which splits and encodes each (context, continuation) exactly as lm-eval's HF backend
+(tested equal per item to 1e-4 against lm-eval on the tiny model): one request per option (continuation =
+target delimiter + option), prediction = the option with the highest summed log-probability (`accuracy`) or
+the highest log-probability per character of the option (`accuracy_norm`, lm-eval's acc_norm). chabsa adds
+macro-F1 over its two offered labels.
 
 Data, in the harness's own formats:
 - chabsa: the chABSA-dataset JSON files (a directory of them, or one file): {"sentences": [{"sentence",
@@ -16,20 +27,24 @@ Data, in the harness's own formats:
 - cpa_audit: the same JSON schema, or the harness's CPA_AUDIT.xlsx (needs openpyxl; rows with
   abnormal_flg == 1 or an empty question are skipped, answer = a_no - 1, as the harness's loader does).
 
-chabsa macro-F1: the harness reports sklearn's macro-F1 over the labels present x 1.5, which equals the mean
-F1 of 'positive' and 'negative' when gold 'neutral' items exist (their F1 is 0); here that 2-label mean is
-computed directly, so it stays right on data without neutral items.
+chabsa macro-F1 (compass): the mean F1 of 'positive' and 'negative'. The harness's figure (sklearn's macro-F1
+over the labels present x 1.5) equals it only when gold 'neutral' items exist (their F1 is 0) and every
+present label is predicted or gold; the 2-label mean stays right on data without neutral items.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import Field, model_validator
 
 from compass.errors import CompassError
 from compass.evals.data import read_json_rows, require
 from compass.evals.metrics import macro_f1, mean
-from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, Requests, TaskOutput
+from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, LmEvalJob, Requests, TaskOutput
 from compass.stages import Port
 
 TASKS = ("chabsa", "cma_basics", "cpa_audit", "fp2", "security_sales_1")
@@ -187,26 +202,261 @@ def score(task: str, items: list[ChoiceItem], logprobs: list[float]) -> tuple[li
     return rows, metrics
 
 
+# --- the reference protocol: lm-evaluation-harness on the harness's own task files ----------------------
+
+TASK_FILES = "jlm_fin_eval/tasks"  # in a checkout of pfnet-research/japanese-lm-fin-harness
+# the harness's own data files, used when the task's data input is not given (chabsa: the harness downloads the
+# chABSA-dataset from Kaggle, so it has no file in the checkout: give --chabsa DIR)
+CHECKOUT_DATA = {"cma_basics": "jlm_fin_eval/datasets/cma_basics/data.json",
+                 "cpa_audit": "jlm_fin_eval/datasets/cpa/CPA_AUDIT.xlsx",
+                 "fp2": "jlm_fin_eval/datasets/fp2/data.json",
+                 "security_sales_1": "jlm_fin_eval/datasets/security_sales_1/data.json"}
+# metrics lm-eval computes itself for multiple_choice; the harness's map*/f1_norm come from a process_results
+# patch in its main.py, whose CLI imports no longer exist in lm-eval 0.4.13, so those entries are dropped
+LM_EVAL_METRICS = ("acc", "acc_norm", "f1", "mcc")
+DEFAULT_VERSION = "default"  # the task file without a version suffix (<task>.yaml)
+
+
+def harness_rows(task: str, path: Path) -> list[dict]:
+    """The task's data as rows of the harness's dataset scripts (what its doc_to_text functions read)."""
+    path = Path(path)
+    if task == "chabsa":
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        rows = []
+        for file in files:
+            data = json.loads(file.read_text(encoding="utf-8"))
+            require(data, ("sentences",), str(file))
+            for sentence in data["sentences"]:
+                for opinion in sentence["opinions"]:
+                    rows.append({"id": len(rows), "sentence": sentence["sentence"], "target": opinion["target"],
+                                 "polarity": opinion["polarity"]})
+        return rows
+    raw = _cpa_audit_xlsx_rows(path) if task == "cpa_audit" and path.suffix.lower() == ".xlsx" else read_json_rows(path)
+    rows = []
+    for index, row in enumerate(raw):
+        require(row, ("question", "context", "choices", "answer"), f"{path} record {index + 1}")
+        rows.append({"id": int(row["id"]) if "id" in row else index, "question": row["question"], "context": row["context"],
+                     # a datasets Sequence of dicts reads back as a dict of lists, as the harness's utils expect
+                     "choices": {"id": [int(c["id"]) for c in row["choices"]], "text": [c["text"] for c in row["choices"]]},
+                     "answer": int(row["answer"])})
+    return rows
+
+
+def prompt_versions(repo: Path, task: str) -> list[str]:
+    """The prompt versions of a task in the checkout: 'default' (<task>.yaml) and each <task>-<version>.yaml."""
+    folder = Path(repo) / TASK_FILES / task
+    if not (folder / f"{task}.yaml").is_file():
+        raise CompassError(f"{folder}/{task}.yaml not found: finharness.repo must be a checkout of "
+                           "pfnet-research/japanese-lm-fin-harness")
+    found = [f.stem[len(task) + 1:] for f in folder.glob(f"{task}-*.yaml")]
+    return [DEFAULT_VERSION] + sorted(found)
+
+
+def lm_eval_task_name(task: str, version: str) -> str:
+    return task if version == DEFAULT_VERSION else f"{task}-{version}"
+
+
+_METRIC_ENTRY = re.compile(r"^\s*-\s*metric:\s*(\S+)\s*$")
+
+
+def _rewrite_base_yaml(text: str, data_file: Path) -> str:
+    """The task's base YAML with its dataset script replaced by the converted rows (datasets no longer runs
+    loading scripts) and its metric list cut to what lm-eval computes; every prompt line stays as written."""
+    lines, out, in_metrics, keep_entry = text.splitlines(), [], False, True
+    for line in lines:
+        if line.startswith("dataset_path:"):
+            out += ["dataset_path: json", "dataset_kwargs:", "  data_files:", f"    test: {json.dumps(str(data_file))}"]
+            continue
+        if line.startswith("dataset_name:"):
+            out.append("dataset_name: null")
+            continue
+        if line.startswith("metric_list:"):
+            in_metrics = True
+            out.append(line)
+            continue
+        if in_metrics and line and not line[0].isspace() and not line.startswith("-"):
+            in_metrics = False
+        if in_metrics:
+            entry = _METRIC_ENTRY.match(line)
+            if entry:
+                keep_entry = entry.group(1) in LM_EVAL_METRICS
+            if keep_entry:
+                out.append(line)
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def prepare_task_dir(repo: Path, data: dict[str, Path], dest: Path) -> Path:
+    """An lm-eval include path holding, per task, the checkout's own task files (every prompt version and
+    its utils.py, as they are) beside its data converted to JSONL; returns `dest`."""
+    import shutil
+
+    for task, data_path in data.items():
+        source = Path(repo) / TASK_FILES / task
+        target = dest / task
+        target.mkdir(parents=True, exist_ok=True)
+        rows_file = target / "data.jsonl"
+        rows_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in harness_rows(task, data_path)),
+                             encoding="utf-8")
+        for file in sorted(source.iterdir()):
+            if file.suffix == ".py":
+                shutil.copyfile(file, target / file.name)
+            elif file.suffix == ".yaml":
+                text = file.read_text(encoding="utf-8")
+                if file.name == f"{task}.yaml":
+                    text = _rewrite_base_yaml(text, rows_file.resolve())
+                (target / file.name).write_text(text, encoding="utf-8")
+    return dest
+
+
+def _leaderboard_value(task_results: dict) -> float:
+    """The figure the harness's make_leaderboard.py takes per task: f1 if the task reports it, else acc."""
+    return float(task_results["f1,none"] if "f1,none" in task_results else task_results["acc,none"])
+
+
+def best_version(results: dict, tasks: list[str], versions: list[str]) -> tuple[str, dict[str, float]]:
+    """The leaderboard's choice: the prompt version with the highest average over the tasks (a zero figure is
+    left out of that average, as make_leaderboard.py does); returns it and every version's average."""
+    averages = {}
+    for version in versions:
+        values = [_leaderboard_value(results[lm_eval_task_name(t, version)]) for t in tasks]
+        nonzero = [v for v in values if v]
+        averages[version] = sum(nonzero) / len(nonzero) if nonzero else 0.0
+    best = versions[0]
+    for version in versions:  # strictly greater: the first of equal averages wins
+        if averages[version] > averages[best]:
+            best = version
+    return best, averages
+
+
+def _version_key(version: str) -> str:
+    return "v" + version.replace(".", "_")
+
+
+def reference_outputs(task: str, tasks: list[str], versions: list[str], result: dict) -> list[tuple[str, list[dict], dict]]:
+    """(name suffix, rows, metrics) of one task from the lm-eval result of all tasks x versions: '' = the
+    leaderboard's figure (the best version's), then '.v<version>' for each version."""
+    results = result["results"]
+    best, averages = best_version(results, tasks, versions)
+
+    def figures(version: str) -> tuple[list[dict], dict]:
+        name = lm_eval_task_name(task, version)
+        values = results[name]
+        rows = [reference_row(task, sample) for sample in result["samples"][name]]
+        metrics = {"accuracy": float(values["acc,none"]), "accuracy_norm": float(values["acc_norm,none"])}
+        if "f1,none" in values:
+            metrics["macro_f1"] = float(values["f1,none"])  # the harness's figure: sklearn macro-F1 x 1.5
+        metrics.update(leaderboard_average=averages[version], n=len(rows))
+        return rows, metrics
+
+    rows, metrics = figures(best)
+    out = [("", rows, {"prompt_version": best, **metrics})]
+    out += [(f".{_version_key(v)}", *figures(v)) for v in versions]
+    return out
+
+
+def reference_row(task: str, sample: dict) -> dict:
+    """One lm-eval sample as a predictions row: the context, options, per-option log-likelihoods, the pick."""
+    context = sample["arguments"][0][0]  # one (context, continuation) request per option
+    options = [continuation for _, continuation in sample["arguments"]]
+    lls = [float(r[0]) for r in sample["filtered_resps"]]
+    best = max(range(len(lls)), key=lambda i: lls[i])
+    return {"id": f"{task}/{sample['doc_id']}", "input": context, "options": options, "logprobs": lls,
+            "extracted": options[best], "reference": sample["target"], "score": float(sample["acc"]),
+            "score_norm": float(sample["acc_norm"]), "output_tokens": 0}
+
+
 # --- registry tasks ------------------------------------------------------------------------------------
 
 
 class FinHarnessSettings(BenchmarkConfig):
-    """japanese-lm-fin-harness: the five tasks share these settings."""
+    """japanese-lm-fin-harness: the five tasks share these settings. protocol reference: lm-evaluation-harness
+    on the checkout's task files (every prompt version; the leaderboard's best-of-versions figure), needs
+    `repo`; compass: compass's own log-likelihood path on the harness's default prompts (equal to lm-eval's per
+    item) with macro-F1 over the two offered labels."""
+
+    repo: Path | None = Field(None, description="a checkout of pfnet-research/japanese-lm-fin-harness (its task "
+                              "files and data; needed by protocol reference)")
+    prompt_versions: list[str] | None = Field(None, description="reference protocol: the prompt versions to run "
+                                              "('default', '1.0-0.1', ...); None: every version in the checkout")
+
+    @model_validator(mode="after")
+    def _repo_for_reference(self):
+        if self.protocol in ("reference", "both") and self.repo is None:
+            raise ValueError(f"finharness protocol {self.protocol} needs repo: a checkout of "
+                             "pfnet-research/japanese-lm-fin-harness (--finharness-repo DIR)")
+        return self
+
+
+def data_path(ctx) -> Path | None:
+    """The task's data: its input, else (with a checkout) the harness's own file."""
+    if ctx.data_path is not None:
+        return ctx.data_path
+    if ctx.settings.repo is not None and ctx.name in CHECKOUT_DATA:
+        return Path(ctx.settings.repo) / CHECKOUT_DATA[ctx.name]
+    return None
+
+
+def _fin_tasks_of(ctx) -> list[str]:
+    return [t for t in ctx.config.tasks if t in TASKS]
+
+
+def _versions(ctx) -> list[str]:
+    found = prompt_versions(ctx.settings.repo, ctx.name)
+    if ctx.settings.prompt_versions is None:
+        return found
+    missing = [v for v in ctx.settings.prompt_versions if v not in found]
+    if missing:
+        raise CompassError(f"finharness.prompt_versions {missing} not in the checkout's {ctx.name} task files {found}")
+    return list(ctx.settings.prompt_versions)
 
 
 def _load(ctx) -> list[ChoiceItem]:
-    return ctx.limited(load_items(ctx.name, ctx.data_path))
+    return ctx.limited(load_items(ctx.name, data_path(ctx))) if "compass" in ctx.protocols() else []
+
+
+def _reference_job(ctx) -> LmEvalJob:
+    """One job for every fin task of the run x every version (the best version is chosen across tasks); each
+    fin task asks for the same job and the stage runs it once."""
+    fin_tasks = _fin_tasks_of(ctx)
+    repo = Path(ctx.settings.repo)
+    include = prepare_task_dir(repo, {t: _data_of(ctx, t) for t in fin_tasks}, ctx.out_dir / ".lm_eval_tasks")
+    versions = _versions(ctx)
+    names = tuple(lm_eval_task_name(t, v) for v in versions for t in fin_tasks)
+    return LmEvalJob(tasks=names, include_path=include, num_fewshot=0, limit=ctx.config.limit,
+                     extra_imports=(repo.resolve(),), setup=_register_harness_metrics)
+
+
+def _data_of(ctx, task: str) -> Path:
+    if task in ctx.inputs:
+        return ctx.inputs[task]
+    if task in CHECKOUT_DATA:
+        return Path(ctx.settings.repo) / CHECKOUT_DATA[task]
+    raise CompassError(f"task {task}: give its data with --{task.replace('_', '-')} PATH")
+
+
+def _register_harness_metrics() -> None:
+    """Import the checkout's jlm_fin_eval (its __init__ registers the harness's aggregations with lm-eval,
+    e.g. 2class_adjusted_macro_f1_score_for_chabsa)."""
+    importlib.import_module("jlm_fin_eval")
 
 
 def _requests(ctx, items: list[ChoiceItem]) -> Requests:
     out = Requests()
     if "compass" in ctx.protocols():
         out.loglikelihood[ctx.output_name("compass")] = requests(items)
+    if "reference" in ctx.protocols():
+        out.lm_eval["finharness.reference"] = _reference_job(ctx)
     return out
 
 
 def _score(ctx, items: list[ChoiceItem], answers) -> list[TaskOutput]:
     produced = []
+    if "reference" in ctx.protocols():
+        for suffix, rows, metrics in reference_outputs(ctx.name, _fin_tasks_of(ctx), _versions(ctx),
+                                                       answers.lm_eval["finharness.reference"]):
+            produced.append(TaskOutput(ctx.output_name("reference", suffix), rows, metrics))
     if "compass" in ctx.protocols():
         name = ctx.output_name("compass")
         rows, metrics = score(ctx.name, items, answers.loglikelihoods[name])
@@ -215,14 +465,19 @@ def _score(ctx, items: list[ChoiceItem], answers) -> list[TaskOutput]:
 
 
 def _check(ctx) -> None:
-    if ctx.data_path is None:
+    if "reference" in ctx.protocols():
+        from compass.evals.lm_harness import require_lm_eval
+
+        require_lm_eval()
+        _versions(ctx)
+    if data_path(ctx) is None:
         raise CompassError(f"task {ctx.name}: give the harness's data with --{ctx.name.replace('_', '-')} PATH "
                            "(japanese-lm-fin-harness has no hub dataset)")
 
 
 _PORTS = {
     "chabsa": "chABSA-dataset JSON files (directory) or one such file",
-    "cma_basics": "japanese-lm-fin-harness cma_basics data.json",
+    "cma_basics": "japanese-lm-fin-harness cma_basics data.json (default with finharness.repo: the checkout's)",
     "cpa_audit": "japanese-lm-fin-harness CPA_AUDIT.xlsx or data.json in the harness schema",
     "fp2": "japanese-lm-fin-harness fp2 data.json",
     "security_sales_1": "japanese-lm-fin-harness security_sales_1 data.json",
@@ -230,7 +485,7 @@ _PORTS = {
 
 BENCHMARK = Benchmark("finharness", FinHarnessSettings, tuple(
     EvalTask(name=task, kind="loglikelihood", inputs={task: Port(help_text, required=False)}, load=_load,
-             requests=_requests, score=_score, check=_check,
+             requests=_requests, score=_score, check=_check, protocols=("reference", "compass"),
              summary="japanese-lm-fin-harness, 0-shot log-likelihood multiple choice: accuracy, accuracy_norm"
-                     + (", macro_f1" if task == "chabsa" else ""))
+                     + (", macro_f1" if task == "chabsa" else "") + "; reference: lm-eval, best of prompt versions")
     for task, help_text in _PORTS.items()), "japanese-lm-fin-harness settings (all five tasks)")

@@ -100,24 +100,31 @@ class LocalModel:
     # --- log-likelihood ---------------------------------------------------------------------------------
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        """Token ids of context and continuation, split the way the LM Evaluation Harness does: trailing
-        spaces of the context move to the continuation, the whole string is tokenised once, and the
-        continuation is what follows the context's own tokens. A BOS is put first unless the context
-        already starts with it (a chat prompt does)."""
+        """Token ids of context and continuation, split exactly as lm-evaluation-harness's HF backend (0.4.13)
+        does, so compass's log-likelihoods equal lm-eval's per item: trailing whitespace of the context (spaces
+        and newlines) moves to the continuation; strings are encoded with the tokenizer's own special-token
+        default (a BOS only where the tokenizer adds one; none where the text already starts with it, e.g. a
+        chat prompt); the whole string is encoded once and the continuation is what follows the context's
+        token count; an empty context is the prefix token (BOS, else EOS)."""
         tok = self._tokenizer
-        stripped = context.rstrip(" ")
-        if len(stripped) != len(context):
-            continuation = context[len(stripped):] + continuation
-            context = stripped
-        whole = tok.encode(context + continuation, add_special_tokens=False)
-        ctx = tok.encode(context, add_special_tokens=False)
-        if whole[: len(ctx)] != ctx:  # a merge across the boundary: fall back to separate encodings
-            whole = ctx + tok.encode(continuation, add_special_tokens=False)
-        cont = whole[len(ctx):]
+        n_trailing = len(context) - len(context.rstrip())
+        if n_trailing:
+            continuation = context[-n_trailing:] + continuation
+            context = context[:-n_trailing]
+
+        def encode(text: str) -> list[int]:
+            if tok.bos_token is not None and text.startswith(tok.bos_token):
+                return tok.encode(text, add_special_tokens=False)
+            return tok.encode(text)
+
+        if not context:
+            prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+            ctx, cont = [prefix], encode(continuation)
+        else:
+            ctx = encode(context)
+            cont = encode(context + continuation)[len(ctx):]
         if not cont:
             raise CompassError(f"continuation {continuation!r} encodes to no tokens")
-        if tok.bos_token_id is not None and not (ctx and ctx[0] == tok.bos_token_id):
-            ctx = [tok.bos_token_id] + ctx
         return ctx, cont
 
     def loglikelihoods(self, pairs: list[tuple[str, str]], progress=None) -> list[LogLikelihood]:

@@ -162,6 +162,7 @@ class Engines:
         self._generator = None
         self._scorer = None
         self._lm_eval_model = None
+        self._lm_eval_results: dict = {}  # job -> result: tasks sharing one job (fin-harness) run it once
 
     def _local_model(self):
         from compass.generate.local_model import LocalModel
@@ -218,7 +219,9 @@ class Engines:
 
             self._lm_eval_model = load_hflm(self.model, device=self.config.device, dtype=self.config.dtype,
                                             batch_size=self.config.batch_size)
-        return run_job(self._lm_eval_model, job, seed=self.config.seed)
+        if job not in self._lm_eval_results:
+            self._lm_eval_results[job] = run_job(self._lm_eval_model, job, seed=self.config.seed)
+        return self._lm_eval_results[job]
 
 
 # --- the stage -----------------------------------------------------------------------------------------
