@@ -49,6 +49,15 @@ def tiny_models(tmp_path_factory) -> TinyModels:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny_families(tmp_path_factory):
+    """`build(name)` -> a tiny model directory of that family (VLM families and text LLMs with real chat
+    templates, see support.tiny_families), each built once per session on first use. Read-only for tests."""
+    from support.tiny_families import FamilyModels
+
+    return FamilyModels(tmp_path_factory.mktemp("tiny_families"))
+
+
 # --- run ledger (owned by compass.ledger) ---------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
 def ledger_home(tmp_path_factory) -> Path:
@@ -59,7 +68,7 @@ def ledger_home(tmp_path_factory) -> Path:
 
 
 # --- test tiers (markers registered in pyproject.toml) -------------------------------------------------
-MODEL_FIXTURES = {"tiny_models"}  # session fixtures that build models: a test using one is tier "models"
+MODEL_FIXTURES = {"tiny_models", "tiny_families"}  # session fixtures that build models: a test using one is tier "models"
 
 
 def pytest_collection_modifyitems(config, items):

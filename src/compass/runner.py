@@ -62,6 +62,11 @@ def resolve_inputs(kind: str, inputs: dict[str, str | Path]) -> dict[str, Path]:
                 raise CompassError(f"stage {kind}: missing input '{name}' ({port.help})")
             continue
         path = Path(inputs[name]).resolve()
+        if not path.exists() and port.hub_model:
+            from compass.models.hub_models import looks_like_repo_id, snapshot_dir
+
+            if looks_like_repo_id(str(inputs[name])):
+                path = snapshot_dir(str(inputs[name]))  # a hub model id: its snapshot in the local hub cache
         if not path.exists():
             raise CompassError(f"stage {kind}: input '{name}' does not exist: {path}")
         resolved[name] = path

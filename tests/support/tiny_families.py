@@ -120,8 +120,10 @@ def build_qwen3_vl(out: Path, seed: int = 0) -> Path:
     from compass.models.processors import ImageOnlyQwen3VLProcessor
 
     tok = build_tokenizer(qwen_spec(trl_template("qwen3_vl")), seed)
-    text = _text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2],
-                                       "mrope_interleaved": True})
+    # 3 text layers: deepstack features join after text layers 0 and 1; after the last one they could only reach
+    # the image positions' own logits (no loss there), so their merger would never train
+    text = _text(tok, num_hidden_layers=3, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                            "mrope_section": [1, 1, 2], "mrope_interleaved": True})
     config = Qwen3VLConfig(
         text_config=text,
         vision_config=dict(depth=2, hidden_size=H, intermediate_size=2 * H, num_heads=4, out_hidden_size=H,
@@ -185,7 +187,7 @@ def build_mistral3(out: Path, seed: int = 0) -> Path:
         vision_config=dict(model_type="pixtral", hidden_size=H, intermediate_size=2 * H, num_hidden_layers=2,
                            num_attention_heads=4, head_dim=8, image_size=56, patch_size=14),
         image_token_index=tok.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2, vision_feature_layer=-1,
-        projector_hidden_act="gelu", multimodal_projector_bias=False)
+        projector_hidden_act="gelu", multimodal_projector_bias=False, tie_word_embeddings=False)
     torch.manual_seed(seed)
     model = Mistral3ForConditionalGeneration(config)
     _save(model, tok, out)
@@ -287,3 +289,37 @@ def build_text_llm(family: str, out: Path, seed: int = 0) -> Path:
 
 
 TEXT_FAMILIES = ("qwen3", "mistral", "gemma", "llama")
+
+
+class FamilyModels:
+    """Builds each family's tiny model once (seed 0) under `root`, on first request."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.built: dict[str, Path] = {}
+
+    def __call__(self, name: str) -> Path:
+        if name not in self.built:
+            import torch
+
+            torch.set_num_threads(1)
+            out = self.root / name
+            if name in VLM_BUILDERS:
+                self.built[name] = VLM_BUILDERS[name](out)
+            else:
+                self.built[name] = build_text_llm(name, out)
+        return self.built[name]
+
+
+def marked_mistral_template() -> str:
+    """What a user passes as --chat-template for Mistral-Small-3.1: its real template with the assistant's content
+    and closing </s> wrapped in generation markers, and one fix: the published template tests whether the system
+    *message* is a string (never true) instead of its content, so a plain-string system prompt fails to render."""
+    text = MISTRAL_TEMPLATE.read_text(encoding="utf-8")
+    plain = "{{- message['content'] + eos_token }}"
+    parts = "{{- message['content'][0]['text'] + eos_token }}"
+    system_check = "{%- if messages[0] is string %}"
+    assert text.count(plain) == 1 and text.count(parts) == 1 and text.count(system_check) == 1
+    return (text.replace(plain, "{% generation %}" + plain + "{% endgeneration %}")
+                .replace(parts, "{% generation %}" + parts + "{% endgeneration %}")
+                .replace(system_check, "{%- if messages[0]['content'] is string %}"))

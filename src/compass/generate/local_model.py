@@ -83,6 +83,8 @@ class LocalModel:
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
         self._model = model.to(self.device).eval()
+        self._stop_ids = stop_token_ids(model.generation_config, self._tokenizer,
+                                        self._processor if self.vlm else self._tokenizer)
 
     @property
     def tokenizer(self):
@@ -196,7 +198,8 @@ class LocalModel:
         sample = first.temperature > 0
         if sample and first.seed is not None:
             torch.manual_seed(first.seed)
-        options = dict(max_new_tokens=first.max_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id)
+        options = dict(max_new_tokens=first.max_tokens, do_sample=sample, pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=self._stop_ids)
         if sample:
             options.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
         with torch.inference_mode():
@@ -206,8 +209,9 @@ class LocalModel:
         results = []
         for request, row in zip(batch, new):
             finish = "length"
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
+            stops = [i for i, token in enumerate(row) if token in self._stop_ids]
+            if stops:  # the answer ends before the first stop token; what follows is batch padding
+                row = row[: stops[0]]
                 finish = "stop"
             text = tokenizer.decode(row, skip_special_tokens=True)
             results.append(GenResult(request.id, text, None, 1, len(row), latency, finish, request.meta))
@@ -232,15 +236,40 @@ def _max_positions(config: dict) -> int:
 
 
 def load_vlm_processor(model_dir: Path):
-    """compass's torchvision-free OneVision processor when the directory was written by compass, otherwise
-    the directory's own processor class through AutoProcessor."""
-    processor_config = Path(model_dir) / "processor_config.json"
-    if processor_config.is_file():
-        data = json.loads(processor_config.read_text(encoding="utf-8"))
-        if "processor_class" in data and data["processor_class"] == "ImageOnlyOnevisionProcessor":
-            from compass.models.vlm import load_processor
+    """The VLM's processor: the stock one with torchvision, else the family's torchvision-free class."""
+    from compass.models.processors import load_processor
 
-            return load_processor(model_dir)
-    from transformers import AutoProcessor
+    return load_processor(model_dir)
 
-    return AutoProcessor.from_pretrained(str(model_dir))
+
+def stop_token_ids(generation_config, tokenizer, renderer) -> list[int]:
+    """Every id generation stops at: generation_config.eos_token_id (an int or a list: Gemma3 lists <eos> and
+    <end_of_turn>), the tokenizer's eos, and the special token the chat template closes an assistant turn with
+    (e.g. <|im_end|>, <end_of_turn>, <|eot_id|>), found by rendering one turn."""
+    configured = generation_config.eos_token_id
+    ids = [configured] if isinstance(configured, int) else list(configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    ids.extend(end_of_turn_ids(tokenizer, renderer))
+    return sorted(set(ids))
+
+
+END_OF_TURN_PROBE = "compass-end-of-turn-probe"
+
+
+def end_of_turn_ids(tokenizer, renderer) -> list[int]:
+    """The special token right after an assistant message's text in the rendered chat, if there is one."""
+    from transformers import ProcessorMixin
+
+    if renderer.chat_template is None:
+        return []
+    if isinstance(renderer, ProcessorMixin):  # processors' templates take lists of parts
+        messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": END_OF_TURN_PROBE}]}]
+    else:
+        messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": END_OF_TURN_PROBE}]
+    text = renderer.apply_chat_template(messages, tokenize=False)
+    after = text.split(END_OF_TURN_PROBE, 1)[1]
+    ids = tokenizer.encode(after, add_special_tokens=False)
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return [ids[0]] if ids and ids[0] in special else []

@@ -61,7 +61,10 @@ def choose_training_template(processing_class, model_dir: Path, chat_template: P
         return TemplateChoice(own, "model")
     from trl.chat_template_utils import get_training_chat_template
 
-    patched = get_training_chat_template(processing_class)
+    try:
+        patched = get_training_chat_template(processing_class)
+    except ValueError:  # TRL's way of saying it has no training copy of this template
+        patched = None
     if patched is not None and has_generation_markers(patched):
         return TemplateChoice(patched, "trl")
     raise CompassError(f"{model_dir}: its chat template has no {{% generation %}} markers (needed for assistant-only "

@@ -166,10 +166,11 @@ def lora_leaf_names(model, parts_obj: ModelParts) -> list[str]:
 
 
 def tie_word_embeddings(config) -> bool:
-    """Whether the output head shares the input embedding's weight. The text config's flag wins where it has
-    one (Gemma3 keeps it there); Qwen-VL's text configs have none and the top-level flag holds."""
-    text = config.get_text_config(decoder=True)
-    for candidate in (text, config):
+    """Whether the output head shares the input embedding's weight: the top-level flag, which is the one
+    transformers 5.23 ties by (PreTrainedModel.tie_weights reads `config.tie_word_embeddings`); a composite config
+    without one falls back to its text config's. A VLM's text config may say otherwise (a tiny Mistral3 built with
+    a text config of False still ties when the top level says True), so callers check it against the model."""
+    for candidate in (config, config.get_text_config(decoder=True)):
         if "tie_word_embeddings" in candidate.to_dict():
             return bool(candidate.to_dict()["tie_word_embeddings"])
-    raise CompassError(f"{type(config).__name__}: no tie_word_embeddings flag in the config or its text config")
+    return False  # transformers' own default when no config says

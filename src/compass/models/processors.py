@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import (
@@ -204,3 +205,59 @@ def tokens_per_image(processor: ProcessorMixin, width: int, height: int) -> int:
     tokens plus the family's wrappers such as row breaks)."""
     data = processor._get_num_multimodal_tokens(image_sizes=[(height, width)])
     return int(data["num_image_tokens"][0])
+
+
+# --- fitting page images to a token budget ---------------------------------------------------------------
+MIN_LONG_SIDE = 224  # px: below this a page's text is unreadable for any of the families
+
+
+@dataclass(frozen=True)
+class ImageFit:
+    """How a prompt's images were capped to fit: the long side they were scaled to (None = as given), how many
+    images were kept (from the start), and the prompt's exact token count as the processor makes it."""
+
+    max_long_side: int | None
+    images_kept: int
+    tokens: int
+
+
+def prompt_tokens(processor: ProcessorMixin, prompt: str, images: list) -> int:
+    """The token count of `prompt` with `images`, exactly as the processor expands the image placeholders."""
+    encoded = processor(text=[prompt], images=[images] if images else None, return_tensors="np")
+    return int(encoded["input_ids"].shape[1])
+
+
+def _scaled(images: list, long_side: int | None) -> list:
+    if long_side is None:
+        return images
+    out = []
+    for image in images:
+        scale = long_side / max(image.size)
+        out.append(image if scale >= 1 else image.resize((max(1, round(image.width * scale)),
+                                                          max(1, round(image.height * scale)))))
+    return out
+
+
+def fit_images(processor: ProcessorMixin, prompt_for, images: list, budget: int) -> tuple[list, ImageFit]:
+    """Images scaled down (long side halving toward MIN_LONG_SIDE) and then, if still too long, cut from the end
+    until `prompt_for(n_images)` with them fits `budget` tokens. Families whose image tokens do not depend on the
+    resolution (Gemma3, fixed-size SigLIP towers) only drop images. Fails when not even the text fits."""
+    longest = max((max(i.size) for i in images), default=0)
+    sides: list[int | None] = [None]
+    side = longest // 2
+    while side >= MIN_LONG_SIDE:
+        sides.append(side)
+        side //= 2
+    if longest > MIN_LONG_SIDE:
+        sides.append(MIN_LONG_SIDE)
+    for side in sides:
+        scaled = _scaled(images, side)
+        tokens = prompt_tokens(processor, prompt_for(len(scaled)), scaled)
+        if tokens <= budget:
+            return scaled, ImageFit(side, len(scaled), tokens)
+    for kept in range(len(images) - 1, -1, -1):
+        scaled = _scaled(images[:kept], sides[-1])
+        tokens = prompt_tokens(processor, prompt_for(kept), scaled)
+        if tokens <= budget:
+            return scaled, ImageFit(sides[-1], kept, tokens)
+    raise CompassError(f"the prompt alone is {tokens} tokens, over the budget of {budget}")

@@ -26,6 +26,7 @@ from compass.errors import CompassError
 class Port:
     help: str
     required: bool = True
+    hub_model: bool = False  # also takes a hub model id (owner/name[@revision]), resolved to its cache snapshot
 
 
 # stage kind -> module. The CLI verb of a stage is its kind.

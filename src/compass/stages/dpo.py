@@ -35,10 +35,11 @@ class Config(TrainConfig):
 
 
 INPUTS = {
-    "model": Port("LLM directory to train, e.g. the merged SFT model"),
+    "model": Port("LLM directory or hub id (owner/name[@revision]) to train, e.g. the merged SFT model", hub_model=True),
     "pairs": Port("Pair records (JSONL file or shard directory)"),
     "eval_pairs": Port("held-out Pair records: reward accuracy and margin before vs after", required=False),
 }
+    "chat_template": Port("a chat template file (Jinja) to render with instead of the model's own", required=False),
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
 EVAL_KEYS = {"loss": "eval_loss", "reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",
@@ -61,7 +62,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                            "(take its LLM out with `compass decompose`)")
     train_pairs = D.read_pairs(inputs["pairs"])
     eval_pairs = D.read_pairs(inputs["eval_pairs"]) if "eval_pairs" in inputs else None
-    tokenizer = M.load_processing_class(inputs["model"], kind)
+    # DPO needs no assistant mask: the model's own template, or --chat-template's
+    tokenizer = M.load_processing_class(inputs["model"], kind, inputs.get("chat_template"), assistant_masks=False)
     resume = prepare_checkpoints(out_dir, config, inputs, plan)
     # TRL's config first: under ZeRO-3 it must exist before the model loads, so that loading partitions it
     args = DPOConfig(

@@ -110,7 +110,8 @@ Config = create_model(
 )
 
 INPUTS: dict[str, Port] = {
-    "model": Port("model directory (LLM or VLM, transformers format); not needed with backend openai", required=False),
+    "model": Port("model directory or hub id (owner/name[@revision]; LLM or VLM, transformers format); not needed "
+                  "with backend openai", required=False, hub_model=True),
 }
 for _bench in benchmarks():
     for _task in _bench.tasks:

@@ -40,7 +40,7 @@ class Config(StageConfig):
 
 
 INPUTS = {
-    "base": Port("base model directory (transformers, safetensors)"),
+    "base": Port("base model directory or hub id (owner/name[@revision]; transformers, safetensors)", hub_model=True),
     "adapter": Port("PEFT LoRA adapter directory (method lora)", required=False),
     "finetuned": Port("task_arithmetic: a finetuned model directory, or a directory of model directories (sorted by name)", required=False),
 }

@@ -45,11 +45,15 @@ class Config(TrainConfig):
 
 
 INPUTS = {
-    "model": Port("model directory: an LLM (text SFT) or a LLaVA-style VLM (SFT with images)"),
+    "model": Port("model directory or hub id (owner/name[@revision]): an LLM (text SFT) or a VLM of a supported "
+                  "family (SFT with images)", hub_model=True),
     "data": Port("SFT rows (JSONL/parquet file or shard directory): TRL messages or prompt/completion (with images for a VLM), "
                  "ShareGPT, alpaca, Trace or DocExample records; with `mix`, the directory its paths are read from",
                  required=False),
 }
+    "chat_template": Port("a chat template file (Jinja) with {% generation %} markers, for a model whose own template "
+                          "has none and for which TRL ships no training template (e.g. Mistral-Small-3.1)",
+                          required=False),
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
 
@@ -79,9 +83,12 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     examples, data_sources = D.sft_examples(inputs.get("data"), config.data_format, config.mix, config.seed,
                                             out_dir / "data_images")
     batching = choose_batching(config.batching, vision=kind == "vlm")
-    processing_class = M.load_processing_class(inputs["model"], kind)
+    processing_class, template = M.load_for_training(inputs["model"], kind, inputs.get("chat_template"))
 
-    data_metrics: dict = {"examples": len(examples), **data_sources}
+    from compass.models.hub_models import hub_origin
+
+    data_metrics: dict = {"examples": len(examples), **data_sources, "chat_template": template.source,
+                          "chat_template_sha256": template.sha256, "model_hub": hub_origin(inputs["model"])}
     if kind == "llm":
         tokenized = D.tokenize_sft(processing_class, examples, config.max_length)
         dataset = tokenized.dataset
@@ -102,27 +109,19 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         max_length=None if batching == "padding_free" else config.max_length,
     )
     model = M.load_model(inputs["model"], kind, torch.bfloat16 if plan.bf16 else torch.float32)
-    peft_config = M.lora_config(config, model, kind, parts) if use_lora else None
+    full = M.plan_full_training(model, kind, parts)
+    peft_config = M.lora_config(config, model, kind, full) if use_lora else None
     if not use_lora:
-        M.freeze_all_but(model, parts)
+        M.freeze_all_but(model, full)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=peft_config)
     trainable = M.trainable_parameter_count(trainer.model)
+    if use_lora:
+        M.train_bare_parameters(trainer.model, full)  # e.g. OneVision's image_newline, outside any PEFT module
     output = train(trainer, resume, config, plan)  # compass's log lines and live MLflow metrics around trainer.train
 
     adapter_dir = out_dir / "adapter"
-    if use_lora:
-        trainer.save_model(str(adapter_dir))  # every process calls it (ZeRO-3 gathers); the main one writes
-        if plan.is_main:
-            M.tidy_adapter_dir(adapter_dir)
-    else:
-        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # gathered on every process
-        if plan.is_main:
-            from safetensors.torch import save_file
-
-            adapter_dir.mkdir(parents=True, exist_ok=True)
-            save_file(M.trained_parts_state(state, trainer.model, parts), str(adapter_dir / M.TRAINED_PARTS_FILE))
-            processing_class.save_pretrained(str(adapter_dir))
+    M.save_trained(trainer, adapter_dir, full, use_lora, plan.is_main, processing_class)
     trainer.accelerator.wait_for_everyone()
     metrics = {"model_kind": kind, "train": config.train if kind == "vlm" else "llm", "full_parts": parts,
                "lora": use_lora, "batching": batching, "trainable_params": trainable, **data_metrics}

@@ -61,6 +61,12 @@ def load_for_training(model_dir: Path, kind: ModelKind, chat_template: Path | No
 
         processing_class = load_processor(model_dir)
     if not assistant_masks:
+        if chat_template is not None:  # replaces the model's template (marks are not needed, and do no harm)
+            from compass.models.chat_templates import TemplateChoice, set_template
+
+            choice = TemplateChoice(Path(chat_template).read_text(encoding="utf-8"), f"file:{Path(chat_template).name}")
+            set_template(processing_class, choice.template)
+            return processing_class, choice
         if processing_class.chat_template is None:
             raise CompassError(f"{model_dir}: no chat template; training renders conversations with one")
         return processing_class, None

@@ -1,0 +1,279 @@
+"""Every VLM family compass supports, on tiny random-weight models with the families' real chat templates: parts
+resolved per family, SFT on DocExamples (loss falls, only the chosen parts change), task arithmetic 0.25, portable
+outputs; text SFT + DPO on tiny Qwen3, Mistral, Gemma and Llama LLMs with their real templates."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from compass.errors import CompassError
+from compass.models.families import FAMILIES, resolve, trainable_leaves
+from compass.runner import execute_stage
+from compass.stages import dpo, merge, sft
+from support.tiny_families import TEXT_FAMILIES, VLM_BUILDERS, marked_mistral_template
+from support.train_records import write_doc_examples, write_pairs, write_traces
+
+torch.set_num_threads(1)
+
+TINY = dict(global_batch_size=2, micro_batch_size=2, lora_r=4, lora_alpha=8, learning_rate=1e-2,
+            max_length=1024, logging_steps=1, warmup_ratio=0.0)
+VLMS = sorted(VLM_BUILDERS)
+
+
+def load_vlm(path):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def mistral_template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("templates") / "mistral_small_3_1_training.jinja"
+    path.write_text(marked_mistral_template(), encoding="utf-8")
+    return path
+
+
+def sft_inputs(model_dir, data, family, mistral_template) -> dict:
+    inputs = {"model": model_dir, "data": data}
+    if family in ("mistral3", "mistral"):  # TRL ships no training template for Mistral-Small-3.1
+        inputs["chat_template"] = mistral_template
+    return inputs
+
+
+@pytest.mark.parametrize("family", VLMS)
+def test_parts_cover_every_parameter_once(tiny_families, family):
+    model = load_vlm(tiny_families(family))
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    parts = resolve(model)
+    assert parts.family.model_type == family
+    names = [n for n, _ in model.named_parameters()]
+    owners = {n: parts.part_of(n) for n in names}
+    assert {n for n, p in owners.items() if p is None} <= {"lm_head.weight"}
+    for part in ("language_model", "vision_tower", "projector"):
+        owned = {n for n, p in owners.items() if p == part}
+        assert owned, part
+        leaves = trainable_leaves(model, parts, [part])
+        covered = {n for n in names if any(n == m or n.startswith(m + ".") for m in leaves.modules)}
+        assert covered | set(leaves.parameters) == owned  # exactly the part, nothing more
+        modules = dict(model.named_modules())
+        assert not any(isinstance(modules[m], (torch.nn.ModuleList, torch.nn.ModuleDict)) for m in leaves.modules)
+    projector = trainable_leaves(model, parts, ["projector"])
+    if family == "qwen3_vl":
+        assert {"model.visual.deepstack_merger_list.0", "model.visual.deepstack_merger_list.1",
+                "model.visual.merger"} == set(projector.modules)
+    if family == "llava_onevision":
+        assert projector.parameters == ["model.image_newline"]
+
+
+def test_unknown_class_fails_with_the_supported_list():
+    with pytest.raises(CompassError, match=r"unsupported VLM class Linear; supported: LLaVA-OneVision .*Qwen3-VL"):
+        resolve(torch.nn.Linear(2, 2))
+    assert len(FAMILIES) == 7
+
+
+@pytest.mark.parametrize("family", VLMS)
+def test_vlm_sft_merge_and_task_arithmetic(tiny_families, family, tmp_path, mistral_template):
+    base_dir = tiny_families(family)
+    data = write_doc_examples(tmp_path / "docs", 4)
+    config = sft.Config(max_steps=6, merge=True, train="both", **TINY)
+    result = execute_stage("sft", config, sft_inputs(base_dir, data, family, mistral_template), tmp_path / "sft")
+    m = result.manifest.metrics
+    assert m["last_loss"] < m["first_loss"]
+    assert m["chat_template"] == {"llava_onevision": "model", "mistral3": "file:mistral_small_3_1_training.jinja"}.get(
+        family, "trl")
+    base_model = load_vlm(base_dir)
+    base, merged = base_model.state_dict(), load_vlm(result.out_dir / "merged").state_dict()
+    assert merged.keys() == base.keys()
+    parts = resolve(base_model)
+    family_of = parts.family
+    by_part = {"language_model": [], "vision_tower": [], "projector": []}
+    for key in base:
+        part = parts.part_of(key)
+        if part is not None:
+            by_part[part].append(not torch.equal(base[key], merged[key]))
+    assert not any(by_part["vision_tower"])  # frozen
+    assert all(by_part["projector"])  # trained fully
+    lora_layers = [not torch.equal(base[k], merged[k]) for k in base
+                   if parts.part_of(k) == "language_model" and k.endswith(("q_proj.weight", "down_proj.weight"))]
+    assert lora_layers and all(lora_layers)
+    assert torch.equal(base["lm_head.weight"], merged["lm_head.weight"])
+
+    # task arithmetic 0.25 on the files: every base key kept, shapes and dtypes equal
+    from compass.models.merge import read_checkpoint
+
+    merge_config = merge.Config(method="task_arithmetic", weights=[0.25])
+    out = execute_stage("merge", merge_config, {"base": base_dir, "finetuned": result.out_dir / "merged"},
+                        tmp_path / "ta").out_dir / "model"
+    a, b = read_checkpoint(base_dir).tensors, read_checkpoint(out).tensors
+    assert a.keys() == b.keys()
+    assert all((a[k].shape, a[k].dtype) == (b[k].shape, b[k].dtype) for k in a)
+
+    # portable: transformers alone, in a fresh process without compass imported, loads the model and sees the stock
+    # processor class named in processor_config.json
+    processor_class = json.loads((out / "processor_config.json").read_text())["processor_class"]
+    assert processor_class == family_of.processor_class
+    check_fresh_process_load(out, processor_class, family in ("gemma3", "idefics3"))
+
+
+FRESH_LOAD = """
+import json, sys
+import transformers
+from transformers import AutoModelForImageTextToText, AutoProcessor
+path, processor_class, with_processor = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+model = AutoModelForImageTextToText.from_pretrained(path)
+assert "compass" not in sys.modules
+# the named class resolves to transformers' own
+assert transformers.models.auto.processing_auto.processor_class_from_name(processor_class).__name__ == processor_class
+if with_processor:
+    processor = AutoProcessor.from_pretrained(path)
+    assert type(processor).__name__ == processor_class, type(processor)
+print(type(model).__name__)
+"""
+
+
+def check_fresh_process_load(path, processor_class: str, with_processor: bool) -> None:
+    """Stock processors of OneVision / Qwen-VL / Pixtral / SmolVLM need torchvision, which this machine lacks: for
+    those only the class name is checked; Gemma3 and Idefics3 load through AutoProcessor here."""
+    done = subprocess.run([sys.executable, "-c", FRESH_LOAD, str(path), processor_class, "1" if with_processor else "0"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ForConditionalGeneration")
+
+
+def test_train_vision_trains_the_tower_and_not_the_language_model(tiny_families, tmp_path):
+    base_dir = tiny_families("qwen3_vl")
+    data = write_doc_examples(tmp_path / "docs", 2)
+    config = sft.Config(max_steps=2, merge=True, train="projector", train_vision=True, **TINY)
+    result = execute_stage("sft", config, {"model": base_dir, "data": data}, tmp_path / "sft")
+    assert result.manifest.metrics["lora"] is False
+    base_model = load_vlm(base_dir)
+    parts = resolve(base_model)
+    base, merged = base_model.state_dict(), load_vlm(result.out_dir / "merged").state_dict()
+    moved = {p: [] for p in ("language_model", "vision_tower", "projector")}
+    for key in base:
+        if parts.part_of(key) is not None and base[key].is_floating_point() and key.endswith("weight"):
+            moved[parts.part_of(key)].append(not torch.equal(base[key], merged[key]))
+    assert all(moved["projector"]) and any(moved["vision_tower"]) and not any(moved["language_model"])
+
+
+def test_mistral_without_a_marked_template_refuses_with_the_advice(tiny_families, tmp_path):
+    data = write_traces(tmp_path / "traces.jsonl", 4)
+    with pytest.raises(CompassError, match=r"TRL ships no training template for it; pass --chat-template PATH"):
+        execute_stage("sft", sft.Config(max_steps=1, **TINY), {"model": tiny_families("mistral"), "data": data},
+                      tmp_path / "o")
+    assert not (tmp_path / "o" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_text_sft_and_dpo_with_the_real_template(tiny_families, family, tmp_path, mistral_template):
+    from compass.models.merge import read_checkpoint
+
+    base_dir = tiny_families(family)
+    traces = write_traces(tmp_path / "traces.jsonl", 8)
+    tied = family in ("qwen3", "gemma")
+    # with tied embeddings, a fully trained embed_tokens stays tied (no extra lm_head.weight after the merge)
+    extra = dict(modules_to_save=["embed_tokens"]) if tied else {}
+    config = sft.Config(max_steps=6, merge=True, **TINY, **extra)
+    result = execute_stage("sft", config, sft_inputs(base_dir, traces, family, mistral_template), tmp_path / "sft")
+    m = result.manifest.metrics
+    assert m["last_loss"] < m["first_loss"] and m["assistant_tokens"] > 0
+    assert m["chat_template"] == ("file:mistral_small_3_1_training.jinja" if family == "mistral" else "trl")
+    merged = result.out_dir / "merged"
+    base_keys = read_checkpoint(base_dir).tensors.keys()
+    assert read_checkpoint(merged).tensors.keys() == base_keys
+    assert ("lm_head.weight" in base_keys) is (not tied)
+    # the merged model keeps the base's own (inference) template
+    assert (merged / "tokenizer_config.json").read_bytes() == (base_dir / "tokenizer_config.json").read_bytes()
+
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
+    # the published Mistral template cannot render a string system prompt: DPO takes the fixed copy too
+    dpo_inputs = sft_inputs(merged, None, family, mistral_template)
+    dpo_inputs.pop("data")
+    out = execute_stage("dpo", dpo.Config(max_steps=2, merge=True, **{**TINY, "max_length": 512}),
+                        {**dpo_inputs, "pairs": pairs}, tmp_path / "dpo")
+    assert out.manifest.metrics["steps"] == 2
+    assert read_checkpoint(out.out_dir / "merged").tensors.keys() == base_keys
+
+
+def test_stop_ids_include_the_templates_end_of_turn(tiny_families):
+    from transformers import GenerationConfig
+
+    from compass.generate.local_model import stop_token_ids
+    from compass.models.processors import load_processor
+
+    processor = load_processor(tiny_families("gemma3"))
+    tok = processor.tokenizer
+    # a generation config naming only <eos>: the template's <end_of_turn> still stops generation
+    ids = stop_token_ids(GenerationConfig(eos_token_id=tok.eos_token_id), tok, processor)
+    assert ids == sorted({tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")})
+    qwen = load_processor(tiny_families("qwen3_vl"))
+    assert qwen.tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_token_ids(GenerationConfig(), qwen.tokenizer, qwen)
+
+
+def fake_hub_cache(root, repo_id: str, model_dir, commit: str = "a" * 40):
+    import shutil
+
+    folder = root / f"models--{repo_id.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    shutil.copytree(model_dir, folder / "snapshots" / commit)
+    return commit
+
+
+def test_model_by_hub_id_from_the_cache_offline(tiny_families, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    commit = fake_hub_cache(tmp_path / "hub", "tiny-org/tiny-qwen3", tiny_families("qwen3"))
+    traces = write_traces(tmp_path / "traces.jsonl", 4)
+    result = execute_stage("sft", sft.Config(max_steps=1, **TINY), {"model": "tiny-org/tiny-qwen3", "data": traces},
+                           tmp_path / "sft")
+    assert result.manifest.metrics["model_hub"] == f"tiny-org/tiny-qwen3@{commit}"
+    hashed = json.dumps(result.manifest.model_dump(mode="json")["inputs"])
+    assert "model.safetensors" in hashed  # the snapshot's files are the run's input hashes
+    with pytest.raises(CompassError, match=r"'tiny-org/absent' \(revision main\) is not in the local hub cache"):
+        execute_stage("sft", sft.Config(max_steps=1, **TINY), {"model": "tiny-org/absent", "data": traces},
+                      tmp_path / "sft2")
+
+
+def test_smolvlm_without_num2words_is_one_line(tmp_path):
+    import importlib.util
+
+    from compass.models.processors import load_processor
+
+    if importlib.util.find_spec("num2words") is not None:
+        pytest.skip("num2words is installed here")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "smolvlm", "vision_config": {}}))
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "SmolVLMProcessor"}))
+    with pytest.raises(CompassError, match=r"^the SmolVLM processor needs the package 'num2words': "
+                                           r"pip install 'compass\[smolvlm\]'$"):
+        load_processor(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "mistral3"])
+def test_images_are_capped_to_fit_the_budget_and_the_cap_is_reported(tiny_families, family):
+    from PIL import Image
+
+    from compass.models.processors import fit_images, load_processor, prompt_tokens
+
+    processor = load_processor(tiny_families(family))
+
+    def prompt_for(n: int) -> str:
+        parts = [{"type": "image"} for _ in range(n)] + [{"type": "text", "text": "What were net sales?"}]
+        return processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
+                                             tokenize=False)
+
+    pages = [Image.new("RGB", (200, 280), (i * 40, 90, 150)) for i in range(4)]
+    full = prompt_tokens(processor, prompt_for(4), pages)
+    kept, fit = fit_images(processor, prompt_for, pages, budget=full)
+    assert (fit.max_long_side, fit.images_kept, fit.tokens) == (None, 4, full)  # fits as given: untouched
+    one = prompt_tokens(processor, prompt_for(1), pages[:1])
+    kept, fit = fit_images(processor, prompt_for, pages, budget=one + 1)
+    assert fit.images_kept == len(kept) == 1 and fit.tokens == prompt_tokens(processor, prompt_for(1), kept) <= one + 1
+    with pytest.raises(CompassError, match="over the budget of 3"):
+        fit_images(processor, prompt_for, pages, budget=3)
