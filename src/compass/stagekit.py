@@ -239,3 +239,60 @@ def tidy_failed_out_dir(out_dir: Path, *, remove_if_empty: bool) -> None:
             out_dir.rmdir()
         except OSError:
             pass
+
+
+# --- training runs: whole-run figures after a resume ------------------------------------------------------
+
+
+def whole_run_training_figures(log_history: list[dict], session_loss_mean: float, global_step: int, resume_step: int,
+                               tokens_seen: int, resume_tokens_seen: int, runtime_s: float) -> dict:
+    """Figures of the whole training run when it resumed from a checkpoint at `resume_step` (the trainer's own
+    figures cover only the part after the resume: its loss mean is over this session's steps, its token count
+    starts at the checkpoint's).
+
+    train_loss_mean = (sum of per-step losses before the resume + this session's sum) / global_step. The part
+    before comes from the logged losses (each the mean of its logging interval, rounded to 4 decimals by the
+    trainer): exact up to that rounding when checkpoints fall on logging steps; steps between the last log and
+    the checkpoint count at the last logged mean. train_tokens is the whole run's; the rate is this session's."""
+    this_run_tokens = tokens_seen - resume_tokens_seen
+    figures = {
+        "train_tokens": tokens_seen,
+        "train_tokens_this_run": this_run_tokens,
+        "train_tokens_per_s": round(this_run_tokens / runtime_s, 1) if runtime_s > 0 else None,
+        "train_steps_this_run": global_step - resume_step,
+    }
+    if resume_step == 0:
+        figures["train_loss_mean"] = session_loss_mean
+        return figures
+    before, last_step, last_loss = 0.0, 0, None
+    for entry in log_history:
+        if "loss" in entry and "step" in entry and entry["step"] <= resume_step:
+            before += entry["loss"] * (entry["step"] - last_step)
+            last_step, last_loss = entry["step"], entry["loss"]
+    if last_loss is None:
+        raise CompassError(f"resumed at step {resume_step} but the checkpoint's log history has no training loss "
+                           "before it; set logging_steps <= save_steps")
+    before += last_loss * (resume_step - last_step)
+    figures["train_loss_mean"] = (before + session_loss_mean * (global_step - resume_step)) / global_step
+    return figures
+
+
+# --- the one reject-rate gate --------------------------------------------------------------------------------
+
+
+def check_reject_rate(stage: str, rejected: int, total: int, limit: float, *, what: str, reasons: object,
+                      rejects_path: Path | None = None, transient: int = 0) -> None:
+    """Fail the stage when more than `limit` of its `total` items were rejected. One message for every stage:
+    the counts, the rate against the limit, the reasons, where the rejects are, and how to go on (transient
+    rejects, e.g. server errors, are asked again by rerunning the same command; others need a higher limit,
+    or fixed inputs and --force). The run leaves no manifest, so its outputs are never taken as finished."""
+    if total == 0 or rejected / total <= limit:
+        return
+    where = f"; see {rejects_path}" if rejects_path is not None else ""
+    if transient:
+        hint = (f"; the {transient} transient reject(s) (server errors) are asked again when you rerun the same "
+                "command (the others are kept)")
+    else:
+        hint = "; to accept them rerun with a higher --max-reject-rate, or fix the input and rerun with --force"
+    raise CompassError(f"{stage}: {rejected} of {total} {what} rejected ({rejected / total:.1%} > max_reject_rate "
+                       f"{limit:.1%}); reasons {reasons}{where}{hint}")

@@ -98,6 +98,9 @@ def test_killed_run_resumes_to_the_same_final_loss(dpo_run, tiny_models, pairs, 
     m, ref = resumed.manifest.metrics, dpo_run[1].manifest.metrics
     assert 4 <= m["resumed_from_step"] < STEPS and m["steps"] == STEPS
     assert m["last_loss"] == pytest.approx(ref["last_loss"], abs=1e-5)
+    # whole-run figures, not the resumed part's
+    assert m["train_tokens"] == ref["train_tokens"] and m["train_tokens_this_run"] < m["train_tokens"]
+    assert m["train_loss_mean"] == pytest.approx(ref["train_loss_mean"], abs=1e-4)
     assert m["eval_after.reward_margin"] == pytest.approx(ref["eval_after.reward_margin"], abs=1e-5)
     a, b = adapter_tensors(out / "adapter"), adapter_tensors(dpo_run[1].out_dir / "adapter")
     for key in a:

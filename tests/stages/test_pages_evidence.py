@@ -119,7 +119,7 @@ def test_pages_fails_past_the_reject_rate_without_a_manifest(corpus, tmp_path):
     folder = tmp_path / "pdfs"
     shutil.copytree(corpus / "fx" / "pdfs", folder)
     broken_pdfs(folder, folder / "report-0000.pdf")
-    with pytest.raises(CompassError, match=r"4/7 PDFs rejected .*max_reject_rate 25%"):
+    with pytest.raises(CompassError, match=r"pages: 4 of 7 PDFs rejected .*max_reject_rate 25.0%"):
         execute_stage("pages", pages.Config(max_long_side=MAX_SIDE), {"pdfs": folder}, tmp_path / "out")
     assert not (tmp_path / "out" / "manifest.json").exists()
     assert len(read_jsonl(tmp_path / "out" / "rejects.jsonl")) == 4  # the reasons are there to read

@@ -181,6 +181,10 @@ def test_killed_run_resumes_to_the_same_final_loss(tiny_models, traces, text_run
     m, ref = resumed.manifest.metrics, uninterrupted.manifest.metrics
     assert 2 <= m["resumed_from_step"] < 8 and m["steps"] == 8
     assert m["last_loss"] == pytest.approx(ref["last_loss"], abs=1e-5)
+    # whole-run figures, not the resumed part's: same tokens and loss mean as the uninterrupted run
+    assert m["train_tokens"] == ref["train_tokens"] and m["train_tokens_this_run"] < m["train_tokens"]
+    assert m["train_steps_this_run"] == 8 - m["resumed_from_step"]
+    assert m["train_loss_mean"] == pytest.approx(ref["train_loss_mean"], abs=1e-4)
     a, b = adapter_tensors(out / "adapter"), adapter_tensors(uninterrupted.out_dir / "adapter")
     assert a.keys() == b.keys()
     for key in a:

@@ -30,6 +30,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
 from compass.ledger.redact import redact_text, redact_value
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -324,15 +325,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     metrics["generated_this_run"] = sum(counts.values())
     metrics["resumed_records"] = len(done)
     metrics["retried_transient"] = retried
-    if metrics["reject_rate"] > config.max_reject_rate:
-        transient = sum(metrics["rejects_by_reason"].get(reason, 0) for reason in TRANSIENT_REASONS)
-        hint = (f"; the {transient} server_error sample(s) are asked again when you rerun the same command (the "
-                "others are kept)" if transient else "; rerun with a higher --max-reject-rate to accept them, or "
-                "--force to start over")
-        raise CompassError(
-            f"distill: {metrics['rejects']} of {total} samples rejected ({metrics['reject_rate']:.1%} > max_reject_rate "
-            f"{config.max_reject_rate:.1%}); reasons {metrics['rejects_by_reason']}; see {rejects_path}{hint}"
-        )
+    check_reject_rate("distill", metrics["rejects"], total, config.max_reject_rate, what="samples",
+                      reasons=metrics["rejects_by_reason"], rejects_path=rejects_path,
+                      transient=sum(metrics["rejects_by_reason"].get(reason, 0) for reason in TRANSIENT_REASONS))
     return metrics
 
 

@@ -28,6 +28,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, dumps_record
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -179,9 +180,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
             counts["cross_page" if len(question.gold_pages) > 1 else "single_page"] += 1
     total = counts["questions"] + counts["malformed_json"] + counts["backend_error"]
     rejected = total - counts["questions"]
-    if total and rejected / total > config.max_reject_rate:
-        raise CompassError(f"doc-questions: {rejected}/{total} seed sets rejected (> max_reject_rate "
-                           f"{config.max_reject_rate:.0%}): {dict(counts)}; see {out_dir / OUTPUTS['rejects']}")
+    check_reject_rate("doc-questions", rejected, total, config.max_reject_rate, what="seed sets", reasons=dict(counts),
+                      rejects_path=out_dir / OUTPUTS["rejects"])
     journal_path(out_dir, "synth").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     return {"questions": counts["questions"], "single_page": counts["single_page"], "cross_page": counts["cross_page"],
             "rejected": rejected, "documents": len(index.offsets)}

@@ -33,6 +33,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, PageEvidence, Reject
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -303,9 +304,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if attempted == 0:
         raise CompassError(f"doc-traces: no question has a page above threshold {config.threshold}; "
                            f"dropped: {counts['no_relevant_page']} no relevant page, {counts['no_evidence']} no evidence")
-    if answered_fail / attempted > config.max_reject_rate:
-        raise CompassError(f"doc-traces: {answered_fail}/{attempted} questions got no answer "
-                           f"(> max_reject_rate {config.max_reject_rate:.0%}); see {out_dir / OUTPUTS['rejects']}")
+    check_reject_rate("doc-traces", answered_fail, attempted, config.max_reject_rate, what="questions",
+                      reasons={"backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]},
+                      rejects_path=out_dir / OUTPUTS["rejects"])
     for branch in ("vision", "text"):  # outputs are final: the resume journals are done
         journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
     examples = sum(v for k, v in counts.items() if k.startswith("placement_"))

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from compass.errors import CompassError
 from compass.stages import Port
+from compass.stagekit import whole_run_training_figures
 from compass.train.config import TrainConfig
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -97,6 +98,10 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if config.merge and plan.is_main:
         metrics.update(M.write_merged(inputs["model"], adapter_dir, out_dir / "merged"))
     metrics.update(finish(trainer, out_dir, output, resume, config, plan))
+    # a resumed run's trainer counts only its own part: record the whole run's loss mean and tokens
+    metrics.update(whole_run_training_figures(trainer.state.log_history, output.training_loss, trainer.state.global_step,
+                                              resume.step, trainer.state.num_input_tokens_seen, resume.tokens_seen,
+                                              metrics["train_runtime_s"]))
     return metrics
 
 

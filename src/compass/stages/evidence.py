@@ -28,6 +28,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, PageEvidence, Reject
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -184,10 +185,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     page_rejects = counts["malformed_json"] + counts["backend_error"]
     if total == 0:
         raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {dict(counts)}")
-    rate = page_rejects / total
-    if rate > config.max_reject_rate:
-        raise CompassError(f"evidence: {page_rejects}/{total} pages rejected ({rate:.1%} > max_reject_rate "
-                           f"{config.max_reject_rate:.1%}): {dict(counts)}; see {out_dir / OUTPUTS['rejects']}")
+    check_reject_rate("evidence", page_rejects, total, config.max_reject_rate, what="pages", reasons=dict(counts),
+                      rejects_path=out_dir / OUTPUTS["rejects"])
     journal_path(out_dir, "evidence").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     metrics = {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
                "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],

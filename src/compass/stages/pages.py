@@ -19,6 +19,7 @@ from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shar
 from compass.errors import CompassError
 from compass.io import atomic_open, dumps_record
 from compass.records import Page, Reject
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -160,11 +161,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
 
 def check_reject_rate(config: Config, metrics: dict, rejects: list[Reject], out_dir: Path) -> None:
     total = metrics["documents"] + metrics["rejected"]
-    fraction = metrics["rejected"] / total
-    if fraction > config.max_reject_rate:
-        reasons = ", ".join(f"{r.id}: {r.reason}" for r in rejects[:5])
-        raise CompassError(f"{metrics['rejected']}/{total} PDFs rejected ({fraction:.0%} > max_reject_rate "
-                           f"{config.max_reject_rate:.0%}): {reasons}; see {out_dir / OUTPUTS['rejects']}")
+    check_reject_rate("pages", metrics["rejected"], total, config.max_reject_rate, what="PDFs",
+                      reasons=", ".join(f"{r.id}: {r.reason}" for r in rejects[:5]), rejects_path=out_dir / OUTPUTS["rejects"])
 
 
 def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:

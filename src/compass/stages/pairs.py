@@ -22,6 +22,7 @@ from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shar
 from compass.errors import CompassError
 from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Trace
+from compass.stagekit import check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -119,11 +120,7 @@ def check_rates(config: Config, metrics: dict, source) -> None:
     n, n_rejects = metrics["traces"], metrics["rejects"]
     if n == 0:
         raise CompassError(f"pairs: no Trace records in {source}")
-    if n_rejects / n > config.max_reject_rate:
-        raise CompassError(
-            f"pairs: {n_rejects} of {n} records rejected ({n_rejects / n:.1%} > max_reject_rate "
-            f"{config.max_reject_rate:.1%}); reasons {metrics['reject_reasons']}"
-        )
+    check_reject_rate("pairs", n_rejects, n, config.max_reject_rate, what="records", reasons=metrics["reject_reasons"])
 
 
 def with_shares(metrics: dict) -> dict:
