@@ -39,8 +39,8 @@ INPUTS = {
     "model": Port("LLM directory or hub id (owner/name[@revision]) to train, e.g. the merged SFT model", hub_model=True),
     "pairs": Port("Pair records (JSONL file or shard directory)"),
     "eval_pairs": Port("held-out Pair records: reward accuracy and margin before vs after", required=False),
-}
     "chat_template": Port("a chat template file (Jinja) to render with instead of the model's own", required=False),
+}
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
 EVAL_KEYS = {"loss": "eval_loss", "reward_accuracy": "eval_rewards/accuracies", "reward_margin": "eval_rewards/margins",

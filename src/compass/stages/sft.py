@@ -51,10 +51,10 @@ INPUTS = {
     "data": Port("SFT rows (JSONL/parquet file or shard directory): TRL messages or prompt/completion (with images for a VLM), "
                  "ShareGPT, alpaca, Trace or DocExample records; with `mix`, the directory its paths are read from",
                  required=False),
-}
     "chat_template": Port("a chat template file (Jinja) with {% generation %} markers, for a model whose own template "
                           "has none and for which TRL ships no training template (e.g. Mistral-Small-3.1)",
                           required=False),
+}
 OUTPUTS = {"adapter": "adapter", "merged": "merged", "log_history": "log_history.json"}
 
 
