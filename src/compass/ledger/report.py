@@ -1,171 +1,247 @@
-"""`compass runs report`: one static HTML file (no server, no script, no network): leaderboards with the
-data recipe of each run, training curves (loss, rewards) as inline SVG, lineage trees, and all runs."""
+"""`compass runs report`: one static HTML file that opens offline from disk (no server, no network; the plotting
+library, Plotly's basic bundle, is vendored in compass.ledger and inlined):
+
+- headline metrics first: for each, the runs best first in its direction (compass.ledger.metric_direction),
+  every row linking to that run's section;
+- training curves: the runs of the same stage (same name) overlaid, one chart per metric (loss, learning rate,
+  rewards...); a metric with a single logged point, or constant over every run, is a number in a table instead;
+- a section per run: what it is, its metrics, its data recipe and its lineage.
+"""
 from __future__ import annotations
 
 import datetime as dt
 import html
+import json
+import os
+from importlib import resources
 from pathlib import Path
 
 from compass.ledger.explore import lineage_tree, render_lineage
-from compass.ledger.flat import as_text, format_number
-from compass.ledger.index import Index
-from compass.ledger.query import headline_metrics, leaderboard
+from compass.ledger.flat import as_number, as_text, flatten, format_number
+from compass.ledger.index import Index, RunRow
+from compass.ledger.metric_direction import direction
+from compass.ledger.query import leaderboard
 
-COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
-W, H, PAD_L, PAD_R, PAD_T, PAD_B = 460, 230, 58, 12, 26, 34
+PLOTLY_VERSION = "4.1.1"  # vendor/SOURCE.md
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+HEADLINE_LIMIT = 6   # headline metrics chosen when none are given
+BOARD_ROWS = 10      # rows per headline leaderboard
+RUN_SECTIONS = 40    # runs given a section of their own (newest first)
+
+# trainer log keys that are bookkeeping, not curves
+SKIP_HISTORY = ("epoch", "total_flos", "step", "num_tokens", "num_input_tokens_seen")
+CURVE_ORDER = ("loss", "eval_loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
+               "mean_token_accuracy", "learning_rate", "grad_norm")
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI","Hiragino Sans","Noto Sans CJK JP",sans-serif;margin:24px;color:#222;max-width:1200px}
-h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd;padding-bottom:4px}
-table{border-collapse:collapse;margin:8px 0 16px;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.num{text-align:right;font-variant-numeric:tabular-nums}code,pre{font:12px ui-monospace,Menlo,Consolas,monospace}
-pre{background:#f8f8f8;padding:10px;overflow-x:auto}.curves{display:flex;flex-wrap:wrap;gap:16px}
-figure{margin:0;border:1px solid #eee;padding:6px}figcaption{font-size:12px;color:#555}
+*{box-sizing:border-box}
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI","Hiragino Sans","Noto Sans CJK JP",sans-serif;margin:0;color:#1d2330;background:#fafbfc}
+main{max-width:1360px;margin:0 auto;padding:24px 28px}
+h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:36px 0 10px;border-bottom:1px solid #dde2ea;padding-bottom:6px}
+h3{font-size:16px;margin:18px 0 6px}.muted{color:#667085}
+nav a{margin-right:16px}
+table{border-collapse:collapse;margin:6px 0 14px;font-size:14px;background:#fff}
+th,td{border:1px solid #dde2ea;padding:5px 10px;text-align:left;vertical-align:top}
+th{background:#f0f3f7}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.best td{background:#eef8ee}
+td.data{font-size:12.5px;color:#475467;max-width:300px}
+.boards{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:10px 28px}
+.dir{font-size:13px;color:#475467;font-weight:normal}
+.charts{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:18px}
+.chart{background:#fff;border:1px solid #e4e7ec;border-radius:6px;height:340px}
+.run{background:#fff;border:1px solid #e4e7ec;border-radius:6px;padding:10px 16px;margin:12px 0}
+.run h3{margin-top:4px}.kv{columns:3;font-size:13.5px;margin:6px 0}.kv div{break-inside:avoid}
+pre{font:12.5px/1.4 ui-monospace,Menlo,Consolas,monospace;background:#f5f7fa;padding:10px;overflow-x:auto;margin:6px 0}
+code{font:13px ui-monospace,Menlo,Consolas,monospace}
+"""
+
+# draws every chart from the JSON above it; no network: Plotly is inlined before this script
+DRAW = """
+const specs = JSON.parse(document.getElementById('chart-data').textContent);
+for (const spec of specs) {
+  const traces = spec.series.map((s, i) => ({x: s.steps, y: s.values, name: s.label, type: 'scatter',
+      mode: s.steps.length > 40 ? 'lines' : 'lines+markers', line: {width: 2, color: s.color}, marker: {size: 5}}));
+  Plotly.newPlot(spec.id, traces, {
+    title: {text: spec.title, font: {size: 15}, x: 0.02}, margin: {l: 64, r: 16, t: 44, b: 86},
+    xaxis: {title: {text: 'step'}, zeroline: false}, yaxis: {title: {text: spec.metric}, zeroline: false,
+      type: spec.log ? 'log' : 'linear', exponentformat: 'power'},
+    legend: {orientation: 'h', y: -0.3, font: {size: 12}}, font: {size: 13}, paper_bgcolor: '#fff', plot_bgcolor: '#fff',
+  }, {displayModeBar: false, responsive: true});
+}
 """
 
 
-def svg_chart(title: str, series: dict[str, list[tuple[int, float]]]) -> str:
-    """A line chart of (step, value) series with axes, min/max ticks and a legend."""
-    points = [p for values in series.values() for p in values]
-    xs = [p[0] for p in points]
-    ys = [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if x1 == x0:
-        x1 = x0 + 1
-    if y1 == y0:
-        y0, y1 = y0 - 0.5, y1 + 0.5
-    pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
-
-    def sx(x: float) -> float:
-        return PAD_L + (x - x0) / (x1 - x0) * pw
-
-    def sy(y: float) -> float:
-        return PAD_T + (1 - (y - y0) / (y1 - y0)) * ph
-
-    parts = [f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
-             f'aria-label="{html.escape(title)}">',
-             f'<text x="{PAD_L}" y="16" font-size="13" font-weight="600">{html.escape(title)}</text>',
-             f'<rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>']
-    for frac in (0.25, 0.5, 0.75):
-        y = PAD_T + frac * ph
-        parts.append(f'<line x1="{PAD_L}" x2="{PAD_L + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-    parts += [
-        f'<text x="{PAD_L - 4}" y="{PAD_T + 4}" font-size="11" text-anchor="end">{format_number(y1)}</text>',
-        f'<text x="{PAD_L - 4}" y="{PAD_T + ph}" font-size="11" text-anchor="end">{format_number(y0)}</text>',
-        f'<text x="{PAD_L}" y="{H - 16}" font-size="11">{x0}</text>',
-        f'<text x="{PAD_L + pw}" y="{H - 16}" font-size="11" text-anchor="end">{x1}</text>',
-        f'<text x="{PAD_L + pw / 2}" y="{H - 16}" font-size="11" text-anchor="middle">step</text>',
-    ]
-    for i, (name, values) in enumerate(series.items()):
-        color = COLORS[i % len(COLORS)]
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
-        if len(values) == 1:
-            x, y = values[0]
-            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>')
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{coords}"><title>{html.escape(name)}</title></polyline>')
-        lx = PAD_L + 8 + (i % 3) * 140
-        ly = H - 3 - 0 * (i // 3)
-        parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{color}"/>'
-                     f'<text x="{lx + 14}" y="{ly - 4}" font-size="10">{html.escape(name[-22:])}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def plotly_js() -> str:
+    return (resources.files("compass.ledger") / "vendor" / "plotly-basic.min.js").read_text(encoding="utf-8")
 
 
-def curve_groups(history: dict[str, list[tuple[int, float]]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Charts for a run: loss (train and eval), rewards (chosen, rejected, margins), accuracies, learning rate."""
-    groups: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    for key, points in history.items():
-        leaf = key.removeprefix("train/")
-        if not points or leaf in ("epoch", "total_flos", "step") or "runtime" in leaf or "per_second" in leaf:
-            continue
-        if leaf.startswith("rewards/") and "accuracies" not in leaf:
-            group = "rewards"
-        elif "loss" in leaf:
-            group = "loss"
-        elif "accurac" in leaf:
-            group = "accuracy"
-        elif leaf in ("learning_rate", "grad_norm"):
-            group = leaf
-        elif leaf.startswith("logps/") or leaf.startswith("logits/"):
-            group = leaf.split("/")[0]
-        else:
-            group = leaf
-        groups.setdefault(group, {})[leaf] = points
-    order = ["loss", "rewards", "accuracy", "learning_rate", "grad_norm"]
-    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+def anchor(run_id: str) -> str:
+    return f"run-{run_id[:12]}"
 
 
-def _table(rows: list[dict], columns: list[str], numeric: set[str]) -> str:
+def arrow(metric: str) -> str:
+    return "lower is better ↓" if direction(metric) == "lower" else "higher is better ↑"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return html.escape(format_number(value))
+    return html.escape(as_text(value)) if value is not None else ""
+
+
+def _table(rows: list[dict], columns: list[str], numeric: set[str], links: dict[str, str] | None = None,
+           best_first_row: bool = False) -> str:
+    """rows -> <table>; `links` maps a column to the row key holding the run id its cell links to."""
+    links = links or {}
     out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr></thead><tbody>"]
-    for row in rows:
+    for i, row in enumerate(rows):
         cells = []
         for c in columns:
-            value = row[c]
-            text = format_number(value) if isinstance(value, float) else as_text(value) if value is not None else ""
-            cells.append(f'<td class="num">{html.escape(text)}</td>' if c in numeric else f"<td>{html.escape(text)}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
+            text = _cell(row[c])
+            if c in links:
+                text = f'<a href="#{anchor(row[links[c]])}">{text}</a>'
+            css_class = "num" if c in numeric else "data" if c == "data" else ""
+            cells.append(f'<td class="{css_class}">{text}</td>' if css_class else f"<td>{text}</td>")
+        css = ' class="best"' if best_first_row and i == 0 else ""
+        out.append(f"<tr{css}>" + "".join(cells) + "</tr>")
     out.append("</tbody></table>")
     return "".join(out)
 
 
-def default_metrics(index: Index) -> list[str]:
-    """Numeric metrics of evaluation runs; else the most common numeric metrics of any run."""
-    rows = index.db.execute(
-        "SELECT f.key, count(*) FROM figures f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete' AND f.kind='metric' "
-        "AND f.num IS NOT NULL AND r.stage = 'eval' AND f.key NOT LIKE '%time%' GROUP BY f.key ORDER BY count(*) DESC, f.key LIMIT 4").fetchall()
-    if not rows:
-        rows = index.db.execute(
-            "SELECT f.key, count(*) FROM figures f JOIN runs r ON r.run_id = f.run_id WHERE r.state='complete' AND f.kind='metric' "
-            "AND f.num IS NOT NULL AND f.key NOT LIKE '%time%' GROUP BY f.key ORDER BY count(*) DESC, f.key LIMIT 3").fetchall()
-    return [r[0] for r in rows]
+# --- what to show ------------------------------------------------------------------------------------------
+
+
+def headline_metrics(runs: list[RunRow], limit: int = HEADLINE_LIMIT) -> list[str]:
+    """The metrics a recipe is judged by, most telling first: benchmark scores of eval runs (accuracy, F1,
+    format validity; whole-task figures before splits), then DPO's held-out reward accuracy, then final losses."""
+    keys: dict[str, int] = {}
+    for run in runs:
+        for key, value in flatten(run.metrics).items():
+            if as_number(value) is None or isinstance(value, bool):
+                continue
+            last = key.rsplit(".", 1)[-1]
+            depth = key.count(".")
+            if run.stage == "eval" and last in ("accuracy", "f1", "format_valid_rate", "exact_match", "macro_f1", "mcc"):
+                rank = (0 if last == "accuracy" else 1) + 2 * depth
+            elif key == "eval_after.reward_accuracy":
+                rank = 20
+            elif key in ("last_loss", "train_loss"):  # compass's training stages report last_loss; others train_loss
+                rank = 30
+            else:
+                continue
+            keys[key] = min(keys.get(key, rank), rank)  # a key's best rank over the runs having it
+    return [k for k, _ in sorted(keys.items(), key=lambda kv: (kv[1], kv[0]))][:limit]
+
+
+def curve_series(index: Index, runs: list[RunRow]) -> dict[str, dict[str, list[tuple[RunRow, list[tuple[int, float]]]]]]:
+    """stage name -> metric -> [(run, points)] for every run with a logged history."""
+    groups: dict[str, dict[str, list]] = {}
+    for run in runs:
+        for key, points in index.history(run.run_id).items():
+            metric = key.removeprefix("train/")
+            if not points or metric in SKIP_HISTORY or "runtime" in metric or "per_second" in metric or metric.startswith("train_"):
+                continue
+            groups.setdefault(run.name, {}).setdefault(metric, []).append((run, points))
+    return groups
+
+
+def split_charts(series: list[tuple[RunRow, list[tuple[int, float]]]]) -> bool:
+    """A chart is worth drawing when some run logged the metric at 2+ steps and its values vary."""
+    values = {v for _, points in series for _, v in points}
+    return any(len(points) > 1 for _, points in series) and len(values) > 1
+
+
+def _metric_order(metric: str) -> tuple[int, str]:
+    return (CURVE_ORDER.index(metric) if metric in CURVE_ORDER else len(CURVE_ORDER), metric)
+
+
+# --- the page ----------------------------------------------------------------------------------------------
 
 
 def build_report(index: Index, *, metrics: list[str] | None = None, limit: int = 30, title: str = "compass runs") -> str:
-    metrics = metrics or default_metrics(index)
     runs = index.runs(limit=limit)
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{index.count()} recorded run(s) in <code>{html.escape(str(index.path.parent))}</code>; "
-            f"generated {dt.datetime.now().isoformat(timespec='seconds')}.</p>"]
+    metrics = metrics or headline_metrics(runs)
+    shown_ids = {r.run_id for r in runs[:RUN_SECTIONS]}
+    body = [f"<main><h1>{html.escape(title)}</h1>",
+            f'<p class="muted">{index.count()} recorded run(s) in <code>{html.escape(str(index.path.parent))}</code>; '
+            f"the newest {len(runs)} shown; generated {dt.datetime.now().isoformat(timespec='seconds')}.</p>",
+            '<nav><a href="#headline">Headline metrics</a><a href="#curves">Training curves</a><a href="#runs">Runs</a></nav>']
 
-    body.append('<h2 id="leaderboard">Leaderboard</h2>')
-    top_runs: list[str] = []
-    for metric in metrics:
-        board = leaderboard(index, metric, limit=limit)
-        top_runs += [row["run_id"] for row in board[:3]]
-        columns = ["rank", "run", "name", "stage", metric, "sources", "pairs", "hparams", "commit", "recorded"]
-        body.append(f"<h3>{html.escape(metric)}</h3>" + _table(board, columns, {"rank", metric}))
+    body.append('<h2 id="headline">Headline metrics</h2>')
     if not metrics:
-        body.append("<p>No numeric metrics recorded yet.</p>")
+        body.append("<p>No evaluation or training metrics recorded yet.</p>")
+    boards = []
+    for metric in metrics:
+        board = [row for row in leaderboard(index, metric, limit=limit) if row["run_id"] in shown_ids][:BOARD_ROWS]
+        rows = [{"rank": row["rank"], "run": row["run"], "name": row["name"], "stage": row["stage"], metric: row[metric],
+                 "data": "; ".join(v for v in (row["sources"], row["training pairs"], row["hparams"]) if v),
+                 "run_id": row["run_id"]} for row in board]
+        boards.append(f'<div><h3>{html.escape(metric)} <span class="dir">{arrow(metric)}</span></h3>'
+                      + _table(rows, ["rank", "run", "name", "stage", metric, "data"], {"rank", metric},
+                               links={"run": "run_id"}, best_first_row=True) + "</div>")
+    body.append(f'<div class="boards">{"".join(boards)}</div>')
 
-    body.append('<h2 id="curves">Training curves</h2><div class="curves">')
-    charts = 0
-    for run in runs:
-        history = index.history(run.run_id)
-        for group, series in curve_groups(history).items():
-            body.append(f"<figure>{svg_chart(f'{run.name} {run.short}: {group}', series)}"
-                        f"<figcaption>{html.escape(run.stage)} run {run.short}, {len(next(iter(series.values())))} logged steps</figcaption></figure>")
-            charts += 1
-    body.append("</div>")
-    if not charts:
+    body.append('<h2 id="curves">Training curves</h2>')
+    specs = []
+    groups = curve_series(index, runs)
+    for stage_name in sorted(groups):
+        by_metric = groups[stage_name]
+        chart_metrics = sorted((m for m in by_metric if split_charts(by_metric[m])), key=_metric_order)
+        number_metrics = sorted((m for m in by_metric if not split_charts(by_metric[m])), key=_metric_order)
+        stage_runs = sorted({run.run_id: run for series in by_metric.values() for run, _ in series}.values(), key=lambda r: r.recorded_at)
+        color = {run.run_id: COLORS[i % len(COLORS)] for i, run in enumerate(stage_runs)}
+        body.append(f"<h3>{html.escape(stage_name)} <span class=\"dir\">{len(stage_runs)} run(s) overlaid: "
+                    + ", ".join(f'<a href="#{anchor(r.run_id)}" style="color:{color[r.run_id]}">{r.short}</a>' for r in stage_runs)
+                    + "</span></h3>")
+        if chart_metrics:
+            body.append('<div class="charts">')
+            for metric in chart_metrics:
+                chart_id = f"chart-{len(specs)}"
+                specs.append({"id": chart_id, "title": f"{stage_name}: {metric} ({arrow(metric)})", "metric": metric,
+                              "log": False, "series": [
+                                  {"label": f"{run.short} {run.recorded_at[5:16].replace('T', ' ')}", "color": color[run.run_id],
+                                   "steps": [s for s, _ in points], "values": [v for _, v in points]}
+                                  for run, points in sorted(by_metric[metric], key=lambda item: item[0].recorded_at)]})
+                body.append(f'<div class="chart" id="{chart_id}" data-metric="{html.escape(metric)}" '
+                            f'data-runs="{len(by_metric[metric])}"></div>')
+            body.append("</div>")
+        if number_metrics:
+            rows = []
+            for metric in number_metrics:
+                for run, points in by_metric[metric]:
+                    constant = len({v for _, v in points}) == 1
+                    rows.append({"metric": metric, "run": run.short, "value": points[-1][1], "run_id": run.run_id,
+                                 "logged": f"step {points[0][0]}" if len(points) == 1 else
+                                           f"steps {points[0][0]}-{points[-1][0]}" + (" (constant)" if constant else "")})
+            body.append(_table(rows, ["metric", "run", "value", "logged"], {"value"}, links={"run": "run_id"}))
+    if not groups:
         body.append("<p>No run logged a training history.</p>")
 
-    body.append('<h2 id="lineage">Lineage</h2>')
-    shown = list(dict.fromkeys(top_runs)) or [r.run_id for r in runs[:3]]
-    for run_id in shown[:6]:
-        run = index.run(run_id)
-        body.append(f"<h3>{html.escape(run.name)} {run.short}</h3><pre class=\"lineage\">{html.escape(render_lineage(lineage_tree(index, run)))}</pre>")
-
     body.append('<h2 id="runs">Runs</h2>')
-    rows = [{"run": r.short, "recorded": r.recorded_at[:19].replace("T", " "), "stage": r.stage, "name": r.name,
-             "metrics": headline_metrics(r, 4), "note": r.note} for r in runs]
-    body.append(_table(rows, ["run", "recorded", "stage", "name", "metrics", "note"], set()))
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    for run in runs[:RUN_SECTIONS]:
+        numbers = [(k, as_number(v)) for k, v in flatten(run.metrics).items()
+                   if as_number(v) is not None and not isinstance(v, bool) and not k.startswith("device.")]
+        kv = "".join(f"<div><code>{html.escape(k)}</code> {html.escape(format_number(n))}</div>" for k, n in numbers[:60])
+        data = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(v)}</div>" for k, v in run.summary.items() if v)
+        body.append(
+            f'<section class="run" id="{anchor(run.run_id)}"><h3>{html.escape(run.name)} <span class="dir">{html.escape(run.stage)} run '
+            f"<code>{run.short}</code>, recorded {html.escape(run.recorded_at[:19].replace('T', ' '))}, "
+            f"{run.wall_time_s:.1f}s{', recipe ' + html.escape(run.recipe) if run.recipe else ''}</span></h3>"
+            + (f"<p>{html.escape(run.note)}</p>" if run.note else "")
+            + (f'<div class="kv">{kv}</div>' if kv else "") + (f"<div>{data}</div>" if data else "")
+            + f'<pre class="lineage">{html.escape(render_lineage(lineage_tree(index, run)))}</pre></section>')
+    body.append("</main>")
+    chart_data = json.dumps(specs, ensure_ascii=False).replace("</", "<\\/")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(body)}"
+            f'<script type="application/json" id="chart-data">{chart_data}</script>'
+            f"<script>/* plotly.js basic {PLOTLY_VERSION}, MIT licence */\n{plotly_js()}</script><script>{DRAW}</script>"
+            "</body></html>\n")
 
 
 def write_report(index: Index, path: Path, **kwargs) -> Path:
     from compass.io import write_text_atomic
 
     write_text_atomic(path, build_report(index, **kwargs))
+    os.chmod(path, 0o644)  # a page to share: readable by others, like any file a browser opens (atomic writes make 0600)
     return path
