@@ -21,3 +21,27 @@ def test_an_unresumed_run_keeps_the_trainers_mean_and_a_gap_uses_the_last_log():
     assert figures["train_loss_mean"] == pytest.approx((4.0 * 2 + 4.0 + 1.0) / 4)
     with pytest.raises(CompassError, match="no training loss before it"):
         whole_run_training_figures([{"step": 5, "loss": 1.0}], 1.0, 6, 3, 1, 0, 1.0)
+
+
+def test_a_server_failure_in_the_resume_journal_is_asked_again_by_the_next_run(tmp_path):
+    from compass.longdoc.streaming import NONE, OK, REJECT, TRANSIENT, Journal
+
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, "fp")
+    journal.add(0, 0, "ok", {"x": 1})
+    journal.add(1, 0, TRANSIENT, {"reason": "backend_error"})
+    journal.add(2, 0, "reject", {"reason": "malformed"})
+    assert list(journal.state) == [OK, REJECT, REJECT]  # in this run the failure is a reject ...
+    with open(path, "rb") as fh:
+        assert journal.read(1, fh) == ("reject", {"reason": "backend_error"})
+    journal.close()
+    again = Journal(path, "fp")
+    assert list(again.state) == [OK, NONE, REJECT] and again.resumed == 2  # ... the next run sends it again
+    assert again.needs(1, 0) and not again.needs(2, 0)
+    again.add(1, 0, "ok", {"x": 2})
+    again.close()
+    third = Journal(path, "fp")
+    assert list(third.state) == [OK, OK, REJECT]
+    with open(path, "rb") as fh:
+        assert third.read(1, fh) == ("ok", {"x": 2})
+    third.close()

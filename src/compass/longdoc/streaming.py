@@ -3,7 +3,8 @@ journal that lets a killed run resume where it stopped.
 
 The backend answers in completion order and keeps every slot busy. Each finished request is appended (and
 flushed) to a hidden journal in work_dir as one line: {"i": task index, "a": attempt, "k": ok | reject |
-retry, "v": payload}. Round r streams the tasks that need attempt r: in round 0 those never answered, in
+retry | transient, "v": payload}; transient is a server failure: a reject for this run, but not final, so the
+next run (the server back) asks again. Round r streams the tasks that need attempt r: in round 0 those never answered, in
 round r > 0 those whose attempt r - 1 was malformed. At the end the journal is read back by task index
 (one seek per task), so the output order is the input order whatever the server did.
 
@@ -23,9 +24,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from compass.errors import CompassError
+from compass.ledger.redact import redact_text
 
 T = TypeVar("T")
 
+TRANSIENT = "transient"  # journal kind of a server failure: rejected in this run, asked again by the next
 NONE, OK, REJECT = -1, 100, 101  # task states; 0..99: the attempt whose reply was malformed (a re-ask is due)
 
 
@@ -63,7 +66,8 @@ class Journal:
         offset = len(lines[0]) + 1
         for line in lines[1:]:
             entry = json.loads(line)
-            self._set(entry["i"], entry["a"], entry["k"], offset)
+            if entry["k"] != TRANSIENT:  # a server failure of an earlier run is not final: its task is sent again
+                self._set(entry["i"], entry["a"], entry["k"], offset)
             offset += len(line) + 1
         self.resumed = sum(1 for s in self.state if s in (OK, REJECT))
 
@@ -90,15 +94,16 @@ class Journal:
         return state == NONE if attempt == 0 else state == attempt - 1
 
     def add(self, index: int, attempt: int, kind: str, value: Any) -> None:
+        """kind: ok | reject | retry | transient (a reject for this run that the next run asks again)."""
         offset = self.fh.tell()
         self.fh.write((json.dumps({"i": index, "a": attempt, "k": kind, "v": value}, ensure_ascii=False) + "\n").encode())
         self.fh.flush()  # a kill loses only the requests in flight
-        self._set(index, attempt, kind, offset)
+        self._set(index, attempt, "reject" if kind == TRANSIENT else kind, offset)
 
     def read(self, index: int, fh) -> tuple[str, Any]:
         fh.seek(self.offset[index])
         entry = json.loads(fh.readline())
-        return entry["k"], entry["v"]
+        return ("reject" if entry["k"] == TRANSIENT else entry["k"]), entry["v"]
 
     def close(self) -> None:
         self.fh.close()
@@ -157,8 +162,8 @@ def stream_in_order(
             for result in progress:
                 task = in_flight.pop(result.id)
                 index = int(result.id)
-                if not result.ok:
-                    journal.add(index, attempt, "reject", reject(task, "backend_error", result.error))
+                if not result.ok:  # final for this run; a rerun (the server back) asks again
+                    journal.add(index, attempt, TRANSIENT, reject(task, "backend_error", redact_text(result.error)))
                     continue
                 try:
                     journal.add(index, attempt, "ok", dump(parse(task, result.text)))

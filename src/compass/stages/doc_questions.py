@@ -181,7 +181,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     total = counts["questions"] + counts["malformed_json"] + counts["backend_error"]
     rejected = total - counts["questions"]
     check_reject_rate("doc-questions", rejected, total, config.max_reject_rate, what="seed sets", reasons=dict(counts),
-                      rejects_path=out_dir / OUTPUTS["rejects"])
+                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
     journal_path(out_dir, "synth").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     return {"questions": counts["questions"], "single_page": counts["single_page"], "cross_page": counts["cross_page"],
             "rejected": rejected, "documents": len(index.offsets)}

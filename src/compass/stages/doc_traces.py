@@ -306,7 +306,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
                            f"dropped: {counts['no_relevant_page']} no relevant page, {counts['no_evidence']} no evidence")
     check_reject_rate("doc-traces", answered_fail, attempted, config.max_reject_rate, what="questions",
                       reasons={"backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]},
-                      rejects_path=out_dir / OUTPUTS["rejects"])
+                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
     for branch in ("vision", "text"):  # outputs are final: the resume journals are done
         journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
     examples = sum(v for k, v in counts.items() if k.startswith("placement_"))

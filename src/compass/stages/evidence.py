@@ -186,7 +186,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if total == 0:
         raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {dict(counts)}")
     check_reject_rate("evidence", page_rejects, total, config.max_reject_rate, what="pages", reasons=dict(counts),
-                      rejects_path=out_dir / OUTPUTS["rejects"])
+                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
     journal_path(out_dir, "evidence").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     metrics = {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
                "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],
