@@ -280,3 +280,35 @@ def test_reference_protocol_needs_the_checkout(tmp_path, capsys):
     code = main(["eval", "--tasks", "cma_basics", "--finharness-protocol", "reference", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and "--finharness-repo DIR" in err and len(err.strip().splitlines()) == 1
+
+
+# --- GSM8K / MGSM-ja: lm-eval's gsm8k and mgsm_native_cot_ja beside the recipe's XML protocol ---------------
+
+GSM8K_CHECKOUT = Path(__file__).resolve().parents[1] / "fixtures" / "gsm8k"  # real openai/grade-school-math rows
+MGSM_ROWS = Path(__file__).resolve().parents[1] / "fixtures" / "mgsm" / "mgsm_ja_rows.tsv"  # real url-nlp rows
+
+
+def test_lm_eval_math_protocols_beside_the_xml_protocol(tiny_models, tmp_path):
+    config = Config(tasks=["gsm8k", "mgsm_ja"], gsm8k={"protocol": "both", "repo": str(GSM8K_CHECKOUT)},
+                    mgsm_ja={"protocol": "reference"}, limit=2, max_new_tokens=8, batch_size=2)
+    result = execute_stage("eval", config, {"model": tiny_models.llm, "mgsm_ja": MGSM_ROWS}, tmp_path / "out")
+    metrics, out = result.manifest.metrics, result.out_dir
+    for name in ("gsm8k.reference", "mgsm_ja.reference"):
+        rows = rows_of(out, name)
+        assert metrics[f"{name}.n"] == len(rows) == 2
+        for kind in ("strict", "flexible"):  # lm-eval's two extractions, each its exact match
+            assert metrics[f"{name}.exact_match_{kind}"] == sum(r[f"exact_match_{kind}"] for r in rows) / 2
+            assert all(f"extracted_{kind}" in r and isinstance(r["raw_output"], str) for r in rows)
+    gsm = rows_of(out, "gsm8k.reference")
+    shots = [json.loads(line)["question"] for line in (GSM8K_CHECKOUT / "grade_school_math/data/train.jsonl").open()]
+    assert gsm[0]["input"].count("Question:") == 6 and all(q in gsm[0]["input"] for q in shots)  # 5-shot from train
+    assert gsm[0]["input"].endswith("Question: Janet’s ducks lay 16 eggs per day. She eats three for breakfast every "
+                                    "morning and bakes muffins for her friends every day with four. She sells the "
+                                    "remainder at the farmers' market daily for $2 per fresh duck egg. How much in "
+                                    "dollars does she make every day at the farmers' market?\nAnswer:")
+    mgsm = rows_of(out, "mgsm_ja.reference")
+    assert mgsm[0]["input"].startswith("問題： ジャネットのアヒルは") and mgsm[0]["input"].endswith("\nステップごとの答え:")
+    assert [r["reference"] for r in mgsm] == ["18", "3"]
+    # the recipe's protocol on the checkout's test file, named beside the reference
+    assert metrics["gsm8k.compass.n"] == 2 and "gsm8k.compass.format_valid_rate" in metrics
+    assert [r["reference"] for r in rows_of(out, "gsm8k.compass")] == ["18", "3"]

@@ -30,10 +30,11 @@ from pydantic import Field, create_model, field_validator, model_validator
 from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.evals.registry import Answers, TaskContext, benchmarks, tasks
+from compass.generate.base import DEVICE_HELP
 from compass.generate.config import OpenAISettings
 from compass.stages import Port
 
-VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 3  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass eval --model work/sft/merged --tasks gsm8k,mgsm_ja --gsm8k data/gsm8k_test.jsonl "
            "--mgsm-ja data/mgsm_ja.tsv --limit 100 --cot both --out work/eval-sft")
 
