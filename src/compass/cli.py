@@ -118,7 +118,7 @@ def add_stage_verb(sub, kind: str) -> None:
     module = get_stage(kind)
     doc = (module.__doc__ or kind).strip()
     parser = sub.add_parser(
-        kind, help=doc.splitlines()[0], description=doc,
+        kind, help=doc.splitlines()[0].replace("%", "%%"), description=doc,
         epilog=f"example:\n  {module.EXAMPLE}", formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="output directory (manifest.json is written last)")
@@ -129,12 +129,12 @@ def add_stage_verb(sub, kind: str) -> None:
     inputs = parser.add_argument_group("inputs")
     for name, port in module.INPUTS.items():
         inputs.add_argument(f"--{name.replace('_', '-')}", dest=f"input__{name}", type=Path, metavar=input_metavar(port.help),
-                            help=port.help + ("" if port.required else " (optional)"))
+                            help=(port.help + ("" if port.required else " (optional)")).replace("%", "%%"))
     options = parser.add_argument_group("config (defaults shown)")
     for path, field in _flag_fields(module.Config):
         flag = "--" + "-".join(path).replace("_", "-")
         default = "required" if field.is_required() else f"default: {default_text(field.get_default(call_default_factory=True))}"
-        text = f"{field.description or ''} ({default})"
+        text = f"{field.description or ''} ({default})".replace("%", "%%")  # argparse %-formats help texts
         if _is_bool(field.annotation):
             options.add_argument(flag, dest="cfg__" + "__".join(path), action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -40,14 +40,15 @@ def test_unknown_flag_and_verb_suggest_the_closest(capsys):
 
 
 def test_recipes_by_name_and_an_editable_copy(tmp_path, capsys):
-    assert recipe_names() == ["compass-phase2", "longdoc-internalized", "tiny"]
+    assert {"compass-phase2", "longdoc-internalized", "tiny"} <= set(recipe_names()) and recipe_names() == sorted(recipe_names())
     assert resolve_recipe("tiny") == packaged_recipe("tiny") == resolve_recipe("tiny.yaml")
     with pytest.raises(CompassError, match=r"recipe not found: tinyy .*'tiny'"):
         resolve_recipe("tinyy")
     assert main(["recipes"]) == 0
     listing = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in listing[:3]] == recipe_names()
-    assert "22 stages" in listing[2]
+    names = recipe_names()
+    assert [line.split()[0] for line in listing[:len(names)]] == names
+    assert "22 stages" in listing[names.index("tiny")]
 
     written = copy_recipe("longdoc-internalized", tmp_path / "mine")
     assert written == [tmp_path / "mine/longdoc-internalized.yaml", tmp_path / "mine/configs/accelerate/zero3.yaml"]
@@ -55,3 +56,29 @@ def test_recipes_by_name_and_an_editable_copy(tmp_path, capsys):
     with pytest.raises(CompassError, match="not overwriting .*--force"):
         copy_recipe("longdoc-internalized", tmp_path / "mine")
     assert main(["recipes", "copy", "longdoc-internalized", str(tmp_path / "mine"), "--force"]) == 0
+
+
+def test_every_device_default_is_auto_and_resolves_to_this_machine():
+    import typing
+
+    from pydantic import BaseModel
+
+    from compass.generate.base import torch_device
+    from compass.stages import STAGES, get_stage
+
+    def device_defaults(model, where):
+        for name, field in model.model_fields.items():
+            if name == "device":
+                yield where + name, field.get_default(call_default_factory=True)
+            for arg in (field.annotation, *typing.get_args(field.annotation)):
+                if isinstance(arg, type) and issubclass(arg, BaseModel):
+                    yield from device_defaults(arg, f"{where}{name}.")
+
+    found = {f"{kind}: {path}": default for kind in STAGES for path, default in device_defaults(get_stage(kind).Config, "")}
+    assert {"sft: device", "dpo: device", "eval: device"} <= set(found), sorted(found)
+    assert any(key.startswith("distill: ") for key in found), sorted(found)
+    assert set(found.values()) == {"auto"}, {k: v for k, v in found.items() if v != "auto"}
+    import torch
+
+    assert torch_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert torch_device("cuda:1") == "cuda:1"

@@ -26,7 +26,9 @@ def load_hflm(model_dir: Path, *, device: str, dtype: str, batch_size: int):
     require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=str(model_dir), device=device, dtype=dtype, batch_size=batch_size)
+    from compass.generate.base import torch_device
+
+    return HFLM(pretrained=str(model_dir), device=torch_device(device), dtype=dtype, batch_size=batch_size)
 
 
 def run_job(lm, job, *, seed: int) -> dict:

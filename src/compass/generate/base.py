@@ -7,6 +7,18 @@ from typing import Any, Protocol
 
 from compass.errors import CompassError
 
+DEVICE_HELP = "torch device: auto (CUDA when torch sees one, else CPU), cpu, cuda, cuda:1, ..."
+
+
+def torch_device(requested: str) -> str:
+    """The device a local model runs on: `auto` is CUDA when torch sees a GPU, else CPU (as training's
+    `device: auto`); anything else is passed to torch as given."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
 
 @dataclass
 class GenRequest:

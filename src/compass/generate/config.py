@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from compass.errors import CompassError
+from compass.generate.base import DEVICE_HELP
 
 BackendKind = Literal["reference", "openai", "transformers"]
 
@@ -37,7 +38,7 @@ class TransformersSettings(BaseModel):
 
     model_dir: str | None = Field(None, description="local model directory (config.json, safetensors, tokenizer with chat template)")
     batch_size: int = Field(8, ge=1, description="prompts per generate() call")
-    device: str = Field("cpu", description="torch device, e.g. cpu, cuda, cuda:1")
+    device: str = Field("auto", description=DEVICE_HELP)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype")
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.generate.base import GenRequest, GenResult, content_text, has_images, sampling_batches
+from compass.generate.base import GenRequest, GenResult, content_text, has_images, sampling_batches, torch_device
 
 
 class TransformersBackend:
@@ -17,14 +17,14 @@ class TransformersBackend:
     run is repeatable for a fixed batch size.
     """
 
-    def __init__(self, model_dir: str | Path, *, batch_size: int = 8, device: str = "cpu", dtype: str = "auto"):
+    def __init__(self, model_dir: str | Path, *, batch_size: int = 8, device: str = "auto", dtype: str = "auto"):
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise CompassError(f"transformers backend: {self.model_dir} is not a model directory (no config.json)")
         if batch_size < 1:
             raise CompassError(f"transformers backend: batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.device = device
+        self.device = torch_device(device)
         self.dtype = dtype
         self.name = f"transformers:{self.model_dir.name}"
         self._model = None

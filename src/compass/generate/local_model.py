@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.generate.base import GenRequest, GenResult, sampling_batches
+from compass.generate.base import GenRequest, GenResult, sampling_batches, torch_device
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -56,12 +56,12 @@ class LogLikelihood:
 class LocalModel:
     """One model directory on one device; loads lazily on first use."""
 
-    def __init__(self, model_dir: str | Path, *, device: str = "cpu", dtype: str = "auto", batch_size: int = 8):
+    def __init__(self, model_dir: str | Path, *, device: str = "auto", dtype: str = "auto", batch_size: int = 8):
         self.model_dir = Path(model_dir)
         self.vlm = is_vlm(self.model_dir)
         if batch_size < 1:
             raise CompassError(f"batch_size must be >= 1, got {batch_size}")
-        self.device, self.dtype, self.batch_size = device, dtype, batch_size
+        self.device, self.dtype, self.batch_size = torch_device(device), dtype, batch_size
         self.name = f"local:{self.model_dir.name}"
         self._model = None
         self._tokenizer = None

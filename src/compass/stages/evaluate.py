@@ -53,7 +53,7 @@ class EvalSettings(StageConfig):
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="server settings for backend openai")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N items of each task (None: all)")
     batch_size: int = Field(8, ge=1, description="prompts per forward/generate call on the local backend")
-    device: str = Field("cpu", description="torch device of the local backend, e.g. cpu, cuda")
+    device: str = Field("auto", description=f"{DEVICE_HELP}; for the local backend")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype (local backend)")
     cot: Literal["on", "off", "both"] = Field("off", description="the <cot> control token in the system message of "
                                               "generation tasks: on, off, or both side by side")
