@@ -245,3 +245,19 @@ def test_compose_refusals_name_the_problem(tiny_models, decomposed, tmp_path):
 def test_decompose_refuses_a_non_llava_dir(tiny_models, tmp_path):
     with pytest.raises(CompassError, match=r"model_type 'llama', expected 'llava_onevision'"):
         decompose.run(decompose.Config(), {"vlm": tiny_models.llm}, tmp_path)
+
+
+def test_composed_vlm_is_a_standard_checkpoint(fresh_vlm):
+    """processor_config.json names transformers' LlavaOnevisionProcessor (not compass's image-only subclass), and
+    transformers alone loads the model in a fresh process without compass imported."""
+    import json
+    import subprocess
+    import sys
+
+    assert json.loads((fresh_vlm / "processor_config.json").read_text())["processor_class"] == "LlavaOnevisionProcessor"
+    script = ("import sys; from transformers import AutoModelForImageTextToText, AutoTokenizer; "
+              "m = AutoModelForImageTextToText.from_pretrained(sys.argv[1]); AutoTokenizer.from_pretrained(sys.argv[1]); "
+              "assert 'compass' not in sys.modules; print(type(m).__name__)")
+    done = subprocess.run([sys.executable, "-c", script, str(fresh_vlm)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "LlavaOnevisionForConditionalGeneration"

@@ -75,6 +75,7 @@ def test_unknown_class_fails_with_the_supported_list():
     assert len(FAMILIES) == 7
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", VLMS)
 def test_vlm_sft_merge_and_task_arithmetic(tiny_families, family, tmp_path, mistral_template):
     base_dir = tiny_families(family)
@@ -144,6 +145,7 @@ def check_fresh_process_load(path, processor_class: str, with_processor: bool) -
     assert done.stdout.strip().endswith("ForConditionalGeneration")
 
 
+@pytest.mark.slow
 def test_train_vision_trains_the_tower_and_not_the_language_model(tiny_families, tmp_path):
     base_dir = tiny_families("qwen3_vl")
     data = write_doc_examples(tmp_path / "docs", 2)
@@ -168,6 +170,7 @@ def test_mistral_without_a_marked_template_refuses_with_the_advice(tiny_families
     assert not (tmp_path / "o" / "manifest.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_text_sft_and_dpo_with_the_real_template(tiny_families, family, tmp_path, mistral_template):
     from compass.models.merge import read_checkpoint
@@ -188,6 +191,12 @@ def test_text_sft_and_dpo_with_the_real_template(tiny_families, family, tmp_path
     assert ("lm_head.weight" in base_keys) is (not tied)
     # the merged model keeps the base's own (inference) template
     assert (merged / "tokenizer_config.json").read_bytes() == (base_dir / "tokenizer_config.json").read_bytes()
+    # portable: plain transformers loads it in a fresh process
+    script = ("import sys; from transformers import AutoModelForCausalLM, AutoTokenizer; "
+              "AutoModelForCausalLM.from_pretrained(sys.argv[1]); AutoTokenizer.from_pretrained(sys.argv[1]); "
+              "assert 'compass' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", script, str(merged)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
     pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
     # the published Mistral template cannot render a string system prompt: DPO takes the fixed copy too
@@ -224,6 +233,7 @@ def fake_hub_cache(root, repo_id: str, model_dir, commit: str = "a" * 40):
     return commit
 
 
+@pytest.mark.slow
 def test_model_by_hub_id_from_the_cache_offline(tiny_families, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
