@@ -169,7 +169,8 @@ def _record_locked(index: Index, tracker, embed, manifest: Manifest, out_dir: Pa
     tags.update(_file_tags("compass.output", {"": {rel: sha for rel, sha, _ in out_files}}))
     tags.update(_file_tags("compass.input", {port: rec["files"] for port, rec in data["inputs"].items()}))
     params = {k: as_text(v) for k, v in flatten(data["config"]).items()}
-    metrics = {k: n for k, v in flatten(data["metrics"]).items() if (n := as_number(v)) is not None}
+    # booleans (lora: true, ...) are not measurements: they stay in manifest.json, not MLflow's metric charts
+    metrics = {k: n for k, v in flatten(data["metrics"]).items() if not isinstance(v, bool) and (n := as_number(v)) is not None}
     metrics["wall_time_s"] = float(data["wall_time_s"])
     tracker.log(mlflow_id, params=params, tags=tags, metrics=metrics, history=history)
     tracker.log_artifacts(mlflow_id, data, data["config"])
