@@ -285,6 +285,8 @@ def _check(ctx) -> None:
         from compass.evals.lm_harness import require_lm_eval
 
         require_lm_eval()
+        if "model" not in ctx.inputs:
+            raise CompassError(f"{ctx.name} protocol {ctx.settings.protocol}: lm-eval runs the local model: give --model DIR")
         _reference_data(ctx)
     if "compass" in ctx.protocols() and ctx.data_path is None and ctx.name not in ctx.config.hub and (
             ctx.name == "problems" or ctx.settings.repo is None):
