@@ -79,6 +79,13 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def derived_bits(seed: int, *parts: object, nbytes: int) -> int:
+    """The one per-record seeding rule: an integer of `nbytes` bytes fixed by (run seed, parts) alone, e.g.
+    (problem id, sample index). A record's draws depend on nothing else (not order, shard, resume or worker)."""
+    key = "\x00".join(str(part) for part in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], "big")
+
+
 def is_hidden_work_file(rel: Path) -> bool:
     """Temp files of atomic writes and stage bookkeeping are not artifacts."""
     return any(part.startswith(".") for part in rel.parts)

@@ -22,7 +22,6 @@ Full-width digits are not numbers here.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 
 from compass.formats.boxed import box_spans
 from compass.formats.reasoning import FormatError, parse_reasoning
+from compass.io import derived_bits
 from compass.records import Message, Pair, Reject, Trace
 from compass.vocab import ANSWER_CLOSE, ANSWER_OPEN, THINKING_CLOSE as THINK_CLOSE, THINKING_OPEN as THINK_OPEN
 
@@ -55,8 +55,7 @@ ANSWER_LETTERS = "ABCDE"
 
 def record_rng(seed: int, record_id: str) -> random.Random:
     """The RNG of one record: a function of (seed, id) only, so output is independent of order and sharding."""
-    digest = hashlib.sha256(f"{seed}\x00{record_id}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:16], "big"))
+    return random.Random(derived_bits(seed, record_id, nbytes=16))
 
 
 def normalized_weights(weights: Mapping[str, float]) -> dict[str, float]:

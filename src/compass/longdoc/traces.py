@@ -14,11 +14,11 @@ the order and number of other questions, so adding a question never changes anot
 """
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Literal
 
 from compass.errors import CompassError
+from compass.io import derived_bits
 from compass.records import DocQuestion, Message, PageEvidence
 from compass.vocab import COT, IMAGE_TOKEN as IMAGE_MARK, think_block
 
@@ -51,8 +51,7 @@ def build_trace(selected: list[PageEvidence]) -> str:
 
 def unit_draw(seed: int, purpose: str, key: str) -> float:
     """A uniform number in [0, 1) fixed by (seed, purpose, key)."""
-    digest = hashlib.sha256(f"{seed}\0{purpose}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
+    return derived_bits(seed, purpose, key, nbytes=8) / 2**64
 
 
 def choose(weights: dict[str, float], u: float) -> str:

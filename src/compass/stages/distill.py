@@ -16,7 +16,6 @@ reference and transformers teachers).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -105,8 +104,9 @@ class Config(StageConfig):
 
 def sample_seed(seed: int, problem_id: str, index: int) -> int:
     """A per-sample seed that depends only on (run seed, problem id, sample index): stable under resume."""
-    digest = hashlib.sha256(f"{seed}\x00{problem_id}\x00{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+    from compass.io import derived_bits
+
+    return derived_bits(seed, problem_id, index, nbytes=4) & 0x7FFFFFFF
 
 
 def teacher_messages(problem, format_instruction: bool) -> list[dict]:
