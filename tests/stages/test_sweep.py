@@ -140,6 +140,16 @@ def test_seed_axis_is_averaged_and_the_cli_prints_the_declared_tables(tmp_path, 
     shares = [next(r for r in runs if r.run_id == i).metrics["strategy_share"]["omit_thinking"] for i in cell.run_ids]
     assert cell.text() == f"{statistics.mean(shares):.4g} ± {statistics.stdev(shares):.2g} (n=2)"
 
+    from compass.ledger.report import anchor, build_report
+
+    index = Index(ledger.index_db, create=False)
+    try:
+        page = build_report(index)
+    finally:
+        index.close()
+    assert 'id="ablations"' in page and '<table class="ablation">' in page and "(n=2)" in page
+    assert f'href="#{anchor(cell.run_ids[0])}"' in page  # cells link to the run sections of the report
+
     assert runs_main(["table", "--home", str(ledger.root)]) == 0  # the sweep's own tables: block
     out = capsys.readouterr().out
     assert "sweep sweepy: " in out and "tamper_answer \\ require_tags" in out and "(n=2)" in out

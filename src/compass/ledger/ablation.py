@@ -114,17 +114,18 @@ def build_tables(runs: list[tuple[str, dict[str, Any], dict[str, Any]]], *, rows
     return tables
 
 
-def render_tables(tables: list[AblationTable], fmt: str) -> str:
+def render_tables(tables: list[AblationTable], fmt: str, *, anchor=lambda run_id: f"run-{run_id}") -> str:
+    """The tables in `fmt`; in html each run id links to `#<anchor(run_id)>` (the page's section of that run)."""
     if fmt not in TABLE_FORMATS:
         raise CompassError(f"--format must be one of {', '.join(TABLE_FORMATS)}, got {fmt!r}")
-    return "\n\n".join(_render(t, fmt) for t in tables)
+    return "\n\n".join(_render(t, fmt, anchor) for t in tables)
 
 
 def _corner(t: AblationTable) -> str:
     return f"{t.rows_axis.split('.')[-1]} \\ {t.cols_axis.split('.')[-1]}"
 
 
-def _render(t: AblationTable, fmt: str) -> str:
+def _render(t: AblationTable, fmt: str, anchor) -> str:
     head = [_corner(t)] + [_label(c) for c in t.cols]
     body = [[_label(r)] + [t.cells[(r, c)].text() for c in t.cols] for r in t.rows]
     runs = [(r, c, t.cells[(r, c)].run_ids) for r in t.rows for c in t.cols if t.cells[(r, c)].run_ids]
@@ -146,7 +147,7 @@ def _render(t: AblationTable, fmt: str) -> str:
         return "\n".join(lines)
     if fmt == "html":
         cell_html = lambda r, c: (html.escape(t.cells[(r, c)].text()) + "".join(
-            f' <a class="run" href="#run-{i}" title="compass runs reproduce {i}">{i[:8]}</a>' for i in t.cells[(r, c)].run_ids))
+            f' <a class="run" href="#{anchor(i)}" title="compass runs reproduce {i}">{i[:8]}</a>' for i in t.cells[(r, c)].run_ids))
         lines = [f'<table class="ablation"><caption>{html.escape(caption)}</caption>',
                  "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
         lines += ["<tr><th>" + html.escape(_label(r)) + "</th>" + "".join(f"<td>{cell_html(r, c)}</td>" for c in t.cols) + "</tr>"

@@ -235,6 +235,12 @@ class Index:
             sql += f" LIMIT {int(limit)}"
         return [_row(v) for v in self.db.execute(sql, params).fetchall()]
 
+    def sweep_names(self) -> list[str]:
+        """Names of the sweeps whose runs are recorded, most recent first."""
+        return [row[0] for row in self.db.execute(
+            "SELECT json_extract(manifest, '$.sweep.name') AS s FROM runs WHERE state='complete' AND s IS NOT NULL "
+            "GROUP BY s ORDER BY max(recorded_at) DESC")]
+
     def sweep_runs(self, sweep: str | None) -> tuple[str, list[RunRow]]:
         """The runs `compass sweep` made under this sweep name (None: the most recently recorded sweep)."""
         if sweep is None:

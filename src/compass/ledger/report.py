@@ -79,6 +79,19 @@ def anchor(run_id: str) -> str:
     return f"run-{run_id[:12]}"
 
 
+def ablation_html(index: Index) -> str:
+    """The tables every recorded sweep declares (compass.ledger.ablation), newest sweep first."""
+    from compass.ledger.ablation import build_tables, render_tables
+
+    parts = []
+    for name in index.sweep_names():
+        _, runs = index.sweep_runs(name)
+        rows = [(r.run_id, r.manifest["sweep"], flatten(r.metrics)) for r in runs]
+        for spec in runs[-1].manifest["sweep"]["tables"]:
+            parts.append(f"<h3>{html.escape(name)}</h3>" + render_tables(build_tables(rows, **spec), "html", anchor=anchor))
+    return "\n".join(parts)
+
+
 def arrow(metric: str) -> str:
     return "lower is better ↓" if direction(metric) == "lower" else "higher is better ↑"
 
@@ -217,6 +230,10 @@ def build_report(index: Index, *, metrics: list[str] | None = None, limit: int =
     if not groups:
         body.append("<p>No run logged a training history.</p>")
 
+    ablations = ablation_html(index)
+    if ablations:
+        body.append('<h2 id="ablations">Ablation tables</h2>')
+        body.append(ablations)
     body.append('<h2 id="runs">Runs</h2>')
     for run in runs[:RUN_SECTIONS]:
         numbers = [(k, as_number(v)) for k, v in flatten(run.metrics).items()
