@@ -92,3 +92,22 @@ def test_numbers_and_summary_table():
     assert table[1].split()[:4] == ["sft", "sft", "ran", "12.3s"]
     assert table[2].split()[:4] == ["eval_sft", "eval", "cached", "3.0s"]
     assert table[-1] == "2 stage(s): 1 ran (12.3s of stage time), 1 cached"
+
+
+def test_report_to_passes_through_to_the_trainer_and_tqdm_follows_verbose(tmp_path, monkeypatch):
+    from compass.stages.sft import Config
+    from compass.train.device import DevicePlan
+    from compass.train.session import common_args, plan_line
+
+    plan = DevicePlan(device="cpu", num_processes=1, process_index=0, bf16=False, gradient_checkpointing=False,
+                      gradient_accumulation_steps=32)
+    monkeypatch.delenv("COMPASS_VERBOSE", raising=False)
+    quiet = common_args(Config(), plan, tmp_path)
+    assert quiet["report_to"] == "none" and quiet["disable_tqdm"] is True
+    assert "gradient_checkpointing" not in quiet and quiet["activation_checkpointing"] is False
+    monkeypatch.setenv("COMPASS_VERBOSE", "1")
+    loud = common_args(Config(report_to=["tensorboard", "wandb"]), plan, tmp_path)
+    assert loud["report_to"] == ["tensorboard", "wandb"] and loud["disable_tqdm"] is False
+    assert plan_line(427, 7, plan, Config(), 2, 1) == (
+        "plan: 427 examples, 7 optimizer steps, global batch 64 = micro 2 x accumulation 32 x 1 process(es), cpu, fp32, "
+        "lr 0.0002 linear with 1 warmup step(s), loss logged every 10 step(s)")
