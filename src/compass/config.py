@@ -65,6 +65,13 @@ class Launch(BaseModel):
     slurm: SlurmLaunch | None = Field(None, description="run the stage as a Slurm job (see SlurmLaunch)")
 
 
+def plain_name(value: str, what: str) -> str:
+    """A name that is also a directory name: letters, digits, '-' and '_'."""
+    if not value or not all(c.isalnum() or c in "-_" for c in value):
+        raise ValueError(f"{what} must be letters, digits, '-' or '_', got {value!r}")
+    return value
+
+
 class StageEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,9 +87,7 @@ class StageEntry(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not value or not all(c.isalnum() or c in "-_" for c in value):
-            raise ValueError(f"stage name must be letters, digits, '-' or '_', got {value!r}")
-        return value
+        return plain_name(value, "stage name")
 
 
 class SweepVariant(BaseModel):
@@ -94,9 +99,7 @@ class SweepVariant(BaseModel):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not value or not all(c.isalnum() or c in "-_" for c in value):
-            raise ValueError(f"variant name must be letters, digits, '-' or '_', got {value!r}")
-        return value
+        return plain_name(value, "variant name")
 
 
 class SweepTable(BaseModel):
