@@ -17,7 +17,7 @@ from support.slurm_cluster import SlurmCluster, missing_binaries
 from support.traces import synthetic_trace
 from compass.config import Launch, SlurmLaunch
 from compass.io import sha256_file, write_jsonl
-from compass.launch.slurm import shard_dir, shards_root, worker_command
+from compass.launch.slurm import shard_dir, worker_command
 from compass.pipeline import run_recipe
 from compass.runner import execute_stage
 from compass.stages import pairs
@@ -95,7 +95,7 @@ def test_recipe_on_slurm_equals_a_local_run_and_resubmits_nothing(cluster, tiny_
     assert not pair.cached and pair.manifest.outputs == here["pairs"].manifest.outputs
     assert pair.manifest.metrics == here["pairs"].manifest.metrics
     assert pair.manifest.launch["slurm"]["shards"] == 3
-    assert not shards_root(pair.out_dir).exists()  # joined, then removed
+    assert not any(shard_dir(pair.out_dir, i, 3).exists() for i in range(3))  # joined, then removed
     shard_logs = sorted((pair.out_dir / ".slurm").glob("shard-*.log"))
     assert len(shard_logs) == 3 and all("pairs shard" in p.read_text() for p in shard_logs)
 

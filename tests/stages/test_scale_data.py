@@ -189,3 +189,30 @@ def test_sources_workers_and_shards_give_the_single_process_bytes(tmp_path):
     joined = run_sharded("sources", cfg, {"data": data}, tmp_path / "sharded", 3)
     assert outputs(joined) == one.manifest.outputs
     assert read_manifest(joined).metrics == one.manifest.metrics
+
+
+# --- doc-traces ----------------------------------------------------------------------------------------------
+
+
+def test_doc_traces_workers_and_shards_give_the_single_process_bytes(pdfs, tmp_path):
+    from compass.stages import doc_traces, evidence
+
+    fx = pdfs.parent
+    pages.run(pages.Config(max_long_side=MAX_SIDE, max_reject_rate=0.5, workers=1), {"pdfs": pdfs}, tmp_path / "pages")
+    evidence.run(evidence.Config(), {"pages": tmp_path / "pages" / "pages.jsonl", "questions": fx / "questions.jsonl"},
+                 tmp_path / "evidence")
+    inputs = {"evidence": tmp_path / "evidence" / "evidence.jsonl", "questions": fx / "questions.jsonl",
+              "pages": tmp_path / "pages" / "pages.jsonl"}
+    cfg = doc_traces.Config(top_k=2, threshold=0.5, no_cot_extra_fraction=0.5)
+    # image paths are relative to the output directory: every run here writes into a sibling of the others
+    root = tmp_path / "runs"
+    one = execute_stage("doc-traces", cfg.model_copy(update={"workers": 1}), inputs, root / "one")
+    two = execute_stage("doc-traces", cfg.model_copy(update={"workers": 2}), inputs, root / "two")
+    assert outputs(root / "one") == outputs(root / "two") == one.manifest.outputs
+    assert one.manifest.metrics == two.manifest.metrics and one.manifest.metrics["questions"] >= 3
+    joined = run_sharded("doc-traces", cfg, inputs, root, 3)
+    assert outputs(joined) == one.manifest.outputs
+    assert read_manifest(joined).metrics == one.manifest.metrics
+    with pytest.raises(CompassError, match="beside the output"):
+        execute_stage("doc-traces", cfg, inputs, tmp_path / "elsewhere" / "deeper",
+                      gather_from=[root / f"shard-{i}" for i in range(3)])

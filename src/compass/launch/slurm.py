@@ -8,7 +8,7 @@ several nodes, or several GPUs or processes, srun starts `accelerate launch` onc
 SLURM_NODEID, rendezvous on the first node of the allocation), and rank 0 writes the metrics.
 
 A job array (`shards: N`, data stages): task I runs the stage with `shard: I/N` into
-.OUT.shards/I-of-N beside OUT as an ordinary cached stage run (compass.launch.task); shards already complete for
+.OUT.shard-I-of-N beside OUT as an ordinary cached stage run (compass.launch.task); shards already complete for
 this config and these inputs are not submitted again; when all are done they are gathered into OUT
 (compass.launch.gather), byte-identical to an unsharded run.
 
@@ -195,14 +195,11 @@ def run_on_slurm(kind: str, config: StageConfig, paths: dict[str, Path], out_dir
     return metrics
 
 
-def shards_root(out_dir: Path) -> Path:
-    """Where the shard runs of OUT live until they are gathered: the hidden sibling .OUT.shards (beside the
-    output, not in it: each shard is an output directory of its own, with its own lock and manifest)."""
-    return out_dir.parent / f".{out_dir.name}.shards"
-
-
 def shard_dir(out_dir: Path, index: int, count: int) -> Path:
-    return shards_root(out_dir) / f"{index}-of-{count}"
+    """Where shard I of OUT runs until it is gathered: the hidden sibling .OUT.shard-I-of-N. Beside the output,
+    not in it (each shard is an output directory of its own, with its own lock and manifest), and at its
+    depth (stages such as doc-traces write paths relative to their output directory)."""
+    return out_dir.parent / f".{out_dir.name}.shard-{index}-of-{count}"
 
 
 def shard_done(folder: Path, config: StageConfig, input_hashes: dict[str, dict[str, str]]) -> bool:
@@ -247,5 +244,6 @@ def _run_array(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: 
     else:
         print(f"launch: slurm: {name}: all {count} shards already complete; gathering", flush=True)
     metrics = gather_shards(kind, config, input_hashes, dirs, out_dir, cache)
-    shutil.rmtree(shards_root(out_dir))  # joined into out_dir (its files hard-linked or copied there)
+    for folder in dirs:  # joined into out_dir (their files hard-linked or copied there)
+        shutil.rmtree(folder)
     return metrics

@@ -22,15 +22,16 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from compass.config import StageConfig
+from compass.data.shards import DataStageConfig, ShardRun, concat_files, ordered_map, sum_metrics
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
-from compass.io import atomic_open, dumps_record, iter_jsonl
+from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, PageEvidence, Reject
 from compass.stagekit import check_reject_rate
@@ -44,7 +45,7 @@ EXAMPLE = ("compass doc-traces --evidence work/evidence/evidence.jsonl --questio
 DEFAULT_PLACEMENT = {"system": 0.45, "user_prepend": 0.25, "user_append": 0.25, "none": 0.05}
 
 
-class Config(StageConfig):
+class Config(DataStageConfig):
     threshold: float = Field(1.0, ge=0, le=10, description="keep pages whose relevance_score is above this")
     top_k: int = Field(24, ge=1, description="most pages in a trace (and images sent to the vision branch)")
     vision_share: float = Field(0.5, ge=0, le=1, description="share of questions answered by the vision branch; "
@@ -128,13 +129,19 @@ def kept_items(config: Config, questions: Path, evidence: Path, drops: list[Reje
     groups = grouped_evidence(evidence)
     pending = next(groups, None)
     position = 0
-    for question in iter_jsonl(questions, DocQuestion):
-        if pending is None or pending[0] != question.id:
+    shard = config.shard_spec()
+    n_questions = count_jsonl_records(questions) if shard is not None else 0
+    for index, question in enumerate(iter_jsonl(questions, DocQuestion)):
+        group = None
+        if pending is not None and pending[0] == question.id:
+            group = pending[1]
+            pending = next(groups, None)
+        if shard is not None and not shard.contains(index, n_questions):
+            continue  # another shard's question (its evidence is passed over in step)
+        if group is None:
             if drops is not None:
                 drops.append(Reject(id=question.id, reason="no_evidence", detail="no evidence records (rejected upstream)"))
             continue
-        group = pending[1]
-        pending = next(groups, None)
         selected = select_pages(group, config.threshold, config.top_k)
         if not selected:
             if drops is not None:
@@ -231,9 +238,38 @@ def strip_think(text: str) -> str:
 # --- the stage -------------------------------------------------------------------------------------------
 
 
+BATCH = 32  # questions per worker task
+
+
+def build_examples(task: tuple, config: Config) -> tuple:
+    """A reject passes through; a (question, answer, its document's images) job becomes its example lines
+    (the <cot> variant and, when drawn, the no-<cot> copy), with their placements. In any process."""
+    from compass.longdoc.traces import build_trace, example_messages, shown_pages, unit_draw
+
+    kind, value = task
+    if kind == "reject":
+        return task
+    item, answer, all_images, rel_root = value
+    question = item.question
+    shown = shown_pages(len(all_images), item.selected, config.max_images)
+    images = [(Path(rel_root) / all_images[p]).as_posix() for p in shown]
+    trace = build_trace(item.selected)
+    variants = [(question.id, item.placement)]
+    if item.placement != "none" and unit_draw(config.seed, "no_cot_extra", question.id) < config.no_cot_extra_fraction:
+        variants.append((f"{question.id}#nocot", "none"))
+    lines = []
+    for example_id, placement in variants:
+        example = DocExample(
+            id=example_id, question_id=question.id, doc_id=question.doc_id, images=images,
+            messages=example_messages(question.question, shown, placement, None if placement == "none" else trace, answer),
+            cot_placement=placement, branch=item.branch, has_trace=placement != "none",
+        )
+        lines.append((dumps_record(example) + "\n", placement))
+    return "examples", lines
+
+
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     from compass.longdoc.streaming import fingerprint_of, journal_path
-    from compass.longdoc.traces import build_trace, example_messages, shown_pages, unit_draw
 
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
@@ -251,54 +287,72 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     drops: list[Reject] = []
     counts: Counter[str] = Counter()
-    trace_pages = gold_total = gold_found = 0
-    with atomic_open(out_dir / OUTPUTS["examples"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+    totals = {"trace_pages": 0, "gold_total": 0, "gold_found": 0}
+
+    def tasks() -> Iterator[tuple]:
+        """In output order: ("reject", Reject) to write as is, or ("example", job) for the workers to build."""
         for item in kept_items(config, inputs["questions"], inputs["evidence"], drops):
             for drop in drops:
-                rej.write(dumps_record(drop) + "\n")
-                counts[drop.reason] += 1
+                yield "reject", drop
             drops.clear()
             question = item.question
             kind, value = next(answers, ("missing", {"p": None}))
             if value["p"] != item.position:
                 raise CompassError(f"doc-traces: no answer for question {question.id!r} (position {item.position})")
             if kind == "reject":
-                rej.write(dumps_record(Reject(id=question.id, reason=value["reason"], detail=value["detail"])) + "\n")
-                counts[value["reason"]] += 1
+                yield "reject", Reject(id=question.id, reason=value["reason"], detail=value["detail"])
                 continue
             answer = value["a"].strip()
             if not answer:
-                rej.write(dumps_record(Reject(id=question.id, reason="empty_answer", detail="the answer is empty")) + "\n")
-                counts["empty_answer"] += 1
+                yield "reject", Reject(id=question.id, reason="empty_answer", detail="the answer is empty")
                 continue
-            all_images = doc_images(question.doc_id)
-            shown = shown_pages(len(all_images), item.selected, config.max_images)
-            images = [(rel_root / all_images[p]).as_posix() for p in shown]
-            trace = build_trace(item.selected)
-            variants = [(question.id, item.placement)]
-            if item.placement != "none" and unit_draw(config.seed, "no_cot_extra", question.id) < config.no_cot_extra_fraction:
-                variants.append((f"{question.id}#nocot", "none"))
-            for example_id, placement in variants:
-                example = DocExample(
-                    id=example_id, question_id=question.id, doc_id=question.doc_id, images=images,
-                    messages=example_messages(question.question, shown, placement,
-                                              None if placement == "none" else trace, answer),
-                    cot_placement=placement, branch=item.branch, has_trace=placement != "none",
-                )
-                out.write(dumps_record(example) + "\n")
-                counts[f"placement_{placement}"] += 1
             counts[f"branch_{item.branch}"] += 1
             counts["questions"] += 1
-            trace_pages += len(item.selected)
+            totals["trace_pages"] += len(item.selected)
             gold = set(question.gold_pages)
-            gold_total += len(gold)
-            gold_found += len(gold & {e.page_index for e in item.selected})
+            totals["gold_total"] += len(gold)
+            totals["gold_found"] += len(gold & {e.page_index for e in item.selected})
+            yield "example", (item, answer, doc_images(question.doc_id), rel_root.as_posix())
         for drop in drops:
-            rej.write(dumps_record(drop) + "\n")
-            counts[drop.reason] += 1
+            yield "reject", drop
+        drops.clear()
+
+    built = ordered_map(partial(build_examples, config=config), tasks(), config.worker_count(), batch=BATCH)
+    with atomic_open(out_dir / OUTPUTS["examples"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+        for kind, value in built:
+            if kind == "reject":
+                rej.write(dumps_record(value) + "\n")
+                counts[value.reason] += 1
+                continue
+            for line, placement in value:
+                out.write(line)
+                counts[f"placement_{placement}"] += 1
+    trace_pages, gold_total, gold_found = totals["trace_pages"], totals["gold_total"], totals["gold_found"]
     leftover = next(answers, None)
     if leftover is not None:
         raise CompassError(f"doc-traces: an answer for position {leftover[1]['p']} has no question")
+    answered_fail = counts["backend_error"] + counts["empty_answer"]
+    if config.shard is None:  # a shard's share is checked with the others' at gather
+        check_answers(config, counts, out_dir)
+    for branch in ("vision", "text"):  # outputs are final: the resume journals are done
+        journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
+    examples = sum(v for k, v in counts.items() if k.startswith("placement_"))
+    metrics = {
+        "examples": examples, "questions": counts["questions"],
+        "dropped_no_relevant_page": counts["no_relevant_page"], "dropped_no_evidence": counts["no_evidence"],
+        "answer_rejects": answered_fail,
+        "branches": {b: counts[f"branch_{b}"] for b in ("vision", "text")},
+        "placements": {p: counts[f"placement_{p}"] for p in DEFAULT_PLACEMENT},
+        "mean_trace_pages": round(trace_pages / counts["questions"], 3) if counts["questions"] else 0.0,
+        "gold_page_recall": round(gold_found / gold_total, 4) if gold_total else None,
+    }
+    if config.shard is not None:  # what the gather needs to compute the two means over the whole
+        metrics["shard_counts"] = {"trace_pages": trace_pages, "gold_total": gold_total, "gold_found": gold_found,
+                                   "backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]}
+    return metrics
+
+
+def check_answers(config: Config, counts: Counter, out_dir: Path) -> None:
     answered_fail = counts["backend_error"] + counts["empty_answer"]
     attempted = counts["questions"] + answered_fail
     if attempted == 0:
@@ -307,15 +361,31 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     check_reject_rate("doc-traces", answered_fail, attempted, config.max_reject_rate, what="questions",
                       reasons={"backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]},
                       rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
-    for branch in ("vision", "text"):  # outputs are final: the resume journals are done
-        journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
-    examples = sum(v for k, v in counts.items() if k.startswith("placement_"))
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' examples and rejects in shard order: the unsharded files; checks and means over the whole.
+    Image paths are relative to the output directory, so the shards must have been written beside it."""
+    away = [str(s.out_dir) for s in shards if s.out_dir.parent != out_dir.parent]
+    if away:
+        raise CompassError(f"doc-traces: gather: shard runs {away} are not beside the output {out_dir}: their image "
+                           "paths are relative to their own directory; run the shards into siblings of --out")
+    total = sum_metrics([s.metrics for s in shards], ["examples", "questions", "dropped_no_relevant_page",
+                                                       "dropped_no_evidence", "answer_rejects", "branches", "placements",
+                                                       "shard_counts"])
+    raw = total["shard_counts"]
+    counts = Counter({"questions": total["questions"], "no_relevant_page": total["dropped_no_relevant_page"],
+                      "no_evidence": total["dropped_no_evidence"], "backend_error": raw["backend_error"],
+                      "empty_answer": raw["empty_answer"]})
+    check_answers(config, counts, out_dir)  # before anything is written
+    for name in ("examples", "rejects"):
+        concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
     return {
-        "examples": examples, "questions": counts["questions"],
-        "dropped_no_relevant_page": counts["no_relevant_page"], "dropped_no_evidence": counts["no_evidence"],
-        "answer_rejects": answered_fail,
-        "branches": {b: counts[f"branch_{b}"] for b in ("vision", "text")},
-        "placements": {p: counts[f"placement_{p}"] for p in DEFAULT_PLACEMENT},
-        "mean_trace_pages": round(trace_pages / counts["questions"], 3) if counts["questions"] else 0.0,
-        "gold_page_recall": round(gold_found / gold_total, 4) if gold_total else None,
+        "examples": total["examples"], "questions": total["questions"],
+        "dropped_no_relevant_page": total["dropped_no_relevant_page"], "dropped_no_evidence": total["dropped_no_evidence"],
+        "answer_rejects": total["answer_rejects"],
+        "branches": {b: total["branches"][b] for b in ("vision", "text")},
+        "placements": {p: total["placements"][p] for p in DEFAULT_PLACEMENT},
+        "mean_trace_pages": round(raw["trace_pages"] / total["questions"], 3) if total["questions"] else 0.0,
+        "gold_page_recall": round(raw["gold_found"] / raw["gold_total"], 4) if raw["gold_total"] else None,
     }

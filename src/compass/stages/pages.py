@@ -5,11 +5,13 @@ encrypted, empty or corrupt, or one of whose pages fails to load, is rejected as
 reason into rejects.jsonl and the other documents go on; the stage fails when the rejected share
 passes max_reject_rate. The doc id is the PDF's path relative to the input, without '.pdf'.
 
-`workers` processes render documents in parallel (pdfium is not thread-safe: processes, one document per
-task); pages.jsonl keeps the sorted file order whatever the count. A shard's units are the sorted PDF files.
+`workers` processes render in parallel (pdfium is not thread-safe: processes, a few pages of one document per
+task, so a long document spreads over the workers); pages.jsonl keeps the sorted file and page order whatever
+the count. A shard's units are the sorted PDF files.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -84,15 +86,16 @@ def render_scale(width_pt: float, height_pt: float, dpi: float, max_long_side: i
     return min(scale, max_long_side / long_side)
 
 
-def render_document(path: Path, doc_id: str, config: Config, image_root: Path) -> list[Page]:
-    """Render all pages of one PDF into image_root/<doc_id>/page-NNNN.png; any page failure rejects the document."""
+def render_pages(path: Path, doc_id: str, config: Config, image_root: Path, start: int, stop: int) -> list[Page]:
+    """Render pages [start, stop) of one PDF into image_root/<doc_id>/page-NNNN.png; a page failure rejects the
+    document (the pages of this range written so far are removed; the caller removes the other ranges')."""
     import pypdfium2 as pdfium
 
     doc = open_pdf(path)
     pages: list[Page] = []
     written: list[Path] = []
     try:
-        for index in range(len(doc)):
+        for index in range(start, stop):
             try:
                 page = doc[index]
                 width_pt, height_pt = page.get_size()
@@ -111,7 +114,7 @@ def render_document(path: Path, doc_id: str, config: Config, image_root: Path) -
             pages.append(Page(doc_id=doc_id, page_index=index, image=rel.as_posix(), width=image.width,
                               height=image.height, text=text))
     except Rejected:
-        for file in written:  # a rejected document leaves no images behind
+        for file in written:
             file.unlink()
         raise
     finally:
@@ -119,13 +122,34 @@ def render_document(path: Path, doc_id: str, config: Config, image_root: Path) -
     return pages
 
 
-def render_job(job: tuple[str, str], config: Config, image_root: Path) -> tuple[list[Page], Reject | None]:
-    """One document, in whichever process: its pages, or its reject (a pool returns it; it does not raise)."""
-    pdf, doc_id = Path(job[0]), job[1]
+PAGES_PER_TASK = 4  # a worker task is a few pages of one document: long documents spread over the workers too
+
+
+def render_task(task: tuple, config: Config, image_root: Path) -> tuple:
+    """("pages", doc_id, [Page]) or ("reject", doc_id, Reject) for one page range, in whichever process (a pool
+    returns the reject; it does not raise). A reject known before rendering passes through."""
+    if task[0] == "reject":
+        return task
+    _, doc_id, pdf, start, stop = task
     try:
-        return render_document(pdf, doc_id, config, image_root), None
+        return "pages", doc_id, render_pages(Path(pdf), doc_id, config, image_root, start, stop)
     except Rejected as err:
-        return [], Reject(id=doc_id, reason=err.reason, detail=err.detail, record={"path": str(pdf.name)})
+        return "reject", doc_id, Reject(id=doc_id, reason=err.reason, detail=err.detail, record={"path": Path(pdf).name})
+
+
+def render_tasks(jobs: list[tuple[str, str]]) -> Iterator[tuple]:
+    """Page ranges of each document in order, and each document's last range marked (it closes the document).
+    A document that does not open (encrypted, empty, corrupt) is one passed-through reject."""
+    for pdf, doc_id in jobs:
+        try:
+            doc = open_pdf(Path(pdf))
+        except Rejected as err:
+            yield "reject", doc_id, Reject(id=doc_id, reason=err.reason, detail=err.detail, record={"path": Path(pdf).name})
+            continue
+        count = len(doc)
+        doc.close()
+        for start in range(0, count, PAGES_PER_TASK):
+            yield "range", doc_id, pdf, start, min(start + PAGES_PER_TASK, count)
 
 
 def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
@@ -139,27 +163,41 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     image_root.mkdir(parents=True, exist_ok=True)
     rejects: list[Reject] = []
     n_pages = 0
-    workers = min(config.worker_count(), max(1, len(jobs)))
-    rendered = ordered_map(partial(render_job, config=config, image_root=image_root), jobs, workers)
-    with atomic_open(out_dir / OUTPUTS["pages"], "w") as out:
-        for pages, reject in tqdm(rendered, total=len(jobs), desc="pages", unit="pdf"):
-            if reject is not None:
-                rejects.append(reject)
+    tasks = list(render_tasks(jobs))  # one small tuple per range; opening each PDF once here counts its pages
+    last_of_doc = {task[1]: i for i, task in enumerate(tasks)}  # the index of each document's last task
+    workers = min(config.worker_count(), max(1, len(tasks)))
+    rendered = ordered_map(partial(render_task, config=config, image_root=image_root), tasks, workers)
+    current: list[Page] = []  # the pages of the document being joined: memory stays at one document's text
+    failed: Reject | None = None
+    with atomic_open(out_dir / OUTPUTS["pages"], "w") as out, tqdm(total=len(jobs), desc="pages", unit="pdf") as bar:
+        for index, (kind, doc_id, value) in enumerate(rendered):
+            if kind == "reject":
+                failed = failed or value  # the first failing range holds the document's first failing page
+            else:
+                current += value
+            if last_of_doc[doc_id] != index:
                 continue
-            for page in pages:  # one document's pages at a time: memory stays at one document's text
-                out.write(dumps_record(page) + "\n")
-            n_pages += len(pages)
+            if failed is not None:
+                rejects.append(failed)
+                for page in current:  # a rejected document leaves no images behind
+                    (out_dir / page.image).unlink()
+            else:
+                for page in current:
+                    out.write(dumps_record(page) + "\n")
+                n_pages += len(current)
+            current, failed = [], None
+            bar.update(1)
     with atomic_open(out_dir / OUTPUTS["rejects"], "w") as fh:
         for reject in rejects:
             fh.write(dumps_record(reject) + "\n")
     metrics = {"documents": len(jobs) - len(rejects), "pages": n_pages, "rejected": len(rejects),
                "reject_reasons": {reason: sum(r.reason == reason for r in rejects) for reason in sorted({r.reason for r in rejects})}}
     if shard is None:  # a shard's share is checked with the others' at gather
-        check_reject_rate(config, metrics, rejects, out_dir)
+        check_pdf_reject_rate(config, metrics, rejects, out_dir)
     return metrics
 
 
-def check_reject_rate(config: Config, metrics: dict, rejects: list[Reject], out_dir: Path) -> None:
+def check_pdf_reject_rate(config: Config, metrics: dict, rejects: list[Reject], out_dir: Path) -> None:
     total = metrics["documents"] + metrics["rejected"]
     check_reject_rate("pages", metrics["rejected"], total, config.max_reject_rate, what="PDFs",
                       reasons=", ".join(f"{r.id}: {r.reason}" for r in rejects[:5]), rejects_path=out_dir / OUTPUTS["rejects"])
@@ -172,7 +210,7 @@ def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
     metrics = sum_metrics([s.metrics for s in shards], ["documents", "pages", "rejected", "reject_reasons"])
     metrics["reject_reasons"] = dict(sorted(metrics["reject_reasons"].items()))
     rejects = [r for s in shards for r in read_jsonl(s.out_dir / OUTPUTS["rejects"], Reject)]
-    check_reject_rate(config, metrics, rejects, out_dir)  # before anything is written
+    check_pdf_reject_rate(config, metrics, rejects, out_dir)  # before anything is written
     for name in ("pages", "rejects"):
         concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
     merge_trees([s.out_dir / OUTPUTS["images"] for s in shards], out_dir / OUTPUTS["images"])
