@@ -25,7 +25,7 @@ from compass.ledger.workspace import find_workspace
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
 from compass.ledger.redact import redact_value
 from compass.stagekit import (DirLock, check_out_dir_location, claim_out_dir, clear_finished_run, clear_interrupted_run,
-                              remove_orphan_temps, tidy_failed_out_dir)
+                              remove_orphan_temps, resume_hint, tidy_failed_out_dir)
 from compass.stages import get_stage, hub_inputs
 
 WORKER_METRICS = ".metrics.json"  # written by rank 0 of a launched stage
@@ -114,6 +114,12 @@ def execute_stage(kind: str, config: StageConfig, inputs: dict[str, str | Path],
             raise
         try:
             return _execute_stage(kind, config, inputs, out_dir, **options)
+        except CompassError as err:
+            tidy_failed_out_dir(out_dir, remove_if_empty=fresh)
+            hint = resume_hint(out_dir)
+            if hint and "rerun" not in str(err):
+                raise CompassError(f"{err}; {hint}") from None
+            raise
         except BaseException:
             tidy_failed_out_dir(out_dir, remove_if_empty=fresh)
             raise

@@ -296,3 +296,13 @@ def check_reject_rate(stage: str, rejected: int, total: int, limit: float, *, wh
         hint = "; to accept them rerun with a higher --max-reject-rate, or fix the input and rerun with --force"
     raise CompassError(f"{stage}: {rejected} of {total} {what} rejected ({rejected / total:.1%} > max_reject_rate "
                        f"{limit:.1%}); reasons {reasons}{where}{hint}")
+
+
+def resume_hint(out_dir: Path) -> str | None:
+    """What to do about the state a failed run left in `out_dir` (None when it left nothing)."""
+    if not out_dir.is_dir() or not any(p.name not in BOOKKEEPING for p in out_dir.iterdir()):
+        return None
+    if (out_dir / MANIFEST_NAME).is_file():
+        return None  # a finished run is still there (the failure came before anything was replaced)
+    return (f"the partial run in {out_dir} is kept: rerun the same command to resume it, or add --force "
+            "to start over")

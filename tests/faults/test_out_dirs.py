@@ -110,7 +110,9 @@ def test_a_failed_run_in_a_new_directory_leaves_nothing(tmp_path, text, capsys):
 def test_a_failed_run_keeps_partial_output_and_force_clears_it(tmp_path, text, capsys):
     out = tmp_path / "out"
     result = run_cli(["echo", "--text", text, "--out", out, "--fail-after-partial"], capsys)
-    assert_one_line_error(result, "simulated interruption")
+    # the error says what to do with the state it leaves
+    assert_one_line_error(result, "simulated interruption", f"the partial run in {out} is kept: rerun the same "
+                          "command to resume it, or add --force to start over")
     assert (out / "out.txt").read_text() == "h" and not (out / "manifest.json").exists()
     (out / ".out.txt.abc123.tmp").write_text("orphan of a kill")
     assert run_cli(["echo", "--text", text, "--out", out, "--force"], capsys).code == 0
