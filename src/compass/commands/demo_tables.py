@@ -8,14 +8,14 @@ def print_demo_leaderboard(run_ids: list[str], prefer: tuple[str, ...] = ("probl
     """The leaderboard of a recipe's own runs (the demo's last lines), on the first metric they have."""
     from compass.ledger.index import Index
     from compass.ledger.query import leaderboard
-    from compass.ledger.report import default_metrics
     from compass.ledger.tables import render
 
     workspace = Workspace.current()
     index = Index(workspace.index_db, create=False)
     try:
         ids = set(run_ids)
-        candidates = list(prefer) + default_metrics(index)
+        # the preferred metrics, then what evaluations report most, then what any run reports most
+        candidates = list(prefer) + index.common_metric_keys(stage="eval") + index.common_metric_keys(limit=3)
         for metric in candidates:
             if index.any_has_figure(metric, ids):
                 board = leaderboard(index, metric, run_ids=ids)

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "note", "attach a note to a run (searchable; MLflow shows it as the run description)")
     p.add_argument("run")
     p.add_argument("text")
+    p.add_argument("--mlflow-now", action="store_true",
+                   help="set MLflow's run description now (imports MLflow: seconds) instead of with the next recording")
 
     p = _sub(sub, "search", "find runs by words, meaning and figures; ranked, with why each matched",
              "Find runs the way you remember them, in English or Japanese. The query is read into:\n"
@@ -215,8 +217,10 @@ def cmd_note(workspace: Workspace, args) -> int:
         run = index.resolve(args.run)
     finally:
         index.close()
-    text = add_note(workspace, run, args.text)
+    text = add_note(workspace, run, args.text, mlflow_now=args.mlflow_now)
     print(f"note on {run.short}: {text}")
+    if not args.mlflow_now:
+        print("  (searchable now; MLflow shows it as the run description after the next recording or `compass runs check`)")
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from compass.errors import CompassError
 from compass.ledger.index import Index
-from compass.ledger.record import rollback_recording, tracker_for
+from compass.ledger.record import flush_mlflow_tags, rollback_recording, tracker_for
 from compass.ledger.store import ContentStore, _hash_file
 from compass.ledger.workspace import Workspace, ledger_lock
 
@@ -116,6 +116,10 @@ def _check(workspace: Workspace, index: Index, store: ContentStore, report: Chec
     tracker = None
     if mlflow:
         tracker = tracker_for(workspace)
+        with ledger_lock(workspace):  # MLflow is loaded now: set the descriptions `runs note` queued
+            queued = flush_mlflow_tags(index, tracker)
+        if queued:
+            report.repaired.append(f"set {queued} queued MLflow note(s)")
         in_mlflow = tracker.compass_runs()
         ours = index.mlflow_runs(tracker.uri)
         for run_id, mlflow_id in sorted(ours.items()):

@@ -554,6 +554,22 @@ class Index:
             else:
                 db.execute("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?)", (run_id, *embedding))
 
+    # MLflow tags waiting for a process that has MLflow loaded anyway (a note from `compass runs note` would
+    # otherwise pay seconds of MLflow import): kept in meta as 'mlflow_tag\t<run id>\t<tag>' -> value
+    def queue_mlflow_tag(self, run_id: str, tag: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (f"mlflow_tag\t{run_id}\t{tag}", value))
+
+    def pending_mlflow_tags(self) -> list[tuple[str, str, str]]:
+        """(run id, tag, value) queued by queue_mlflow_tag, oldest first."""
+        rows = self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'mlflow\\_tag%' ESCAPE '\\' ORDER BY rowid").fetchall()
+        return [(*key.split("\t")[1:3], value) for key, value in rows]
+
+    def clear_mlflow_tag(self, run_id: str, tag: str, value: str) -> None:
+        """Drop a queued tag once set (unless a newer value was queued meanwhile)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM meta WHERE key = ? AND value = ?", (f"mlflow_tag\t{run_id}\t{tag}", value))
+
     def set_reproduces(self, run_id: str, original_run_id: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE runs SET reproduces = ? WHERE run_id = ?", (original_run_id, run_id))

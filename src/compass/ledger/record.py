@@ -74,7 +74,19 @@ def record_stage_run(manifest: Manifest, out_dir: str | Path, *, workspace: Work
         if state == "recording":
             rollback_recording(index, tracker, manifest.run_id)
         _record_locked(index, tracker, embed, manifest, out_dir, out_files, in_files)
+        flush_mlflow_tags(index, tracker)
     return manifest.run_id
+
+
+def flush_mlflow_tags(index: Index, tracker) -> int:
+    """Set the MLflow tags queued by add_note(mlflow_now=False); returns how many. Call under the ledger lock."""
+    pending = index.pending_mlflow_tags()
+    for run_id, tag, value in pending:
+        row = index.run(run_id)
+        if row is not None and row.mlflow_run_id and row.tracking_uri == tracker.uri:
+            tracker.set_tag(row.mlflow_run_id, tag, value)
+        index.clear_mlflow_tag(run_id, tag, value)
+    return len(pending)
 
 
 _INDEXES: dict[tuple[str, int], Index] = {}
@@ -207,8 +219,10 @@ def _file_tags(prefix: str, groups: dict[str, dict[str, str]]) -> dict[str, str]
 # --- notes and tags after the fact ------------------------------------------------------------------------
 
 
-def add_note(workspace: Workspace, run: RunRow, text: str) -> str:
-    """Replace the run's note (shown by MLflow as the run description); the note is searchable."""
+def add_note(workspace: Workspace, run: RunRow, text: str, *, mlflow_now: bool = True) -> str:
+    """Replace the run's note (shown by MLflow as the run description); the note is searchable at once.
+    `mlflow_now=False` queues the MLflow description instead of importing MLflow (seconds) for it: the next
+    recording in this workspace, or `compass runs check`, sets it (flush_mlflow_tags)."""
     text = Redactor().text(text.strip())
     description = meaning_text(run.stage, run.name, text, run.summary, run.config, run.metrics)
     vector = embedder().passages([description])[0]  # only this run is embedded again
@@ -217,7 +231,10 @@ def add_note(workspace: Workspace, run: RunRow, text: str) -> str:
     try:
         with ledger_lock(workspace):
             if run.mlflow_run_id and run.tracking_uri == workspace.tracking_uri:
-                tracker_for(workspace).set_tag(run.mlflow_run_id, "mlflow.note.content", text)
+                if mlflow_now:
+                    tracker_for(workspace).set_tag(run.mlflow_run_id, "mlflow.note.content", text)
+                else:
+                    index.queue_mlflow_tag(run.run_id, "mlflow.note.content", text)
             index.set_note(run.run_id, text, note_words, (text_sha(description), vector.tobytes()))
     finally:
         index.close()

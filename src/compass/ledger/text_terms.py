@@ -30,7 +30,9 @@ JAPANESE_STOPWORDS = frozenset("""
 こと もの ため よう とき 時 場合 ところ これ それ あれ どれ この その あの どの する した して します され される
 ある あっ いる い なる なっ れる られる できる 実行 ラン 結果 やつ もの 時点 方 際 際に 使う 使っ 使用 用いる モデル
 """.split())
-DROPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "記号", "空白"})
+DROPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "空白"})
+# verbs that mostly serve as auxiliaries (UniDic's 非自立可能): した, すぎた, している carry no content
+LIGHT_VERBS = frozenset({"為る", "居る", "有る", "成る", "過ぎる", "出来る", "来る", "行く", "見る", "仕舞う", "置く", "貰う", "呉れる"})
 
 
 @lru_cache(maxsize=1)
@@ -51,12 +53,14 @@ def japanese_words(chunk: str) -> list[str]:
     out: list[str] = []
     for word in _tagger()(chunk):
         pos = word.feature.pos1
-        if pos in DROPPED_POS or (pos in ("動詞", "形容詞") and word.feature.pos2 == "非自立可能"):
-            continue  # particles, auxiliaries, symbols; light verbs (し/為る, すぎ/過ぎる, いる)
+        if pos in DROPPED_POS or (word.feature.pos2 == "非自立可能" and word.feature.lemma in LIGHT_VERBS):
+            continue  # particles, auxiliaries, punctuation; light verbs (し/為る, すぎ/過ぎる, いる/居る)
         surface = word.surface
         lemma = word.feature.lemma
         lemma = lemma.split("-")[0] if lemma else None  # unidic writes loan words as ページ-page
         for form in (surface, lemma):
+            if len(form or "") == 1 and "\u3040" <= form <= "\u309f":
+                continue  # a lone hiragana (で, が read as conjunctions) is grammar, not a word
             if form and form not in JAPANESE_STOPWORDS and form not in out[-2:]:
                 out.append(form)
     return out
@@ -152,7 +156,8 @@ def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -
     found: list[tuple[int, int, str]] = []
     taken = [False] * len(low)
     for phrase in sorted(table, key=len, reverse=True):
-        pattern = re.escape(phrase) if CJK.search(phrase) else rf"(?<![\w\-]){re.escape(phrase)}(?![\w\-])"
+        # ASCII word boundaries: in "のSFT" the particle is a \w character, yet SFT is a word of its own
+        pattern = re.escape(phrase) if CJK.search(phrase) else rf"(?<![A-Za-z0-9_\-]){re.escape(phrase)}(?![A-Za-z0-9_\-])"
         for match in re.finditer(pattern, low):
             if any(taken[match.start():match.end()]):
                 continue

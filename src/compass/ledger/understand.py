@@ -112,9 +112,15 @@ def understand(index: Index, query: str, vocabulary: Vocabulary | None = None) -
         for i in range(start, end):
             consumed[i] = True
 
-    # Japanese figure words become their English key with spaces around ("シード7" -> " seed 7")
+    # Japanese figure words become their English key with spaces around ("シード7" -> " seed 7") for the facts;
+    # one that no fact takes stays a word as written (ベータを上げた: a note says ベータ, not beta)
+    replaced: list[tuple[str, int, int]] = []  # (original, start, end) in the rewritten text
     for start, end, english in reversed(phrase_hits(text, {k: v for k, v in FIGURE_WORDS.items() if re.search(r"[^\x00-\x7f]", k)})):
+        original = text[start:end]
         text = text[:start] + f" {english} " + text[end:]
+        shift = len(english) + 2 - (end - start)
+        replaced = [(o, s + shift, e + shift) for o, s, e in replaced]
+        replaced.append((original, start + 1, start + 1 + len(english)))
     consumed = [False] * len(text)
 
     stage_table = dict(STAGE_WORDS)
@@ -168,12 +174,33 @@ def understand(index: Index, query: str, vocabulary: Vocabulary | None = None) -
         plan.metric = metric
         plan.metric_words = used
         for word in used:
-            for m in re.finditer(rf"(?<![\w\-]){re.escape(word)}(?![\w\-])", text):
+            for m in re.finditer(rf"(?<![A-Za-z0-9_\-]){re.escape(word)}(?![A-Za-z0-9_\-])", text):
                 take(m.start(), m.end())
 
-    leftover = _unconsumed(text, consumed)
-    plan.words = [w for w in words(leftover) if w not in STAGE_WORDS and w not in SUPERLATIVES and w not in COMPARISONS]
+    # the words: the query's own words (segmented as written, so particles stay particles) less those that
+    # went into facts, stage words, superlatives and the ranked metric
+    used: set[str] = set()
+    for i, (start, end) in enumerate(_runs(consumed)):
+        piece = text[start:end]
+        used |= set(words(piece)) | {piece.strip()}
+        for original, o_start, o_end in replaced:
+            if o_start < end and start < o_end:
+                used |= set(words(original)) | {original}
+    plan.words = [w for w in words(query) if w not in used and w not in STAGE_WORDS and w not in SUPERLATIVES
+                  and w not in COMPARISONS]
     return plan
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """(start, end) of each stretch of True."""
+    out, start = [], None
+    for i, flag in enumerate(flags + [False]):
+        if flag and start is None:
+            start = i
+        elif not flag and start is not None:
+            out.append((start, i))
+            start = None
+    return out
 
 
 def _unconsumed(text: str, consumed: list[bool]) -> str:
