@@ -3,7 +3,7 @@ by `compass gather` give the bytes of the unsharded run (compared by sha256 of e
 (real PDFs through pypdfium2), pairs, decontaminate and sources."""
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 
 import pytest
@@ -41,9 +41,15 @@ def test_shard_bounds_cover_every_unit_once_in_order():
             parse_shard(bad)
 
 
+def _pid(_) -> int:
+    return os.getpid()
+
+
 def test_ordered_map_keeps_input_order_across_processes():
     assert list(ordered_map(_square, range(50), 2, batch=3)) == [x * x for x in range(50)]
     assert list(ordered_map(_square, range(5), 1)) == [0, 1, 4, 9, 16]
+    assert os.getpid() not in set(ordered_map(_pid, range(20), 2))  # the work ran in the pool's processes
+    assert set(ordered_map(_pid, range(3), 2, batch=3)) == {os.getpid()}  # one task: no pool is started
 
 
 def test_workers_are_not_in_the_cache_key():

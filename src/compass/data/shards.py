@@ -4,7 +4,8 @@
 Workers: `ordered_map` runs a function over the items in a pool of processes (spawned, not forked: the caller
 may hold threads, e.g. MLflow's or tqdm's, and pdfium is not fork- or thread-safe) and yields the results in
 input order, with at most a few batches per worker in flight, so memory stays flat in the input size.
-Results are the same objects the function would return in-process; with one worker nothing is spawned.
+Results are the same objects the function would return in-process; with one worker, or input that fits
+in one task, nothing is spawned.
 The number of workers never changes a stage's output bytes, so it is left out of the cache key.
 
 Shards: the units of a stage (PDF files, records, questions, source entries; each stage says which) are
@@ -115,17 +116,19 @@ def ordered_map(fn: Callable, items: Iterable, workers: int, *, batch: int = 1,
     `fn` and `initializer` must be module-level functions; items and results must pickle."""
     if workers < 1:
         raise CompassError(f"workers must be >= 1, got {workers}")
-    if workers == 1:
+    iterator = iter(items)
+    head = list(itertools.islice(iterator, batch + 1))
+    if workers == 1 or len(head) <= batch:  # one worker, or all of it one task: no pool to start
         if initializer is not None:
             initializer(*initargs)
-        for item in items:
+        for item in itertools.chain(head, iterator):
             yield fn(item)
         return
+    iterator = itertools.chain(head, iterator)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=initializer, initargs=initargs)
     pending: deque = deque()
     try:
-        iterator = iter(items)
         while chunk := list(itertools.islice(iterator, batch)):
             pending.append(pool.submit(_apply_batch, fn, chunk))
             if len(pending) >= workers * IN_FLIGHT_PER_WORKER:

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from compass.config import Launch, SlurmLaunch, StageConfig, config_hash
@@ -119,7 +120,7 @@ def job_states(job_id: str) -> dict[str, tuple[str, str]] | None:
 class LogTail:
     """Prints what each log file gains, line by line, with a prefix (one per array task)."""
 
-    def __init__(self, log: print = print):
+    def __init__(self, log: Callable[[str], None] = print):
         self.offsets: dict[Path, int] = {}
         self.partial: dict[Path, str] = {}
         self.log = log

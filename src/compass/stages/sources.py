@@ -21,7 +21,6 @@ from compass.data.shards import DataStageConfig, ShardRun, in_shard, ordered_map
 from compass.errors import CompassError
 from compass.hub import HubRef
 from compass.io import atomic_open, dumps_record, iter_jsonl_lines, sha256_file
-from compass.records import Problem
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
