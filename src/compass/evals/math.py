@@ -81,7 +81,7 @@ def items_from_rows(task: str, rows: list[dict], origin: str) -> list[MathItem]:
 def load_items(task: str, path: Path) -> list[MathItem]:
     path = Path(path)
     if path.suffix.lower() == ".tsv":  # MGSM as url-nlp publishes it: question \t answer_number ('2,125')
-        from compass.data.sources.mgsm_ja import read_tsv
+        from compass.data.sources.mgsm_tsv import read_tsv
 
         return items_from_rows(task, read_tsv(path), str(path))
     return items_from_rows(task, read_json_rows(path), str(path))
@@ -168,7 +168,7 @@ def _as_jsonl(task: str, split_file: Path, dest: Path) -> Path:
     import json
 
     if split_file.suffix.lower() == ".tsv":
-        from compass.data.sources.mgsm_ja import read_tsv
+        from compass.data.sources.mgsm_tsv import read_tsv
 
         rows = [{**r, "answer_number": float(r["answer_number"]) if "." in r["answer_number"] else int(r["answer_number"])}
                 for r in read_tsv(split_file)]

@@ -59,7 +59,7 @@ def _read_local_file(path: Path) -> list[dict[str, Any]]:
 
         return pq.read_table(path).to_pylist()
     if path.suffix == ".tsv":
-        from compass.data.sources.mgsm_ja import read_tsv
+        from compass.data.sources.mgsm_tsv import read_tsv
 
         return read_tsv(path)
     raise CompassError(f"{path}: unsupported file type {path.suffix!r}; use {' or '.join(LOCAL_SUFFIXES)}")
