@@ -287,3 +287,40 @@ def test_images_are_capped_to_fit_the_budget_and_the_cap_is_reported(tiny_famili
     assert fit.images_kept == len(kept) == 1 and fit.tokens == prompt_tokens(processor, prompt_for(1), kept) <= one + 1
     with pytest.raises(CompassError, match="over the budget of 3"):
         fit_images(processor, prompt_for, pages, budget=3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", VLMS)
+def test_mmlongbench_eval_with_cot_both_runs_on_each_family(tiny_families, family, tmp_path):
+    from compass.io import write_jsonl
+    from compass.longdoc.synthetic_reports import generate_reports
+    from compass.stages.evaluate import Config
+
+    docs = tmp_path / "pdfs"
+    docs.mkdir()
+    reports = generate_reports(1, seed=3, min_extra_pages=0, max_extra_pages=0, ja_fraction=0.5)
+    for report in reports:
+        (docs / f"{report.doc_id}.pdf").write_bytes(report.pdf)
+    questions = [q for r in reports for q in r.questions][:2]
+    write_jsonl(tmp_path / "questions.jsonl", questions)
+    config = Config(tasks=["mmlongbench"], cot="both", max_new_tokens=4, batch_size=2,
+                    mmlongbench={"dpi": 20, "max_pages": 2})
+    result = execute_stage("eval", config, {"model": tiny_families(family), "mmlongbench": tmp_path / "questions.jsonl",
+                                            "mmlongbench_docs": docs}, tmp_path / "out")
+    m = result.manifest.metrics
+    assert m["mmlongbench.cot_on.n"] == m["mmlongbench.cot_off.n"] == len(questions)
+    for variant in ("cot_on", "cot_off"):
+        assert 0 <= m[f"mmlongbench.{variant}.mean_output_tokens"] <= 4
+
+
+def test_a_failed_merge_leaves_no_merged_directory(tiny_families, tmp_path):
+    from safetensors.torch import save_file
+
+    from compass.train import model as M
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"lm_head.weight": torch.zeros(3, 3)}, str(adapter / M.TRAINED_PARTS_FILE))
+    with pytest.raises(CompassError, match=r"tensors \['lm_head.weight'\] do not fit the base model"):
+        M.write_merged(tiny_families("idefics3"), adapter, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # nothing half-written, no temp dir left

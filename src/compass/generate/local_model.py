@@ -96,8 +96,11 @@ class LocalModel:
         self._load()
         if self._tokenizer.chat_template is None:
             raise CompassError(f"{self.model_dir}: the tokenizer has no chat template")
-        renderer = self._processor if self.vlm else self._tokenizer
-        return renderer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if self.vlm:  # VLM templates take lists of parts (Mistral-Small-3.1's fails on a string system prompt)
+            messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str)
+                        else m for m in messages]
+            return self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     # --- log-likelihood ---------------------------------------------------------------------------------
 
