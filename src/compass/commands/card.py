@@ -183,15 +183,18 @@ def lineage_runs(ledger: Ledger, run: RunRow) -> list[tuple[int, RunRow]]:
 
 
 def eval_runs(ledger: Ledger, models: list[RunRow]) -> list[tuple[RunRow, RunRow]]:
-    """(model run, eval run) for every eval whose `model` input is the output of one of `models`."""
+    """(model run, eval run) for the evals whose `model` input is the output of one of `models`, in the order given;
+    of several runs of the same eval step on the same model (rerun after a code change) the latest speaks."""
     found = []
     for model in models:
+        latest: dict[str, RunRow] = {}
         for child_id in ledger.index.children(model.run_id):
             child = ledger.index.run(child_id)
-            if child is None or child.stage != "eval":
+            if child is None or child.stage != "eval" or (model.run_id, "model") not in ledger.index.parents(child_id):
                 continue
-            if (model.run_id, "model") in ledger.index.parents(child_id):
-                found.append((model, child))
+            if child.name not in latest or child.recorded_at > latest[child.name].recorded_at:
+                latest[child.name] = child
+        found += [(model, run) for run in sorted(latest.values(), key=lambda r: r.recorded_at)]
     return found
 
 
@@ -297,7 +300,7 @@ def build_card(ledger: Ledger, inputs: CardInputs) -> str:
         lines += _data_section(data_run)
 
     # evaluation
-    evals = eval_runs(ledger, list(reversed(runs)))  # earliest checkpoint first: base, SFT, DPO, ...
+    evals = eval_runs(ledger, chronological)  # earliest checkpoint first: base, SFT, DPO, ...
     lines += ["## Evaluation", ""]
     if not evals:
         lines += ["No evaluation run of this checkpoint or its ancestors is in the ledger.", ""]
