@@ -256,3 +256,12 @@ def test_preference_sources_ultrafeedback_and_hh(tmp_path):
     assert m["sources"]["uf.jsonl"]["dropped"] == {"fewer_than_two_rated": 1, "tie": 1}
     assert m["sources"]["uf.jsonl"]["format"] == "ultrafeedback" and m["sources"]["hh.jsonl"]["format"] == "implicit"
     assert [p.source_id for p in read_pairs(tmp_path / "out" / "pairs.jsonl")] == ["uf.jsonl#0", "hh.jsonl#0", "hh.jsonl#1"]
+
+
+def test_a_directory_of_jsonl_and_parquet_shards(tmp_path):
+    F.write_rows(tmp_path / "shards" / "a.jsonl", F.messages_rows(2))
+    pq.write_table(pa.Table.from_pylist(F.messages_rows(3)), tmp_path / "shards" / "b.parquet")
+    examples = read_sft_examples(tmp_path / "shards")
+    assert [e.id for e in examples] == ["a/0", "a/1", "b/0", "b/1", "b/2"]
+    pq.write_table(pa.Table.from_pylist(F.ultrafeedback_binarized_rows(2)), tmp_path / "prefs.parquet")
+    assert [p.source_id for p in read_pairs(tmp_path / "prefs.parquet")] == ["prefs.parquet#0", "prefs.parquet#1"]

@@ -252,14 +252,13 @@ def read_preference_pairs(path) -> tuple[list[Pair], dict[str, Any]]:
     give no pair are counted in the report under 'dropped'). Source ids name each file and row."""
     from pathlib import Path
 
-    from compass.data.sft_formats import load_rows
-    from compass.io import jsonl_files
+    from compass.data.sft_formats import data_files, load_rows
 
     path = Path(path)
     pairs: list[Pair] = []
     fmt = "auto"
     dropped: Counter[str] = Counter()
-    for file in [path] if path.is_file() else jsonl_files(path):
+    for file in data_files(path):
         rows = load_rows(file).rows
         if rows:
             converted, fmt, report = convert_preference_rows(rows, fmt, file.name)

@@ -113,6 +113,19 @@ def _file_rows(path: Path, start: int = 0) -> list[Row]:
     return rows
 
 
+def data_files(path: Path) -> list[Path]:
+    """A .jsonl/.parquet file, or the sorted .jsonl and .parquet shards of a directory (hidden files skipped)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CompassError(f"no such file or directory: {path}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in LOCAL_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise CompassError(f"no .jsonl or .parquet files in directory {path}")
+    return files
+
+
 def load_rows(location: str | Path, split: str = "train", *, hub_config: str | None = None,
               revision: str | None = None) -> LoadedRows:
     """Rows of one split: a local .jsonl/.parquet file, a hub-like directory of split files, or a hub dataset id."""

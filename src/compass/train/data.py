@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compass.data.sft_formats import IMAGE_MARK, DataSource, SftExample, convert_sft_rows, load_mix, load_rows
+from compass.data.sft_formats import IMAGE_MARK, DataSource, SftExample, convert_sft_rows, data_files, load_mix, load_rows
 from compass.errors import CompassError
-from compass.io import jsonl_files
 from compass.records import Pair
 
 __all__ = ["IMAGE_MARK", "SftExample", "read_sft_examples", "sft_examples", "read_pairs", "dpo_dataset"]
@@ -37,7 +36,7 @@ def read_sft_examples(path: Path, data_format: str = "auto", image_dir: Path | N
 
 def _read_input(path: Path, data_format: str, image_dir: Path | None) -> tuple[list[SftExample], str]:
     """Every file in the format of the first row (or the one given); example ids are '<file stem>/<row>'."""
-    files = [path] if path.is_file() else jsonl_files(path)
+    files = data_files(path)
     examples: list[SftExample] = []
     fmt = data_format
     for file in files:
