@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compass.ledger.flat import as_number, as_text, flatten, format_number, human_size
 from compass.ledger.index import Index, RunRow
-from compass.ledger.store import ContentStore
+
+if TYPE_CHECKING:  # show_text's caller passes the store; search and lineage never load it (nor compass.io)
+    from compass.ledger.store import ContentStore
 
 
 def run_label(run: RunRow) -> str:

@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from compass.errors import CompassError
-from compass.io import HASH_CHUNK
 
 HEX = frozenset("0123456789abcdef")
 
@@ -128,6 +127,8 @@ def _reflink(source: Path, dest: Path) -> bool:
 
 
 def _hash_file(path: Path) -> str:
+    from compass.io import HASH_CHUNK  # here: compass.io loads pydantic, which `runs show` does not need
+
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(HASH_CHUNK):
@@ -136,6 +137,8 @@ def _hash_file(path: Path) -> str:
 
 
 def _copy_hashing(source: Path, dest: Path) -> str:
+    from compass.io import HASH_CHUNK
+
     digest = hashlib.sha256()
     with open(source, "rb") as src, open(dest, "wb") as dst:
         while chunk := src.read(HASH_CHUNK):

@@ -156,9 +156,9 @@ def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -
     found: list[tuple[int, int, str]] = []
     taken = [False] * len(low)
     for phrase in sorted(table, key=len, reverse=True):
-        # ASCII word boundaries: in "のSFT" the particle is a \w character, yet SFT is a word of its own
-        pattern = re.escape(phrase) if CJK.search(phrase) else rf"(?<![A-Za-z0-9_\-]){re.escape(phrase)}(?![A-Za-z0-9_\-])"
-        for match in re.finditer(pattern, low):
+        if phrase not in low:
+            continue
+        for match in _phrase_pattern(phrase).finditer(low):
             if any(taken[match.start():match.end()]):
                 continue
             if heads_only and CJK.search(phrase) and COMPOUND_CONTINUES.match(low, match.end()):
@@ -167,6 +167,12 @@ def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -
                 taken[i] = True
             found.append((match.start(), match.end(), table[phrase]))
     return sorted(found)
+
+
+@lru_cache(maxsize=4096)
+def _phrase_pattern(phrase: str) -> re.Pattern:
+    # ASCII word boundaries: in "のSFT" the particle is a \w character, yet SFT is a word of its own
+    return re.compile(re.escape(phrase) if CJK.search(phrase) else rf"(?<![A-Za-z0-9_\-]){re.escape(phrase)}(?![A-Za-z0-9_\-])")
 
 
 def normalize(text: str) -> str:
