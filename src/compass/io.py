@@ -110,7 +110,9 @@ HASH_CACHE_NAME = "hash-cache.db"
 
 
 class HashCache:
-    """Stat-keyed sha256 cache in one sqlite file (shared by processes; WAL journal, 60 s busy timeout)."""
+    """Stat-keyed sha256 cache in one sqlite file, shared by processes (60 s busy timeout). The default rollback
+    journal, not WAL: WAL needs shared memory, which network file systems (a cluster's shared COMPASS_HOME)
+    do not give; the writes are one short transaction per hashed tree."""
 
     def __init__(self, path: str | os.PathLike, *, rehash: bool = False):
         self.path = Path(path)
@@ -119,7 +121,6 @@ class HashCache:
         self.hits = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, "
             "mtime_ns INTEGER, ctime_ns INTEGER, sha256 TEXT)"
