@@ -265,3 +265,23 @@ def test_a_directory_of_jsonl_and_parquet_shards(tmp_path):
     assert [e.id for e in examples] == ["a/0", "a/1", "b/0", "b/1", "b/2"]
     pq.write_table(pa.Table.from_pylist(F.ultrafeedback_binarized_rows(2)), tmp_path / "prefs.parquet")
     assert [p.source_id for p in read_pairs(tmp_path / "prefs.parquet")] == ["prefs.parquet#0", "prefs.parquet#1"]
+
+
+def test_sft_sources_copies_images_in_by_hash_and_the_output_reads_back(tmp_path):
+    from PIL import Image
+
+    from compass.runner import execute_stage
+    from compass.stages import sft_sources
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(2):
+        Image.new("RGB", (20, 20), (120 * k, 30, 0)).save(data / f"img{k}.png")
+    F.write_rows(data / "v.jsonl", F.vlm_messages_rows(["img0.png", "img1.png"]))
+    config = sft_sources.Config(datasets=[DataSource(path="v.jsonl", name="vlm")])
+    result = execute_stage("sft-sources", config, {"data": data}, tmp_path / "out")
+    names = {f"images/{sha256_file(data / f'img{k}.png')}.png" for k in range(2)}
+    assert names <= set(result.manifest.outputs)
+    examples = read_sft_examples(tmp_path / "out" / "examples.jsonl")
+    assert [e.images[0].read_bytes() for e in examples] == [(data / f"img{k}.png").read_bytes() for k in range(2)]
+    assert examples[0].messages[0]["content"] == "<image>What colour is this?"
