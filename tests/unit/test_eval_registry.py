@@ -66,3 +66,23 @@ def test_output_names_carry_the_protocol_unless_compass_alone():
     assert names(finharness={"protocol": "both", "repo": "harness"}) == ["chabsa.reference", "chabsa.compass"]
     with pytest.raises(ValueError, match="needs repo"):
         names(finharness={"protocol": "both"})
+
+
+def test_a_new_benchmark_is_one_module(tmp_path, monkeypatch):
+    """Dropping a module that exports BENCHMARK into compass.evals is all it takes to register its tasks."""
+    import compass.evals
+
+    (tmp_path / "toy_bench.py").write_text(
+        "from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, Requests\n"
+        "from compass.stages import Port\n"
+        "class ToySettings(BenchmarkConfig):\n"
+        "    size: int = 3\n"
+        "BENCHMARK = Benchmark('toy', ToySettings, (EvalTask(name='toy_task', kind='generate',\n"
+        "    inputs={'toy_task': Port('toy rows', required=False)}, load=lambda ctx: [],\n"
+        "    requests=lambda ctx, items: Requests(), score=lambda ctx, items, answers: [], summary='a toy'),), 'toy')\n")
+    monkeypatch.setattr(compass.evals, "__path__", list(compass.evals.__path__) + [str(tmp_path)])
+    monkeypatch.setattr(registry, "_FOUND", None)
+    found = registry.tasks()
+    assert found["toy_task"][0].block == "toy" and found["toy_task"][0].config.model_fields["size"].default == 3
+    assert "gsm8k" in found  # the others are still there
+    monkeypatch.setattr(registry, "_FOUND", None)  # the next caller rediscovers without the toy
