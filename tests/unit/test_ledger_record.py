@@ -41,7 +41,8 @@ def test_chain_is_recorded_in_mlflow_with_params_tags_history_and_artifacts(ws, 
     assert files["outputs"] == manifest.outputs and all(len(sha) == 64 for sha in files["outputs"].values())
     assert files["inputs"]["pairs"]["pairs.jsonl"] == manifest.inputs["pairs"].files["pairs.jsonl"]
     assert set(tags["compass.parents"].split(",")) == {chain["sft"].manifest.run_id, chain["pairs"].manifest.run_id}
-    assert tags["compass.data.pairs"] == "omit_thinking 0.34, tamper_thinking_numbers 0.33, tamper_answer 0.33"
+    assert tags["compass.data.pairs"] == "training: omit_thinking 0.34, tamper_thinking_numbers 0.33, tamper_answer 0.33"
+    assert tags["compass.data.training pairs"] == "omit_thinking 0.34, tamper_thinking_numbers 0.33, tamper_answer 0.33"
     assert "dpo.beta=0.1" in tags["compass.data.hparams"] and "sft.learning_rate=0.2" in tags["compass.data.hparams"]
     # metric history: every logged step of log_history.json
     loss = client.get_metric_history(dpo.mlflow_run_id, "train/loss")
@@ -67,7 +68,10 @@ def test_outputs_stored_once_by_hash_and_hard_linked(ws, tmp_path):
     out = tmp_path / "a" / "sources" / "problems.jsonl"
     sha = sha256_file(out)
     assert sha in blobs and store.verify(sha)
-    assert os.stat(blobs[sha]).st_ino == os.stat(out).st_ino  # a hard link: no second copy of the bytes
+    if os.geteuid() != 0:  # a hard link: no second copy of the bytes
+        assert os.stat(blobs[sha]).st_ino == os.stat(out).st_ino
+    else:  # root ignores the 0444 that guards a shared inode, so root's outputs are copied (ledger/store.py)
+        assert os.stat(blobs[sha]).st_ino != os.stat(out).st_ino
     # inputs are copies (a user's own files may be edited in place later)
     index = Index(ws.index_db)
     shas = {sha for *_, sha, _ in index.db.execute("SELECT * FROM files").fetchall()}
