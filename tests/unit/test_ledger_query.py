@@ -153,3 +153,27 @@ def test_search_with_figures_only_and_combined(two_chains, index):
     assert {h.run.run_id for h in combined} == {a["dpo"], a["eval"]}
     with pytest.raises(CompassError, match="needs words"):
         search(index, "  ")
+
+
+def test_an_index_of_schema_1_is_migrated_on_open(two_chains, tmp_path):
+    """A ledger recorded before the word index: opening it derives words, figure keys and list elements
+    from the stored manifests, drops the English-model embeddings, and search works as on a new one."""
+    import sqlite3
+
+    ws, a, b = two_chains
+    source = sqlite3.connect(ws.index_db)
+    old = sqlite3.connect(tmp_path / "index.db")
+    source.backup(old)  # with what is still in the WAL
+    source.close()
+    old.executescript("DROP TABLE words; DROP TABLE figure_keys; UPDATE meta SET value = '1' WHERE key = 'schema_version';")
+    old.commit()
+    old.close()
+    index = Index(tmp_path / "index.db", create=False)
+    try:
+        assert index._version() == "2" and index.embeddings() == []
+        assert ("dpo", "beta", "config", True) in index.figure_key_table()
+        hits = search(index, "dpo with beta 0.2", mode="text")
+        assert hits[0].run.run_id == b["dpo"] and "fact beta 0.2" in hits[0].why
+        assert [h.run.run_id for h in search(index, "証券報告", mode="text")] == [b["dpo"]]
+    finally:
+        index.close()
