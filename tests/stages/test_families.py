@@ -324,3 +324,32 @@ def test_a_failed_merge_leaves_no_merged_directory(tiny_families, tmp_path):
     with pytest.raises(CompassError, match=r"tensors \['lm_head.weight'\] do not fit the base model"):
         M.write_merged(tiny_families("idefics3"), adapter, tmp_path / "merged")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # nothing half-written, no temp dir left
+
+
+def test_local_generation_caps_pages_to_the_models_positions_and_records_it(tiny_families, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    from compass.generate.base import GenRequest
+    from compass.generate.local_model import LocalModel
+    from compass.models.processors import load_processor, prompt_tokens
+
+    model_dir = tmp_path / "qwen3_vl"
+    shutil.copytree(tiny_families("qwen3_vl"), model_dir)
+    paths = []
+    for i in range(4):
+        Image.new("RGB", (200, 280), (i * 50, 90, 150)).save(tmp_path / f"p{i}.png")
+        paths.append(str(tmp_path / f"p{i}.png"))
+    parts = [{"type": "image"} for _ in paths] + [{"type": "text", "text": "Net sales?"}]
+    messages = [{"role": "user", "content": parts}]
+    processor = load_processor(model_dir)
+    one = prompt_tokens(processor, processor.apply_chat_template(
+        [{"role": "user", "content": parts[:1] + parts[-1:]}], add_generation_prompt=True, tokenize=False),
+        [Image.open(paths[0]).convert("RGB")])
+    config = json.loads((model_dir / "config.json").read_text())
+    config["text_config"]["max_position_embeddings"] = one + 3  # room for one page and 3 new tokens
+    (model_dir / "config.json").write_text(json.dumps(config))
+    request = GenRequest(id="q", messages=messages, max_tokens=3, temperature=0.0, meta={"images": paths})
+    [result] = list(LocalModel(model_dir, batch_size=1).generate([request]))
+    assert result.ok and result.meta["image_fit"] == {"max_long_side": 224, "images_kept": 1, "tokens": one}

@@ -179,6 +179,7 @@ class LocalModel:
         self._load()
         t0 = time.perf_counter()
         prompts, images = [], []
+        fits: dict[str, dict | None] = {}
         for request in batch:
             paths = request.meta["images"] if "images" in request.meta else []
             n_parts = sum(1 for m in request.messages if not isinstance(m["content"], str)
@@ -187,8 +188,12 @@ class LocalModel:
                 raise CompassError(f"request {request.id!r}: {n_parts} image parts but {len(paths)} image paths")
             if paths and not self.vlm:
                 raise CompassError(f"request {request.id!r} has images but {self.model_dir} is not a VLM")
-            prompts.append(self.chat_prompt(request.messages))
-            images.append([_page_image(p) for p in paths])
+            pages = [_page_image(p) for p in paths]
+            prompt = self.chat_prompt(request.messages)
+            if pages:
+                prompt, pages, fits[request.id] = self._fit(request, prompt, pages)
+            prompts.append(prompt)
+            images.append(pages)
         tokenizer = self._tokenizer
         tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
         if self.vlm:
@@ -217,8 +222,44 @@ class LocalModel:
                 row = row[: stops[0]]
                 finish = "stop"
             text = tokenizer.decode(row, skip_special_tokens=True)
-            results.append(GenResult(request.id, text, None, 1, len(row), latency, finish, request.meta))
+            meta = request.meta
+            if request.id in fits and fits[request.id] is not None:  # the images were capped to fit: say how
+                meta = {**meta, "image_fit": fits[request.id]}
+            results.append(GenResult(request.id, text, None, 1, len(row), latency, finish, meta))
         return results
+
+    def _fit(self, request: GenRequest, prompt: str, pages: list) -> tuple[str, list, dict | None]:
+        """The prompt and page images, capped (resolution first, then the last pages) so that prompt + answer fit
+        the model's positions; the cap as a dict, or None when nothing had to change."""
+        from dataclasses import asdict
+
+        from compass.models.processors import fit_images
+
+        budget = _max_positions(read_model_config(self.model_dir)) - request.max_tokens
+
+        def prompt_for(n: int) -> str:
+            if n == len(pages):
+                return prompt
+            seen = 0
+            messages = []
+            for message in request.messages:
+                if isinstance(message["content"], str):
+                    messages.append(message)
+                    continue
+                parts = []
+                for part in message["content"]:
+                    if part["type"] == "image":
+                        seen += 1
+                        if seen > n:
+                            continue
+                    parts.append(part)
+                messages.append({**message, "content": parts})
+            return self.chat_prompt(messages)
+
+        kept, fit = fit_images(self._processor, prompt_for, pages, budget)
+        if fit.max_long_side is None and fit.images_kept == len(pages):
+            return prompt, pages, None
+        return prompt_for(fit.images_kept), kept, asdict(fit)
 
 
 @lru_cache(maxsize=64)
