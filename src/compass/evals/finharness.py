@@ -256,6 +256,31 @@ def lm_eval_task_name(task: str, version: str) -> str:
     return task if version == DEFAULT_VERSION else f"{task}-{version}"
 
 
+def version_files(repo: Path, tasks: list[str], versions: list[str] | None) -> dict[str, dict[str, str]]:
+    """version -> task -> the lm-eval task that runs it. A version is the union over the tasks' files; a task
+    without that version's file runs its parent version (chabsa has no 1.0-0.1.2: it runs 1.0-0.1), as the
+    harness's own run scripts do."""
+    found = {task: prompt_versions(repo, task) for task in tasks}
+    union = sorted({v for vs in found.values() for v in vs}, key=lambda v: (v != DEFAULT_VERSION, v))
+    if versions is not None:
+        missing = [v for v in versions if v not in union]
+        if missing:
+            raise CompassError(f"finharness.prompt_versions {missing} not in the checkout's task files {union}")
+        union = list(versions)
+    table: dict[str, dict[str, str]] = {}
+    for version in union:
+        table[version] = {}
+        for task in tasks:
+            own = version
+            while own not in found[task]:
+                head, _, tail = own.rpartition(".")
+                if "-" not in head or not tail:  # no parent left within the version's own numbering
+                    raise CompassError(f"{task} has no prompt version {version} nor a parent of it ({found[task]})")
+                own = head
+            table[version][task] = lm_eval_task_name(task, own)
+    return table
+
+
 _METRIC_ENTRY = re.compile(r"^\s*-\s*metric:\s*(\S+)\s*$")
 
 
@@ -315,14 +340,15 @@ def _leaderboard_value(task_results: dict) -> float:
     return float(task_results["f1,none"] if "f1,none" in task_results else task_results["acc,none"])
 
 
-def best_version(results: dict, tasks: list[str], versions: list[str]) -> tuple[str, dict[str, float]]:
+def best_version(results: dict, table: dict[str, dict[str, str]]) -> tuple[str, dict[str, float]]:
     """The leaderboard's choice: the prompt version with the highest average over the tasks (a zero figure is
     left out of that average, as make_leaderboard.py does); returns it and every version's average."""
     averages = {}
-    for version in versions:
-        values = [_leaderboard_value(results[lm_eval_task_name(t, version)]) for t in tasks]
+    for version, names in table.items():
+        values = [_leaderboard_value(results[name]) for name in names.values()]
         nonzero = [v for v in values if v]
         averages[version] = sum(nonzero) / len(nonzero) if nonzero else 0.0
+    versions = list(table)
     best = versions[0]
     for version in versions:  # strictly greater: the first of equal averages wins
         if averages[version] > averages[best]:
@@ -334,14 +360,15 @@ def _version_key(version: str) -> str:
     return "v" + version.replace(".", "_")
 
 
-def reference_outputs(task: str, tasks: list[str], versions: list[str], result: dict) -> list[tuple[str, list[dict], dict]]:
+def reference_outputs(task: str, table: dict[str, dict[str, str]], result: dict) -> list[tuple[str, list[dict], dict]]:
     """(name suffix, rows, metrics) of one task from the lm-eval result of all tasks x versions: '' = the
     leaderboard's figure (the best version's), then '.v<version>' for each version."""
     results = result["results"]
-    best, averages = best_version(results, tasks, versions)
+    best, averages = best_version(results, table)
+    versions = list(table)
 
     def figures(version: str) -> tuple[list[dict], dict]:
-        name = lm_eval_task_name(task, version)
+        name = table[version][task]
         values = results[name]
         rows = [reference_row(task, sample) for sample in result["samples"][name]]
         metrics = {"accuracy": float(values["acc,none"]), "accuracy_norm": float(values["acc_norm,none"])}
@@ -402,14 +429,8 @@ def _fin_tasks_of(ctx) -> list[str]:
     return [t for t in ctx.config.tasks if t in TASKS]
 
 
-def _versions(ctx) -> list[str]:
-    found = prompt_versions(ctx.settings.repo, ctx.name)
-    if ctx.settings.prompt_versions is None:
-        return found
-    missing = [v for v in ctx.settings.prompt_versions if v not in found]
-    if missing:
-        raise CompassError(f"finharness.prompt_versions {missing} not in the checkout's {ctx.name} task files {found}")
-    return list(ctx.settings.prompt_versions)
+def _version_table(ctx) -> dict[str, dict[str, str]]:
+    return version_files(Path(ctx.settings.repo), _fin_tasks_of(ctx), ctx.settings.prompt_versions)
 
 
 def _load(ctx) -> list[ChoiceItem]:
@@ -422,8 +443,7 @@ def _reference_job(ctx) -> LmEvalJob:
     fin_tasks = _fin_tasks_of(ctx)
     repo = Path(ctx.settings.repo)
     include = prepare_task_dir(repo, {t: _data_of(ctx, t) for t in fin_tasks}, ctx.out_dir / ".lm_eval_tasks")
-    versions = _versions(ctx)
-    names = tuple(lm_eval_task_name(t, v) for v in versions for t in fin_tasks)
+    names = tuple(dict.fromkeys(name for row in _version_table(ctx).values() for name in row.values()))
     return LmEvalJob(tasks=names, include_path=include, num_fewshot=0, limit=ctx.config.limit,
                      extra_imports=(repo.resolve(),), setup=_register_harness_metrics)
 
@@ -454,8 +474,7 @@ def _requests(ctx, items: list[ChoiceItem]) -> Requests:
 def _score(ctx, items: list[ChoiceItem], answers) -> list[TaskOutput]:
     produced = []
     if "reference" in ctx.protocols():
-        for suffix, rows, metrics in reference_outputs(ctx.name, _fin_tasks_of(ctx), _versions(ctx),
-                                                       answers.lm_eval["finharness.reference"]):
+        for suffix, rows, metrics in reference_outputs(ctx.name, _version_table(ctx), answers.lm_eval["finharness.reference"]):
             produced.append(TaskOutput(ctx.output_name("reference", suffix), rows, metrics))
     if "compass" in ctx.protocols():
         name = ctx.output_name("compass")
@@ -469,7 +488,7 @@ def _check(ctx) -> None:
         from compass.evals.lm_harness import require_lm_eval
 
         require_lm_eval()
-        _versions(ctx)
+        _version_table(ctx)
     if data_path(ctx) is None:
         raise CompassError(f"task {ctx.name}: give the harness's data with --{ctx.name.replace('_', '-')} PATH "
                            "(japanese-lm-fin-harness has no hub dataset)")
