@@ -353,3 +353,7 @@ def test_local_generation_caps_pages_to_the_models_positions_and_records_it(tiny
     request = GenRequest(id="q", messages=messages, max_tokens=3, temperature=0.0, meta={"images": paths})
     [result] = list(LocalModel(model_dir, batch_size=1).generate([request]))
     assert result.ok and result.meta["image_fit"] == {"max_long_side": 224, "images_kept": 1, "tokens": one}
+    assert result.meta["prompt_tokens"] == one
+    text_only = prompt_tokens(processor, processor.apply_chat_template(
+        [{"role": "user", "content": parts[-1:]}], add_generation_prompt=True, tokenize=False), [])
+    assert result.meta["tokens_per_page"] == one - text_only

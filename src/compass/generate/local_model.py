@@ -179,7 +179,7 @@ class LocalModel:
         self._load()
         t0 = time.perf_counter()
         prompts, images = [], []
-        fits: dict[str, dict | None] = {}
+        fits: dict[str, dict] = {}
         for request in batch:
             paths = request.meta["images"] if "images" in request.meta else []
             n_parts = sum(1 for m in request.messages if not isinstance(m["content"], str)
@@ -223,14 +223,15 @@ class LocalModel:
                 finish = "stop"
             text = tokenizer.decode(row, skip_special_tokens=True)
             meta = request.meta
-            if request.id in fits and fits[request.id] is not None:  # the images were capped to fit: say how
-                meta = {**meta, "image_fit": fits[request.id]}
+            if request.id in fits:  # what the pages cost, and how they were capped to fit (None: not at all)
+                meta = {**meta, **fits[request.id]}
             results.append(GenResult(request.id, text, None, 1, len(row), latency, finish, meta))
         return results
 
-    def _fit(self, request: GenRequest, prompt: str, pages: list) -> tuple[str, list, dict | None]:
+    def _fit(self, request: GenRequest, prompt: str, pages: list) -> tuple[str, list, dict]:
         """The prompt and page images, capped (resolution first, then the last pages) so that prompt + answer fit
-        the model's positions; the cap as a dict, or None when nothing had to change."""
+        the model's positions, and figures for the result's meta: prompt_tokens (exact, from the processor),
+        tokens_per_page (image tokens per shown page) and image_fit (the cap, or None when nothing changed)."""
         from dataclasses import asdict
 
         from compass.models.processors import fit_images
@@ -256,10 +257,15 @@ class LocalModel:
                 messages.append({**message, "content": parts})
             return self.chat_prompt(messages)
 
+        from compass.models.processors import prompt_tokens
+
         kept, fit = fit_images(self._processor, prompt_for, pages, budget)
-        if fit.max_long_side is None and fit.images_kept == len(pages):
-            return prompt, pages, None
-        return prompt_for(fit.images_kept), kept, asdict(fit)
+        capped = fit.max_long_side is not None or fit.images_kept != len(pages)
+        text_only = prompt_tokens(self._processor, prompt_for(0), [])
+        figures = {"prompt_tokens": fit.tokens,
+                   "tokens_per_page": (fit.tokens - text_only) / fit.images_kept if fit.images_kept else 0.0,
+                   "image_fit": asdict(fit) if capped else None}
+        return (prompt_for(fit.images_kept) if capped else prompt), kept, figures
 
 
 @lru_cache(maxsize=64)
