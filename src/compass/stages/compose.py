@@ -1,10 +1,14 @@
 """Compose a LLaVA-OneVision VLM from a SigLIP vision tower, a projector and an LLM (dimensions checked).
 
+LLaVA-OneVision only; for the other families (Qwen-VL, Mistral3, Gemma3, Idefics3/SmolVLM) train the language model
+inside the VLM with `compass sft --train llm`.
+
 The projector comes from `--projector-from` (a projector dir written by decompose, or any LLaVA-OneVision dir,
 of which only the projector tensors are read) or is new, initialised from the seed with the settings below.
 Dimensions are checked from the configs before weights load, e.g. SigLIP2-so400m (hidden 1152) -> projector
 1152->4096->4096 -> LLM-JP-4-8B (hidden 4096). The output loads with transformers'
-AutoModelForImageTextToText; its processor (no torchvision) with compass.models.vlm.load_processor.
+AutoModelForImageTextToText and its processor_config.json names LlavaOnevisionProcessor (AutoProcessor where
+torchvision is installed; compass.models.processors.load_processor without it).
 Works on hub-style directories as well as the tiny ones; no trust_remote_code.
 """
 from __future__ import annotations
@@ -18,7 +22,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.stages import Port
 
-VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass compose --vision work/decompose/vision --llm work/sft/merged "
            "--projector-from work/decompose/projector --out work/compose")
 

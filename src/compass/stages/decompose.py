@@ -1,5 +1,8 @@
 """Split a LLaVA-OneVision VLM into its SigLIP vision tower, projector and LLM directories.
 
+LLaVA-OneVision only; for the other families (Qwen-VL, Mistral3, Gemma3, Idefics3/SmolVLM) train the language model
+inside the VLM with `compass sft --train llm`.
+
 vision/ loads with SiglipVisionModel (plus its SigLIP image processor); projector/ holds projector.safetensors
 (linear_1, linear_2, image_newline) and projector_config.json (sizes and the VLM settings that go with it);
 llm/ loads with AutoModelForCausalLM and AutoTokenizer (the VLM's tokenizer and chat template), ready for

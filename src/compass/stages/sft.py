@@ -21,7 +21,7 @@ from compass.stages import Port
 from compass.stagekit import whole_run_training_figures
 from compass.train.config import TrainConfig
 
-VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass sft --model work/llm --data distill/traces.jsonl --out sft/ --merge "
            "--max-steps 50 --global-batch-size 4 --micro-batch-size 2 --lora-r 8")
 

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from compass.config import StageConfig
 
-VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass tiny-models --out work/tiny --seed 0"
 
 
