@@ -290,14 +290,14 @@ MGSM_ROWS = Path(__file__).resolve().parents[1] / "fixtures" / "mgsm" / "mgsm_ja
 
 def test_lm_eval_math_protocols_beside_the_xml_protocol(tiny_models, tmp_path):
     config = Config(tasks=["gsm8k", "mgsm_ja"], gsm8k={"protocol": "both", "repo": str(GSM8K_CHECKOUT)},
-                    mgsm_ja={"protocol": "reference"}, limit=2, max_new_tokens=8, batch_size=2)
+                    mgsm_ja={"protocol": "reference"}, limit=1, max_new_tokens=8, batch_size=2)  # lm-eval generates 256
     result = execute_stage("eval", config, {"model": tiny_models.llm, "mgsm_ja": MGSM_ROWS}, tmp_path / "out")
     metrics, out = result.manifest.metrics, result.out_dir
     for name in ("gsm8k.reference", "mgsm_ja.reference"):
         rows = rows_of(out, name)
-        assert metrics[f"{name}.n"] == len(rows) == 2
+        assert metrics[f"{name}.n"] == len(rows) == 1
         for kind in ("strict", "flexible"):  # lm-eval's two extractions, each its exact match
-            assert metrics[f"{name}.exact_match_{kind}"] == sum(r[f"exact_match_{kind}"] for r in rows) / 2
+            assert metrics[f"{name}.exact_match_{kind}"] == rows[0][f"exact_match_{kind}"]
             assert all(f"extracted_{kind}" in r and isinstance(r["raw_output"], str) for r in rows)
     gsm = rows_of(out, "gsm8k.reference")
     shots = [json.loads(line)["question"] for line in (GSM8K_CHECKOUT / "grade_school_math/data/train.jsonl").open()]
@@ -308,7 +308,7 @@ def test_lm_eval_math_protocols_beside_the_xml_protocol(tiny_models, tmp_path):
                                     "dollars does she make every day at the farmers' market?\nAnswer:")
     mgsm = rows_of(out, "mgsm_ja.reference")
     assert mgsm[0]["input"].startswith("問題： ジャネットのアヒルは") and mgsm[0]["input"].endswith("\nステップごとの答え:")
-    assert [r["reference"] for r in mgsm] == ["18", "3"]
+    assert [r["reference"] for r in mgsm] == ["18"]
     # the recipe's protocol on the checkout's test file, named beside the reference
-    assert metrics["gsm8k.compass.n"] == 2 and "gsm8k.compass.format_valid_rate" in metrics
-    assert [r["reference"] for r in rows_of(out, "gsm8k.compass")] == ["18", "3"]
+    assert metrics["gsm8k.compass.n"] == 1 and "gsm8k.compass.format_valid_rate" in metrics
+    assert [r["reference"] for r in rows_of(out, "gsm8k.compass")] == ["18"]
