@@ -30,10 +30,9 @@ def shard_manifests(shard_dirs: list[Path]) -> list[tuple[Path, Manifest]]:
         manifest = read_manifest(folder)
         if manifest is None or manifest.status != "complete":
             raise CompassError(f"gather: {folder} holds no completed shard run (no manifest.json)")
-        shard_text = manifest.config["shard"] if "shard" in manifest.config else None
-        if shard_text is None:
+        if "shard" not in manifest.config or manifest.config["shard"] is None:  # not a data stage, or unsharded
             raise CompassError(f"gather: {folder} is a run of {manifest.stage} without --shard")
-        found.append((parse_shard(shard_text), folder, manifest))
+        found.append((parse_shard(manifest.config["shard"]), folder, manifest))
     if not found:
         raise CompassError("gather: no shard directories given")
     kinds = {m.stage for _, _, m in found}

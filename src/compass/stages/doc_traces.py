@@ -281,7 +281,8 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if config.answerer == "reference":
         answers = reference_answers(items())
     else:
-        fingerprint = fingerprint_of(config, [inputs["evidence"], inputs["questions"], inputs["pages"]])
+        fingerprint = fingerprint_of(config, [inputs["evidence"], inputs["questions"], inputs["pages"]],
+                                     ignore=("max_reject_rate", "workers"))  # a resume may use other workers
         answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, fingerprint)
     doc_images = DocImages(index, inputs["pages"])
 
