@@ -187,6 +187,7 @@ def test_ratio_arithmetic():
         take_for_ratio(90, 50, 0.5)
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_pairs_stage_mixes_real_preference_pairs_at_the_ratio(tmp_path):
     from compass.runner import execute_stage
     from compass.stages import pairs as pairs_stage

@@ -85,6 +85,7 @@ def test_rehash_reads_everything_and_refreshes(tmp_path, trusting):
     assert (forced.reads, forced.hits) == (1, 0)
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_cached_stage_check_reads_nothing_and_a_hidden_edit_reruns(tmp_path, trusting, monkeypatch):
     monkeypatch.setitem(stages.STAGES, "echo", "support.echo_stage")
     monkeypatch.setenv("COMPASS_HOME", str(tmp_path / "home"))

@@ -18,6 +18,8 @@ from support import ledger_runs as ledger_support  # noqa: E402
 from compass.ledger.index import Index
 from compass.ledger.query import search
 
+pytestmark = pytest.mark.slow  # builds (or reads from pytest's cache) a ledger of 200+ real runs
+
 ROOT = Path(__file__).resolve().parents[2]
 # what the recorded rows depend on: the builder's files, the index schema, the data-recipe code, and what the
 # row builders make of a sample (segmented words, the embedded description, typed figures), so a change that

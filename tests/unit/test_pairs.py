@@ -242,6 +242,7 @@ def thousand(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_stage_output_is_byte_identical_and_matches_golden_hash(tmp_path, thousand):
     first = run_stage(tmp_path, thousand, "a")
     second = run_stage(tmp_path, thousand, "b")
@@ -254,6 +255,7 @@ def test_stage_output_is_byte_identical_and_matches_golden_hash(tmp_path, thousa
     assert sha256_file(other_seed / "pairs.jsonl") != digest
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_stage_output_is_independent_of_order_and_sharding(tmp_path, thousand):
     whole = run_stage(tmp_path, thousand, "whole")
     shards = tmp_path / "shards"
@@ -266,6 +268,7 @@ def test_stage_output_is_independent_of_order_and_sharding(tmp_path, thousand):
     assert lines(whole) == lines(sharded)
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_stage_strategy_shares_within_two_points_on_10k(tmp_path):
     # every record here admits every strategy (synthetic kind 6 has neither numbers nor a tamperable answer)
     path = tmp_path / "traces.jsonl"

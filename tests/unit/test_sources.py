@@ -174,6 +174,7 @@ def _run(out: Path, **overrides) -> tuple[Path, dict]:
     return out / "problems.jsonl", result.manifest.metrics
 
 
+@pytest.mark.slow  # a whole stage run (seconds): not in make test-fast
 def test_stage_is_byte_identical_for_the_same_config(tmp_path):
     first, metrics = _run(tmp_path / "a")
     second, _ = _run(tmp_path / "b")
