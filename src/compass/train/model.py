@@ -234,8 +234,10 @@ def save_trained(trainer, adapter_dir: Path, full: FullTraining, lora: bool, is_
 
         adapter_dir.mkdir(parents=True, exist_ok=True)
         save_file(trained_parts_state(state, trainer.model, full, lora), str(adapter_dir / TRAINED_PARTS_FILE))
-        if not lora:
-            processing_class.save_pretrained(str(adapter_dir))
+        if not lora:  # processor_config.json names transformers' class, as every directory compass writes
+            from compass.models.processors import save_processor
+
+            save_processor(processing_class, adapter_dir, trainer.model.config.model_type)
 
 
 def tidy_adapter_dir(adapter_dir: Path) -> None:
