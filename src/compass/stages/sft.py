@@ -116,9 +116,9 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         M.freeze_all_but(model, full)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processing_class,
                          peft_config=peft_config)
-    trainable = M.trainable_parameter_count(trainer.model)
     if use_lora:
         M.train_bare_parameters(trainer.model, full)  # e.g. OneVision's image_newline, outside any PEFT module
+    trainable = M.trainable_parameter_count(trainer.model)
     output = train(trainer, resume, config, plan)  # compass's log lines and live MLflow metrics around trainer.train
 
     adapter_dir = out_dir / "adapter"
