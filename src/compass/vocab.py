@@ -28,12 +28,21 @@ OUTPUT_MARKERS = (COT, THINK_OPEN, THINK_CLOSE, PROBLEM_OPEN, PROBLEM_CLOSE, THI
                   ANSWER_OPEN, ANSWER_CLOSE)
 
 _LEADING_THINK = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+_CODE_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL)
 
 
 def strip_leading_think(text: str) -> str:
     """`text` without one leading `<think>...</think>` block (a reasoning teacher's preamble), stripped.
     Text with no such block comes back stripped; an unclosed `<think>` is left in place."""
     return _LEADING_THINK.sub("", text, count=1).strip()
+
+
+def reply_body(text: str) -> str:
+    """What a served model meant as its (JSON) reply: without a leading `<think>` block and without a
+    surrounding ```json ... ``` fence, stripped."""
+    body = strip_leading_think(text)
+    fenced = _CODE_FENCE.match(body)
+    return fenced.group(1).strip() if fenced else body
 
 
 def after_thinking(text: str) -> str | None:

@@ -10,7 +10,7 @@ from compass.errors import CompassError
 from compass.stages import Port
 
 VERSION = 1
-EXAMPLE = "compass gate --text in.txt --out gate/ --gate /tmp/open"
+EXAMPLE = "compass gate --text in.txt --out gate/ --gate open.flag"
 
 
 class Config(StageConfig):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compass.records import DocQuestion, Page
-from compass.vocab import strip_leading_think
+from compass.vocab import reply_body
 
 MIN_SCORE, MAX_SCORE = 0.0, 10.0
 IRRELEVANT = "This page contains no information relevant to the question."
@@ -55,15 +55,9 @@ def final_score(score: float, gold: bool, min_gold_score: float) -> float:
     return max(score, min_gold_score) if gold else score
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL)
-
-
 def parse_evidence(text: str) -> tuple[str, float]:
     """(evidence, clamped score) from a reply, or MalformedEvidence naming what is wrong."""
-    body = strip_leading_think(text)
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
+    body = reply_body(text)
     try:
         data = json.loads(body)
     except json.JSONDecodeError as err:

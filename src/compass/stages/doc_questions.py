@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
 from compass.stagekit import check_reject_rate
 from compass.stages import Port
-from compass.vocab import strip_leading_think
+from compass.vocab import reply_body
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass doc-questions --pages work/pages/pages.jsonl --out work/questions --n-per-doc 8 "
@@ -118,14 +117,8 @@ def synth_messages(seed: SeedSet, images_root: Path) -> list[dict]:
     return [{"role": "user", "content": parts}]
 
 
-_FENCE = re.compile(r"^```(?:json)?\s*\n?(.*?)\n?\s*```$", re.DOTALL)
-
-
 def parse_question(seed: SeedSet, text: str) -> DocQuestion:
-    body = strip_leading_think(text)
-    fenced = _FENCE.match(body)
-    if fenced:
-        body = fenced.group(1).strip()
+    body = reply_body(text)
     try:
         data = json.loads(body)
     except json.JSONDecodeError as err:
