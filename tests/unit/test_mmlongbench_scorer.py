@@ -292,3 +292,20 @@ def test_aggregate_groups_by_evidence_source_and_document_type():
 def test_aggregate_of_nothing_is_zero_not_a_crash():
     m = aggregate([])
     assert m["accuracy"] == 0.0 and m["f1"] == 0.0 and m["n"] == 0
+
+
+def test_rows_and_metrics_carry_how_pages_were_sized_to_fit():
+    from compass.evals.mmlongbench import DocItem, score
+    from compass.generate.base import GenResult
+
+    items = [DocItem(f"q{i}", "d", "Net sales?", "12", "Int", (1,)) for i in range(3)]
+    fits = [{"prompt_tokens": 900, "tokens_per_page": 256.0, "image_fit": None},
+            {"prompt_tokens": 1020, "tokens_per_page": 64.0, "image_fit": {"max_long_side": 224, "images_kept": 2, "tokens": 1020}},
+            None]  # the last one came from a served model: nothing measured here
+    results = {item.id: GenResult(item.id, "12", None, 1, 3, 0.1, "stop", fit or {"images": ["p.png"]})
+               for item, fit in zip(items, fits)}
+    rows, metrics = score(items, results, {i.id: 4 for i in items}, {i.id: "12" for i in items}, {i.id: "" for i in items})
+    assert [r["page_fit"] for r in rows] == fits
+    assert (metrics["capped_to_fit"], metrics["mean_tokens_per_page"], metrics["max_prompt_tokens"]) == (1, 160.0, 1020)
+    served, served_metrics = score(items[2:], results, {"q2": 4}, {"q2": "12"}, {"q2": ""})
+    assert served[0]["page_fit"] is None and "capped_to_fit" not in served_metrics

@@ -298,6 +298,25 @@ def parse_extractor_reply(reply: str | None) -> str | None:
 # --- scoring -------------------------------------------------------------------------------------------
 
 
+FIT_KEYS = ("prompt_tokens", "tokens_per_page", "image_fit")  # what the local VLM generator measures per prompt
+
+
+def page_fit(result: GenResult) -> dict | None:
+    """The prompt's exact token count, image tokens per page and how its pages were capped to fit the model
+    (compass.generate.local_model); None for a served model, whose server does the counting."""
+    return {key: result.meta[key] for key in FIT_KEYS} if "prompt_tokens" in result.meta else None
+
+
+def fit_metrics(rows: list[dict]) -> dict:
+    """Over the rows whose pages compass sized: how many were capped, and the mean image tokens per page."""
+    fits = [r["page_fit"] for r in rows if r["page_fit"] is not None]
+    if not fits:
+        return {}
+    return {"capped_to_fit": sum(1 for f in fits if f["image_fit"] is not None),
+            "mean_tokens_per_page": sum(f["tokens_per_page"] for f in fits) / len(fits),
+            "max_prompt_tokens": max(f["prompt_tokens"] for f in fits)}
+
+
 def score(items: list[DocItem], results: dict[str, GenResult], shown: dict[str, int],
           extracted: dict[str, str | None], requests_text: dict[str, str]) -> tuple[list[dict], dict]:
     rows, scored_items = [], []
@@ -321,10 +340,12 @@ def score(items: list[DocItem], results: dict[str, GenResult], shown: dict[str, 
             "abstained": s.pred_abstains,
             "score": s.score,
             "output_tokens": result.output_tokens,
+            "page_fit": page_fit(result),
         })
     metrics = aggregate(scored_items)
     tokens = [float(r["output_tokens"]) for r in rows if r["output_tokens"] is not None]
     metrics["mean_output_tokens"] = sum(tokens) / len(tokens) if tokens else 0.0
+    metrics.update(fit_metrics(rows))
     metrics["extraction_failures"] = sum(1 for item in items if extracted[item.id] is None)
     return rows, metrics
 
@@ -398,10 +419,12 @@ def score_reference(items: list[DocItem], results: dict[str, GenResult], replies
             "score": out.score,
             "scoring_error": out.error,
             "output_tokens": result.output_tokens,
+            "page_fit": page_fit(result),
         })
     metrics = reference.aggregate(ref_rows)
     tokens = [float(r["output_tokens"]) for r in rows if r["output_tokens"] is not None]
     metrics["mean_output_tokens"] = sum(tokens) / len(tokens) if tokens else 0.0
+    metrics.update(fit_metrics(rows))
     metrics["extraction_failures"] = sum(1 for r in rows if r["extracted"] is None)
     metrics["scoring_failures"] = sum(1 for r in rows if r["scoring_error"] is not None and r["extracted"] is not None)
     return rows, metrics
