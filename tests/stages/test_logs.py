@@ -9,7 +9,7 @@ import pytest
 
 from support.traces import synthetic_trace
 
-from compass.logs import number, result_warnings
+from compass.logs import QUIET_ENV, number, result_warnings
 from compass.manifest import MANIFEST_NAME
 from compass.pipeline import headline, summary_table
 from compass.runner import StageResult
@@ -19,7 +19,9 @@ NOISE = ("Loading weights", "Writing model shards", "FutureWarning", "it/s]", "{
 
 
 def compass(args, cwd, home):
-    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}  # as outside the test suite
+    # as outside the test suite: no TQDM_DISABLE, and none of the quiet settings an in-process CLI call of an
+    # earlier test left in this process's environment
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE" and k not in QUIET_ENV}
     env.update(PYTHONPATH=os.pathsep.join(sys.path), COMPASS_HOME=str(home))
     return subprocess.run([sys.executable, "-m", "compass.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 

@@ -22,9 +22,17 @@ from compass.runner import execute_stage
 
 
 def client_for(home: Path):
+    """A client on the workspace's store, opened under the ledger lock: compass creates the store (MLflow's
+    migrations) under that lock, and a second process migrating the same new file at once breaks it."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=Workspace(home).tracking_uri)
+    from compass.ledger.workspace import ledger_lock
+
+    workspace = Workspace(home)
+    with ledger_lock(workspace):
+        client = MlflowClient(tracking_uri=workspace.tracking_uri)
+        client.search_experiments()  # the first use opens the store (and would migrate it)
+    return client
 
 
 def sft_runs(client):
