@@ -60,11 +60,24 @@ def tiny_families(tmp_path_factory):
 
 # --- run ledger (owned by compass.ledger) ---------------------------------------------------------------
 @pytest.fixture(scope="session", autouse=True)
-def ledger_home(tmp_path_factory) -> Path:
-    """COMPASS_HOME for the whole session, so no test writes a ./.compass ledger into the repo."""
-    home = tmp_path_factory.mktemp("compass-home")
+def session_ledger_home(tmp_path_factory) -> Path:
+    """COMPASS_HOME for what session-scoped fixtures record, before any module's own ledger is set."""
+    home = tmp_path_factory.mktemp("compass-home-session")
     os.environ["COMPASS_HOME"] = str(home)
     return home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ledger_home(session_ledger_home, tmp_path_factory):
+    """COMPASS_HOME per test module: a copy of one initialised ledger (MLflow's migrations run once per session),
+    so no test writes a ./.compass ledger into the repo, and what one module does to its ledger (kills, broken
+    stores, stand-in stages) cannot reach the next module's tests."""
+    from support.ledger_runs import fresh_workspace, template_dir
+
+    home = fresh_workspace(template_dir(tmp_path_factory), tmp_path_factory.mktemp("compass-home") / "home").root
+    os.environ["COMPASS_HOME"] = str(home)
+    yield home
+    os.environ["COMPASS_HOME"] = str(session_ledger_home)
 
 
 # --- test tiers (markers registered in pyproject.toml) -------------------------------------------------
