@@ -261,6 +261,13 @@ def parse_jsonl_line(line: str, model: type[M] | None, file: str | os.PathLike, 
 
 def iter_json_objects(path: str | os.PathLike) -> Iterator[dict]:
     """Rows of one JSONL file in a dataset's own schema: each line a JSON object, errors with file:line."""
+    for _lineno, row in iter_numbered_json_objects(path):
+        yield row
+
+
+def iter_numbered_json_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; bad JSON, a non-object or a non-UTF-8
+    byte is one error naming file:line."""
     with open(path, "rb") as fh:
         for lineno, line in numbered_utf8_lines(fh, path):
             if not line.strip():
@@ -271,7 +278,7 @@ def iter_json_objects(path: str | os.PathLike) -> Iterator[dict]:
                 raise CompassError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
             if not isinstance(row, dict):
                 raise CompassError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            yield row
+            yield lineno, row
 
 
 def read_jsonl(path: str | os.PathLike, model: type[M] | None = None) -> list:

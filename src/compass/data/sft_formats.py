@@ -23,7 +23,6 @@ training code sees paths only. Within message text, images sit where the parts l
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compass.errors import CompassError
+from compass.io import iter_numbered_json_objects
 
 IMAGE_MARK = "<image>"
 ROLES = ("system", "user", "assistant")
@@ -84,19 +84,8 @@ class LoadedRows:
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
-    with open(path, encoding="utf-8") as fh:
-        index = 0
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CompassError(f"{path}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(data, dict):
-                raise CompassError(f"{path}:{lineno}: expected a JSON object per line, got {type(data).__name__}")
-            yield Row(f"{path}:{lineno}", index, data, path.parent)
-            index += 1
+    for index, (lineno, data) in enumerate(iter_numbered_json_objects(path)):
+        yield Row(f"{path}:{lineno}", index, data, path.parent)
 
 
 def _file_rows(path: Path, start: int = 0) -> list[Row]:
