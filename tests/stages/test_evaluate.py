@@ -13,6 +13,7 @@ from compass.runner import execute_stage
 from compass.stages.evaluate import Config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evals"
+HARNESS = Path(__file__).resolve().parents[1] / "fixtures" / "finharness" / "checkout"
 
 
 def rows_of(out: Path, name: str) -> list[dict]:
@@ -23,7 +24,7 @@ def rows_of(out: Path, name: str) -> list[dict]:
 def llm_run(tiny_models, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval-llm")
     config = Config(tasks=["gsm8k", "problems", "chabsa", "fp2", "edinet_fraud", "edinet_industry"], cot="both",
-                    max_new_tokens=8, batch_size=4, limit=3)
+                    max_new_tokens=8, batch_size=4, limit=3, finharness={"repo": str(HARNESS)})  # prompts: its task files
     inputs = {"model": tiny_models.llm, "gsm8k": FIXTURES / "gsm8k_test.jsonl", "problems": FIXTURES / "problems.jsonl",
               "chabsa": FIXTURES / "chabsa", "fp2": FIXTURES / "fp2.json", "edinet_fraud": FIXTURES / "edinet_fraud.jsonl",
               "edinet_industry": FIXTURES / "edinet_industry.jsonl"}
@@ -188,6 +189,8 @@ def test_openai_backend_with_llm_extractor_gives_exact_metrics(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "gsm8k,chabsa"], "task chabsa: give the harness's data with --chabsa PATH"),
+    (["--tasks", "chabsa", "--chabsa", str(FIXTURES / "chabsa")], "fin-harness prompts are read from its task files: give "
+     "a checkout of pfnet-research/japanese-lm-fin-harness with --finharness-repo DIR"),
     (["--tasks", "problems"], "task problems: give its data with --problems PATH"),
     (["--tasks", "mmlongbench"], "task mmlongbench needs --mmlongbench QUESTIONS and --mmlongbench-docs PDF_DIR"),
     (["--tasks", "gsm8k", "--cot", "maybe"], "cot"),
@@ -214,8 +217,6 @@ def test_mmlongbench_needs_a_vlm_on_the_local_backend(tiny_models, tmp_path, cap
 
 
 # --- japanese-lm-fin-harness: lm-evaluation-harness (reference) beside compass's log-likelihoods ----------
-
-HARNESS = Path(__file__).resolve().parents[1] / "fixtures" / "finharness" / "checkout"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from compass.errors import CompassError
-from compass.evals import edinet, finharness, mmlongbench
+from compass.evals import edinet, mmlongbench
 from compass.evals import math as math_eval
 from compass.evals.compare import compare_table
 from compass.evals.metrics import binary_metrics, macro_f1, multiclass_metrics
@@ -16,62 +16,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evals"
 
 def result(id_, text, tokens=5, error=None):
     return GenResult(id_, text, error, 1, tokens, 0.0, "stop")
-
-
-# --- japanese-lm-fin-harness ---------------------------------------------------------------------------
-
-
-def test_fin_harness_prompts_are_the_harness_default_prompts():
-    items = finharness.load_items("cma_basics", FIXTURES / "cma_basics.json")
-    assert items[1].context == (
-        "以下の問題の適切な答えを選択肢から選んでアルファベットで答えなさい。\n\n\n"
-        "【問題】\nPERの計算式はどれか。\n1株当たり利益をEPSとする。\n\n"
-        "【選択肢】\nA: EPS÷株価\nB: 株価÷EPS\nC: 株価×EPS\n\n【答え】\n"
-    )
-    assert items[1].options == ("A", "B", "C") and items[1].gold == "B" and items[1].delimiter == ""
-    fp2 = finharness.load_items("fp2", FIXTURES / "fp2.json")[0]
-    assert fp2.options == ("１", "２", "３", "４") and fp2.gold == "２"
-    assert "【選択肢】" not in fp2.context and fp2.context.endswith("\n\n【答え】\n")
-    cpa = finharness.load_items("cpa_audit", FIXTURES / "cpa_audit.json")[0]
-    assert cpa.options == tuple("ABCDEF") and cpa.gold == "B"
-    assert finharness.requests([items[0]]) == [(items[0].context, o) for o in "ABCD"]
-
-
-def test_chabsa_reads_the_chabsa_dataset_files_one_item_per_opinion():
-    items = finharness.load_items("chabsa", FIXTURES / "chabsa")
-    assert [i.gold for i in items] == ["positive", "positive", "negative", "neutral", "negative", "positive"]
-    assert items[0].context.endswith("センテンス: 当連結会計年度におけるわが国経済は、企業収益の改善により緩やかな回復基調で推移した\n"
-                                     "ターゲット: わが国経済\n回答:")
-    assert finharness.requests(items[:1]) == [(items[0].context, " positive"), (items[0].context, " negative")]
-
-
-def test_fin_harness_scoring_acc_acc_norm_and_chabsa_macro_f1():
-    items = finharness.load_items("chabsa", FIXTURES / "chabsa")
-    # per item (positive, negative): acc picks the larger; acc_norm divides by 8 chars for both -> same argmax
-    lls = [-1.0, -2.0, -3.0, -1.0, -2.0, -1.0, -1.0, -2.0, -2.0, -1.0, -1.0, -2.0]
-    rows, metrics = finharness.score("chabsa", items, lls)
-    assert [r["extracted"] for r in rows] == ["positive", "negative", "negative", "positive", "negative", "positive"]
-    assert metrics["accuracy"] == pytest.approx(4 / 6)
-    # positive: tp 2, fp 1 (the neutral item), fn 1 -> F1 2/3; negative: tp 2, fp 1, fn 0 -> 0.8
-    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
-    from sklearn.metrics import f1_score  # the harness's figure: macro over present labels x 1.5
-
-    golds, preds = [i.gold for i in items], [r["extracted"] for r in rows]
-    assert metrics["macro_f1"] == pytest.approx(f1_score(golds, preds, average="macro") * 1.5)
-
-
-def test_fin_harness_acc_norm_divides_by_option_length():
-    item = finharness.ChoiceItem("x/0", "ctx", ("ab", "abcdef"), "", "abcdef")
-    rows, metrics = finharness.score("fp2", [item], [-2.0, -3.0])
-    assert rows[0]["extracted"] == "ab" and rows[0]["extracted_norm"] == "abcdef"
-    assert metrics["accuracy"] == 0.0 and metrics["accuracy_norm"] == 1.0
-
-
-def test_fin_harness_bad_answer_id_names_the_record(tmp_path):
-    bad = tmp_path / "data.json"
-    bad.write_text('{"data": [{"id": 0, "question": "q", "context": "", "choices": [{"id": 0, "text": "a"}], "answer": 3}]}')
-    with pytest.raises(CompassError, match=r"data.json record 1: answer 3 is not one of the choice ids \[0\]"):
-        finharness.load_items("cma_basics", bad)
 
 
 # --- EDINET-Bench --------------------------------------------------------------------------------------

@@ -11,12 +11,15 @@ average over the run's tasks (zeros left out), and every version's figures are r
 (TASK.reference.v<version>.*). The harness's map*/f1_norm come from a patch in its main.py that no longer
 imports under lm-eval 0.4.13; those metric entries are dropped from the prepared task files.
 
-protocol compass: the harness's default prompts (prompt version "0.0") scored by compass's own
+protocol compass: the checkout's default task files (`<task>.yaml`: description, doc_to_text, doc_to_choice,
+doc_to_target, target_delimiter; templates rendered with Jinja as lm-eval renders them, `!function
+utils.doc_to_text_00` loaded from the task folder's utils.py at run time, as lm-eval loads it: those prompts
+exist only as Python in the checkout, and compass keeps no copy of any harness text) scored by compass's own
 log-likelihood path, which splits and encodes each (context, continuation) exactly as lm-eval's HF backend
 (tested equal per item to 1e-4 against lm-eval on the tiny model): one request per option (continuation =
 target delimiter + option), prediction = the option with the highest summed log-probability (`accuracy`) or
 the highest log-probability per character of the option (`accuracy_norm`, lm-eval's acc_norm). chabsa adds
-macro-F1 over its two offered labels.
+macro-F1 over its offered labels (positive, negative).
 
 Data, in the harness's own formats:
 - chabsa: the chABSA-dataset JSON files (a directory of them, or one file): {"sentences": [{"sentence",
@@ -33,12 +36,17 @@ present label is predicted or gold; the 2-label mean stays right on data without
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import jinja2
+import yaml
 from pydantic import Field, model_validator
 
 from compass.errors import CompassError
@@ -48,15 +56,10 @@ from compass.evals.registry import Benchmark, BenchmarkConfig, EvalTask, LmEvalJ
 from compass.stages import Port
 
 TASKS = ("chabsa", "cma_basics", "cpa_audit", "fp2", "security_sales_1")
-
-DESCRIPTIONS = {
-    "chabsa": "以下のセンテンスにおける、ターゲットのセンチメントをpositiveかnegativeで答えてください。\n\n\n",
-    "cma_basics": "以下の問題の適切な答えを選択肢から選んでアルファベットで答えなさい。\n\n\n",
-    "cpa_audit": "以下の問題の答えとして適切な記号の組み合わせを選択肢から選んでアルファベットで答えなさい。\n\n\n",
-    "fp2": "以下の問題の適切な答えを選択肢から選んで１～４の数字で答えなさい。\n\n\n",
-    "security_sales_1": "以下の問題の適切な答えを選択肢から選んでアルファベットで答えなさい。\n\n\n",
-}
-CHABSA_OPTIONS = ("positive", "negative")
+TASK_FILES = "jlm_fin_eval/tasks"  # in a checkout of pfnet-research/japanese-lm-fin-harness
+DEFAULT_VERSION = "default"  # the task file without a version suffix (<task>.yaml)
+# lm-eval's TaskConfig default; the harness's chabsa file leaves it unset (its continuations are " positive")
+LM_EVAL_TARGET_DELIMITER = " "
 
 
 @dataclass(frozen=True)
@@ -68,63 +71,141 @@ class ChoiceItem:
     gold: str  # the gold label text; may be outside `options` (chabsa 'neutral')
 
 
+# --- the harness's prompts, read from the user's checkout --------------------------------------------------
+#
+# A task file names its prompt either as a Jinja template (chabsa's doc_to_text, over {{sentence}}) or as
+# `!function utils.doc_to_text_00`, a Python function in the task folder's utils.py. The second kind exists only
+# as code, so it is loaded from the checkout at run time, as lm-eval itself loads it (the reference protocol
+# executes the same file through lm-eval); nothing of the harness's text is kept in compass.
+
+
+class PromptFunction(str):
+    """A task file's `!function module.name`: a prompt builder in a .py file beside the task file."""
+
+
+class _TaskFileLoader(yaml.SafeLoader):
+    pass
+
+
+_TaskFileLoader.add_constructor("!function", lambda loader, node: PromptFunction(loader.construct_scalar(node)))
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """How one task file of the checkout builds a multiple-choice request from a row (lm-eval's fields)."""
+
+    file: Path
+    description: str
+    doc_to_text: str | Callable
+    doc_to_choice: str | list | Callable
+    doc_to_target: str | int | Callable
+    target_delimiter: str
+
+
+def _read_task_file(path: Path) -> dict:
+    """A task YAML with its `include:` chain merged (the including file's keys win), as lm-eval reads it."""
+    try:
+        fields = yaml.load(path.read_text(encoding="utf-8"), Loader=_TaskFileLoader)
+    except yaml.YAMLError as err:
+        raise CompassError(f"{path}: not a readable task file ({err})") from None
+    if not isinstance(fields, dict):
+        raise CompassError(f"{path}: a task file must be a YAML mapping, got {type(fields).__name__}")
+    if "include" in fields:
+        return {**_read_task_file(path.parent / fields.pop("include")), **fields, "_file": path}
+    return {**fields, "_file": path}
+
+
+_loaded_modules: dict[Path, object] = {}
+
+
+def _prompt_function(task_file: Path, name: str) -> Callable:
+    """`module.function` from the .py file beside the task file (lm-eval's `!function` rule), loaded once."""
+    module_name, _, function_name = name.rpartition(".")
+    source = (task_file.parent / f"{module_name.replace('.', '/')}.py").resolve()
+    if not source.is_file():
+        raise CompassError(f"{task_file}: !function {name} needs {source}, which is not there")
+    if source not in _loaded_modules:
+        spec = importlib.util.spec_from_file_location(f"compass_finharness_checkout_{len(_loaded_modules)}", source)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _loaded_modules[source] = module
+    module = _loaded_modules[source]
+    if function_name not in vars(module):
+        raise CompassError(f"{task_file}: !function {name}: {source} defines no {function_name}")
+    return vars(module)[function_name]
+
+
+def _field(fields: dict, key: str, file: Path):
+    if key not in fields:
+        raise CompassError(f"{file}: the task file (with its includes) has no {key}")
+    value = fields[key]
+    return _prompt_function(file, value) if isinstance(value, PromptFunction) else value
+
+
+def task_prompt(repo: Path, task: str, version: str = DEFAULT_VERSION) -> TaskPrompt:
+    """The prompt of one task file of the checkout (`<task>.yaml` for the default version)."""
+    folder = Path(repo) / TASK_FILES / task
+    file = folder / (f"{task}.yaml" if version == DEFAULT_VERSION else f"{task}-{version}.yaml")
+    if not file.is_file():
+        raise CompassError(f"{file} not found: finharness.repo must be a checkout of "
+                           "pfnet-research/japanese-lm-fin-harness")
+    fields = _read_task_file(file)
+    if fields.get("output_type") != "multiple_choice":  # a missing key is reported with the value None
+        raise CompassError(f"{file}: output_type {fields.get('output_type')!r}; compass scores multiple_choice only")
+    return TaskPrompt(file=file, description=_field(fields, "description", file) if "description" in fields else "",
+                      doc_to_text=_field(fields, "doc_to_text", file), doc_to_choice=_field(fields, "doc_to_choice", file),
+                      doc_to_target=_field(fields, "doc_to_target", file),
+                      target_delimiter=fields["target_delimiter"] if "target_delimiter" in fields else LM_EVAL_TARGET_DELIMITER)
+
+
+# lm-eval renders templates with these settings (a template's trailing newline is kept)
+_TEMPLATES = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+
+def _resolve(value, row: dict, where: str):
+    """One field for one row as lm-eval resolves it: a callable is called on the row, a string naming a column
+    is that column, any other string is a Jinja template rendered on the row."""
+    if callable(value):
+        return value(row)
+    if isinstance(value, str):
+        if value in row:
+            return row[value]
+        try:
+            return _TEMPLATES.from_string(value).render(**row)
+        except jinja2.TemplateError as err:
+            raise CompassError(f"{where}: template {value!r}: {err}") from None
+    return value
+
+
+def prompt_item(task: str, row: dict, prompt: TaskPrompt) -> ChoiceItem:
+    """One harness row as (context, options, gold) the way lm-eval builds a 0-shot multiple-choice request:
+    context = description + doc_to_text, continuation = target_delimiter + option."""
+    where = f"{prompt.file} on {task} row {row['id']}"
+    text = _resolve(prompt.doc_to_text, row, where)
+    choices = _resolve(prompt.doc_to_choice, row, where)
+    if isinstance(prompt.doc_to_choice, str) and prompt.doc_to_choice not in row:
+        choices = ast.literal_eval(choices)  # a template of a list, as lm-eval reads it
+    target = _resolve(prompt.doc_to_target, row, where)
+    if isinstance(target, str) and target.isdigit() and isinstance(prompt.doc_to_target, str):
+        target = int(target)  # lm-eval: a rendered all-digit target is an index into the choices
+    if not isinstance(text, str) or not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+        raise CompassError(f"{where}: expected a text and a list of option strings, got {text!r} and {choices!r}")
+    if isinstance(target, int):
+        if not 0 <= target < len(choices):
+            raise CompassError(f"{where}: target index {target} outside the {len(choices)} options")
+        target = choices[target]
+    description = _resolve(prompt.description, row, where)
+    return ChoiceItem(f"{task}/{row['id']}", description + text, tuple(choices), prompt.target_delimiter, str(target))
+
+
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def _chabsa_items(path: Path) -> list[ChoiceItem]:
-    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-    if not files:
-        raise CompassError(f"chabsa: no .json files in {path} (expected the chABSA-dataset files)")
-    items = []
-    for file in files:
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise CompassError(f"{file}:{err.lineno}: not valid JSON ({err.msg})") from None
-        require(data, ("sentences",), str(file))
-        for s_index, sentence in enumerate(data["sentences"]):
-            require(sentence, ("sentence", "opinions"), f"{file} sentence {s_index}")
-            for opinion in sentence["opinions"]:
-                require(opinion, ("target", "polarity"), f"{file} sentence {s_index} opinion")
-                text = f"センテンス: {sentence['sentence']}\nターゲット: {opinion['target']}\n回答:"
-                items.append(ChoiceItem(f"chabsa/{len(items)}", DESCRIPTIONS["chabsa"] + text, CHABSA_OPTIONS, " ",
-                                        opinion["polarity"]))
-    return items
-
-
-def _question_text(row: dict, with_options: bool) -> str:
-    text = "【問題】\n" + row["question"] + "\n"
-    if row["context"]:
-        text += row["context"] + "\n"
-    if with_options:
-        text += "\n【選択肢】\n"
-        for choice in row["choices"]:
-            text += chr(int(choice["id"]) + 65) + ": " + choice["text"] + "\n"
-    return text + "\n【答え】\n"
-
-
-def _choice_items(task: str, rows: list[dict], origin: str) -> list[ChoiceItem]:
-    items = []
-    for index, row in enumerate(rows):
-        where = f"{origin} record {index + 1}"
-        require(row, ("question", "context", "choices", "answer"), where)
-        for choice in row["choices"]:
-            require(choice, ("id", "text"), f"{where} choice")
-        ids = [int(c["id"]) for c in row["choices"]]
-        answer = int(row["answer"])
-        if answer not in ids:
-            raise CompassError(f"{where}: answer {answer} is not one of the choice ids {ids}")
-        if task == "fp2":  # options are the choice texts ('１'..'４'); no option list in the prompt
-            options = tuple(c["text"] for c in row["choices"])
-            gold = options[ids.index(answer)]
-            context = DESCRIPTIONS[task] + _question_text(row, with_options=False)
-        else:  # options are letters A, B, ... for the choice ids
-            options = tuple(chr(i + 65) for i in ids)
-            gold = chr(answer + 65)
-            context = DESCRIPTIONS[task] + _question_text(row, with_options=True)
-        item_id = f"{task}/{row['id']}" if "id" in row else f"{task}/{index}"
-        items.append(ChoiceItem(item_id, context, options, "", gold))
-    return items
+def _read_json_file(file: Path):
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CompassError(f"{file}:{err.lineno}: not valid JSON ({err.msg})") from None
 
 
 def _cpa_audit_xlsx_rows(path: Path) -> list[dict]:
@@ -149,15 +230,48 @@ def _cpa_audit_xlsx_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_items(task: str, path: Path) -> list[ChoiceItem]:
+def harness_rows(task: str, path: Path) -> list[dict]:
+    """The task's data as rows of the harness's dataset scripts (what its task files' prompts read): chabsa one
+    row per opinion {id, sentence, target, polarity}; the others {id, question, context, choices: {id: [...],
+    text: [...]}, answer}."""
     if task not in TASKS:
         raise CompassError(f"unknown fin-harness task {task!r}; expected one of {TASKS}")
     path = Path(path)
     if task == "chabsa":
-        return _chabsa_items(path)
-    if task == "cpa_audit" and path.suffix.lower() == ".xlsx":
-        return _choice_items(task, _cpa_audit_xlsx_rows(path), str(path))
-    return _choice_items(task, read_json_rows(path), str(path))
+        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+        if not files:
+            raise CompassError(f"chabsa: no .json files in {path} (expected the chABSA-dataset files)")
+        rows = []
+        for file in files:
+            data = _read_json_file(file)
+            require(data, ("sentences",), str(file))
+            for s_index, sentence in enumerate(data["sentences"]):
+                require(sentence, ("sentence", "opinions"), f"{file} sentence {s_index}")
+                for opinion in sentence["opinions"]:
+                    require(opinion, ("target", "polarity"), f"{file} sentence {s_index} opinion")
+                    rows.append({"id": len(rows), "sentence": sentence["sentence"], "target": opinion["target"],
+                                 "polarity": opinion["polarity"]})
+        return rows
+    raw = _cpa_audit_xlsx_rows(path) if task == "cpa_audit" and path.suffix.lower() == ".xlsx" else read_json_rows(path)
+    rows = []
+    for index, row in enumerate(raw):
+        where = f"{path} record {index + 1}"
+        require(row, ("question", "context", "choices", "answer"), where)
+        for choice in row["choices"]:
+            require(choice, ("id", "text"), f"{where} choice")
+        ids = [int(c["id"]) for c in row["choices"]]
+        if int(row["answer"]) not in ids:
+            raise CompassError(f"{where}: answer {row['answer']} is not one of the choice ids {ids}")
+        rows.append({"id": int(row["id"]) if "id" in row else index, "question": row["question"], "context": row["context"],
+                     # a datasets Sequence of dicts reads back as a dict of lists, as the harness's utils expect
+                     "choices": {"id": ids, "text": [c["text"] for c in row["choices"]]},
+                     "answer": int(row["answer"])})
+    return rows
+
+
+def load_items(task: str, path: Path, prompt: TaskPrompt) -> list[ChoiceItem]:
+    """The task's data as requests built by the checkout's prompt (`task_prompt`)."""
+    return [prompt_item(task, row, prompt) for row in harness_rows(task, path)]
 
 
 # --- scoring -------------------------------------------------------------------------------------------
@@ -195,16 +309,15 @@ def score(task: str, items: list[ChoiceItem], logprobs: list[float]) -> tuple[li
         "accuracy_norm": mean([r["score_norm"] for r in rows]),
         "n": len(rows),
     }
-    if task == "chabsa":
-        golds = [r["reference"] for r in rows]
-        metrics["macro_f1"] = macro_f1(golds, [r["extracted"] for r in rows], CHABSA_OPTIONS)
-        metrics["macro_f1_norm"] = macro_f1(golds, [r["extracted_norm"] for r in rows], CHABSA_OPTIONS)
+    if task == "chabsa":  # macro-F1 over the labels the task file offers (positive, negative in the harness)
+        golds, offered = [r["reference"] for r in rows], tuple(dict.fromkeys(o for i in items for o in i.options))
+        metrics["macro_f1"] = macro_f1(golds, [r["extracted"] for r in rows], offered)
+        metrics["macro_f1_norm"] = macro_f1(golds, [r["extracted_norm"] for r in rows], offered)
     return rows, metrics
 
 
 # --- the reference protocol: lm-evaluation-harness on the harness's own task files ----------------------
 
-TASK_FILES = "jlm_fin_eval/tasks"  # in a checkout of pfnet-research/japanese-lm-fin-harness
 # the harness's own data files, used when the task's data input is not given (chabsa: the harness downloads the
 # chABSA-dataset from Kaggle, so it has no file in the checkout: give --chabsa DIR)
 CHECKOUT_DATA = {"cma_basics": "jlm_fin_eval/datasets/cma_basics/data.json",
@@ -214,32 +327,6 @@ CHECKOUT_DATA = {"cma_basics": "jlm_fin_eval/datasets/cma_basics/data.json",
 # metrics lm-eval computes itself for multiple_choice; the harness's map*/f1_norm come from a process_results
 # patch in its main.py, whose CLI imports no longer exist in lm-eval 0.4.13, so those entries are dropped
 LM_EVAL_METRICS = ("acc", "acc_norm", "f1", "mcc")
-DEFAULT_VERSION = "default"  # the task file without a version suffix (<task>.yaml)
-
-
-def harness_rows(task: str, path: Path) -> list[dict]:
-    """The task's data as rows of the harness's dataset scripts (what its doc_to_text functions read)."""
-    path = Path(path)
-    if task == "chabsa":
-        files = sorted(path.glob("*.json")) if path.is_dir() else [path]
-        rows = []
-        for file in files:
-            data = json.loads(file.read_text(encoding="utf-8"))
-            require(data, ("sentences",), str(file))
-            for sentence in data["sentences"]:
-                for opinion in sentence["opinions"]:
-                    rows.append({"id": len(rows), "sentence": sentence["sentence"], "target": opinion["target"],
-                                 "polarity": opinion["polarity"]})
-        return rows
-    raw = _cpa_audit_xlsx_rows(path) if task == "cpa_audit" and path.suffix.lower() == ".xlsx" else read_json_rows(path)
-    rows = []
-    for index, row in enumerate(raw):
-        require(row, ("question", "context", "choices", "answer"), f"{path} record {index + 1}")
-        rows.append({"id": int(row["id"]) if "id" in row else index, "question": row["question"], "context": row["context"],
-                     # a datasets Sequence of dicts reads back as a dict of lists, as the harness's utils expect
-                     "choices": {"id": [int(c["id"]) for c in row["choices"]], "text": [c["text"] for c in row["choices"]]},
-                     "answer": int(row["answer"])})
-    return rows
 
 
 def prompt_versions(repo: Path, task: str) -> list[str]:
@@ -400,11 +487,11 @@ def reference_row(task: str, sample: dict) -> dict:
 class FinHarnessSettings(BenchmarkConfig):
     """japanese-lm-fin-harness: the five tasks share these settings. protocol reference: lm-evaluation-harness
     on the checkout's task files (every prompt version; the leaderboard's best-of-versions figure), needs
-    `repo`; compass: compass's own log-likelihood path on the harness's default prompts (equal to lm-eval's per
-    item) with macro-F1 over the two offered labels."""
+    `repo`; compass: compass's own log-likelihood path on the prompts of the checkout's default task files (equal
+    to lm-eval's per item) with macro-F1 over the offered labels. Both read every prompt from `repo`."""
 
     repo: Path | None = Field(None, description="a checkout of pfnet-research/japanese-lm-fin-harness (its task "
-                              "files and data; needed by protocol reference)")
+                              "files, prompt functions and data; every protocol reads its prompts from it)")
     prompt_versions: list[str] | None = Field(None, description="reference protocol: the prompt versions to run "
                                               "('default', '1.0-0.1', ...); None: every version in the checkout")
 
@@ -434,7 +521,9 @@ def _version_table(ctx) -> dict[str, dict[str, str]]:
 
 
 def _load(ctx) -> list[ChoiceItem]:
-    return ctx.limited(load_items(ctx.name, data_path(ctx))) if "compass" in ctx.protocols() else []
+    if "compass" not in ctx.protocols():
+        return []
+    return ctx.limited(load_items(ctx.name, data_path(ctx), task_prompt(Path(ctx.settings.repo), ctx.name)))
 
 
 def _reference_job(ctx) -> LmEvalJob:
@@ -492,6 +581,11 @@ def _check(ctx) -> None:
     if data_path(ctx) is None:
         raise CompassError(f"task {ctx.name}: give the harness's data with --{ctx.name.replace('_', '-')} PATH "
                            "(japanese-lm-fin-harness has no hub dataset)")
+    if ctx.settings.repo is None:  # the compass protocol (the reference is refused earlier by the settings)
+        raise CompassError(f"task {ctx.name}: the fin-harness prompts are read from its task files: give a checkout "
+                           "of pfnet-research/japanese-lm-fin-harness with --finharness-repo DIR")
+    if "compass" in ctx.protocols():
+        task_prompt(Path(ctx.settings.repo), ctx.name)  # a missing or unreadable task file, before any model runs
 
 
 _PORTS = {
