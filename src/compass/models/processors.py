@@ -221,9 +221,11 @@ class ImageFit:
     tokens: int
 
 
-def prompt_tokens(processor: ProcessorMixin, prompt: str, images: list) -> int:
-    """The token count of `prompt` with `images`, exactly as the processor expands the image placeholders."""
-    encoded = processor(text=[prompt], images=[images] if images else None, return_tensors="np")
+def prompt_tokens(processor: ProcessorMixin, prompt: str, images: list, add_special_tokens: bool = True) -> int:
+    """The token count of `prompt` with `images`, exactly as the processor expands the image placeholders.
+    add_special_tokens=False counts as TRL's training collator encodes a rendered chat (no second BOS)."""
+    encoded = processor(text=[prompt], images=[images] if images else None, return_tensors="np",
+                        add_special_tokens=add_special_tokens)
     return int(encoded["input_ids"].shape[1])
 
 
@@ -238,10 +240,18 @@ def _scaled(images: list, long_side: int | None) -> list:
     return out
 
 
-def fit_images(processor: ProcessorMixin, prompt_for, images: list, budget: int) -> tuple[list, ImageFit]:
-    """Images scaled down (long side halving toward MIN_LONG_SIDE) and then, if still too long, cut from the end
-    until `prompt_for(n_images)` with them fits `budget` tokens. Families whose image tokens do not depend on the
-    resolution (Gemma3, fixed-size SigLIP towers) only drop images. Fails when not even the text fits."""
+def fit_images(processor: ProcessorMixin, prompt_for, images: list, budget: int, *,
+               priority: list[int] | None = None, add_special_tokens: bool = True) -> tuple[list, ImageFit]:
+    """Images scaled down (long side halving toward MIN_LONG_SIDE) and then, if still too long, dropped until
+    `prompt_for(n_images)` with them fits `budget` tokens. Families whose image tokens do not depend on the
+    resolution (Gemma3, fixed-size SigLIP towers) only drop images. Fails when not even the text fits.
+
+    `priority` (indices into `images`, most important first; default: as given) is the order images are kept in:
+    with n kept, they are priority[:n], passed to the processor (and returned) in their own order in `images`,
+    which is the order of the placeholders `prompt_for(n)` renders."""
+    order = list(range(len(images))) if priority is None else list(priority)
+    if sorted(order) != list(range(len(images))):
+        raise CompassError(f"priority {order} is not an order of the {len(images)} images")
     longest = max((max(i.size) for i in images), default=0)
     sides: list[int | None] = [None]
     side = longest // 2
@@ -250,14 +260,18 @@ def fit_images(processor: ProcessorMixin, prompt_for, images: list, budget: int)
         side //= 2
     if longest > MIN_LONG_SIDE:
         sides.append(MIN_LONG_SIDE)
+
+    def attempt(side: int | None, kept: int) -> tuple[list, int]:
+        chosen = [images[i] for i in sorted(order[:kept])]
+        scaled = _scaled(chosen, side)
+        return scaled, prompt_tokens(processor, prompt_for(kept), scaled, add_special_tokens)
+
     for side in sides:
-        scaled = _scaled(images, side)
-        tokens = prompt_tokens(processor, prompt_for(len(scaled)), scaled)
+        scaled, tokens = attempt(side, len(images))
         if tokens <= budget:
             return scaled, ImageFit(side, len(scaled), tokens)
     for kept in range(len(images) - 1, -1, -1):
-        scaled = _scaled(images[:kept], sides[-1])
-        tokens = prompt_tokens(processor, prompt_for(kept), scaled)
+        scaled, tokens = attempt(sides[-1], kept)
         if tokens <= budget:
             return scaled, ImageFit(sides[-1], kept, tokens)
     raise CompassError(f"the prompt alone is {tokens} tokens, over the budget of {budget}")
