@@ -89,6 +89,10 @@ CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(run_id UNINDEXED, name, note
 CREATE TABLE IF NOT EXISTS figure_keys(stage TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, numeric INTEGER NOT NULL,
     PRIMARY KEY (stage, key, kind));
 """
+# the columns search filters runs by: a state check, a stage filter or an ancestor's stage reads this narrow index
+# instead of the wide runs rows (manifest, summary), 2-3x less time per query at 10k runs. A ledger made before it
+# gets it when first opened (Index.__init__).
+LOOKUP_INDEX = "CREATE INDEX IF NOT EXISTS runs_lookup ON runs(run_id, state, stage, name)"
 
 
 @dataclass
@@ -160,6 +164,9 @@ class Index:
             self._migrate_from_1()
         elif version != SCHEMA_VERSION:
             raise CompassError(f"{self.path}: index schema {version}, this compass reads {SCHEMA_VERSION}")
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'runs_lookup'").fetchone() is None:
+            with self.transaction() as db:
+                db.execute(LOOKUP_INDEX)
 
     def _version(self) -> str | None:
         has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -216,8 +223,8 @@ class Index:
         if len(ref) < 4:
             raise CompassError(f"run reference {ref!r} is too short: give at least 4 characters of the run id")
         rows = self.db.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE state='complete' AND (run_id LIKE ? || '%' OR mlflow_run_id = ?)",
-            (ref.lower(), ref),
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE state='complete' AND (run_id LIKE ? ESCAPE '\\' OR mlflow_run_id = ?)",
+            (like_literal(ref.lower()) + "%", ref),
         ).fetchall()
         if not rows:
             raise CompassError(f"no run {ref!r} in the ledger at {self.path.parent} (see `compass runs list`)")
@@ -438,10 +445,11 @@ class Index:
 
     def fulltext_containing(self, word: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[str]:
         """Run ids whose name, note or text contains `word` (a substring scan, for words the trigram index cannot hold)."""
-        like = f"%{word}%"
+        like = f"%{like_literal(word)}%"
         rows = self.db.execute(
             "SELECT f.run_id FROM fulltext f JOIN runs r ON r.run_id = f.run_id WHERE r.state = 'complete' "
-            f"AND (f.name LIKE ? OR f.note LIKE ? OR f.body LIKE ?){filter_sql} LIMIT ?", (like, like, like, *filter_params, limit))
+            f"AND (f.name LIKE ? ESCAPE '\\' OR f.note LIKE ? ESCAPE '\\' OR f.body LIKE ? ESCAPE '\\'){filter_sql} LIMIT ?",
+            (like, like, like, *filter_params, limit))
         return [r[0] for r in rows]
 
     def fulltext_rows(self, run_ids: list[str]) -> dict[str, dict[str, str]]:
@@ -456,6 +464,12 @@ class Index:
 
     def words_match(self, expression: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[tuple[str, float]]:
         """(run id, bm25: lower is better) for an FTS5 MATCH over the segmented words; names weigh 4, notes 3."""
+        if not filter_sql:
+            # a words row is written in the transaction that completes its run, and complete runs are never
+            # removed: without a filter, no join with runs is needed (the join was two thirds of the time)
+            return self.db.execute(
+                "SELECT run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score FROM words WHERE words MATCH ? ORDER BY score LIMIT ?",
+                (expression, limit)).fetchall()
         return self.db.execute(
             "SELECT w.run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score FROM words w JOIN runs r ON r.run_id = w.run_id "
             f"WHERE words MATCH ? AND r.state = 'complete'{filter_sql} ORDER BY score LIMIT ?",
@@ -617,6 +631,11 @@ def _marks(items) -> str:
 
 # --- figure filters as SQL -------------------------------------------------------------------------------
 
+def like_literal(text: str) -> str:
+    """`text` as a LIKE pattern that matches only itself (use with ESCAPE '\\'): % and _ are wildcards otherwise."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
 REL_TOL = 1e-9  # numbers compare equal within this relative tolerance (0.1 + 0.2 = 0.3)
 
 
@@ -629,8 +648,7 @@ def _value_sql(cmp: Cmp) -> tuple[str, list]:
             return "f.num IS NOT NULL AND f.num NOT BETWEEN ? AND ?", [cmp.value - tol, cmp.value + tol]
         return f"f.num {cmp.op} ?", [cmp.value]
     if cmp.op == "~":
-        escaped = cmp.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        return "f.text LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+        return "f.text LIKE ? ESCAPE '\\'", [f"%{like_literal(cmp.value)}%"]
     return f"f.text {cmp.op} ?", [cmp.value]
 
 
