@@ -203,7 +203,13 @@ def cmd_show(workspace: Workspace, args) -> int:
         if args.json:
             print(json.dumps(run.manifest, ensure_ascii=False, indent=2))
         else:
-            print(show_text(index, ContentStore(workspace.store_dir), run))
+            from compass.io import HASH_CACHE_NAME, HashCache
+
+            cache = HashCache(workspace.root / HASH_CACHE_NAME)  # blobs whose stat is unchanged are not read again
+            try:
+                print(show_text(index, ContentStore(workspace.store_dir), run, cache))
+            finally:
+                cache.close()
         return 0
     finally:
         index.close()

@@ -9,6 +9,7 @@ from compass.ledger.flat import as_number, as_text, flatten, format_number, huma
 from compass.ledger.index import Index, RunRow
 
 if TYPE_CHECKING:  # show_text's caller passes the store; search and lineage never load it (nor compass.io)
+    from compass.io import HashCache
     from compass.ledger.store import ContentStore
 
 
@@ -22,7 +23,20 @@ def run_label(run: RunRow) -> str:
     return label + (f"  {metrics}" if metrics else "")
 
 
-def show_text(index: Index, store: ContentStore, run: RunRow) -> str:
+def blob_state(store: ContentStore, sha: str, size: int, cache: HashCache | None) -> str:
+    """ok, MISSING, or DAMAGED: the blob no longer hashes to its name (an output edited in place while the store
+    shared its bytes by hard link). `cache` (the workspace's stat cache) reads only blobs whose stat changed."""
+    from compass.ledger.store import _hash_file
+
+    path = store.path(sha)
+    if not path.is_file():
+        return "MISSING"
+    if path.stat().st_size != size or (cache.sha256(path) if cache is not None else _hash_file(path)) != sha:
+        return "DAMAGED"
+    return "ok"
+
+
+def show_text(index: Index, store: ContentStore, run: RunRow, cache: HashCache | None = None) -> str:
     lines = [f"run       {run.run_id}", f"name      {run.name}", f"stage     {run.stage}"]
     if run.recipe:
         lines.append(f"recipe    {run.recipe}")
@@ -49,10 +63,16 @@ def show_text(index: Index, store: ContentStore, run: RunRow) -> str:
         for key, points in history.items():
             lines.append(f"  {key}: {len(points)} steps, {format_number(points[0][1])} -> {format_number(points[-1][1])}")
     lines.append("\nartifacts (sha256, in the store)")
+    broken = []
     for role, port, path, sha, size in index.files(run.run_id):
-        state = "ok" if store.has(sha) else "MISSING"
+        state = blob_state(store, sha, size, cache)
         where = f"in:{port}" if role == "in" else "out"
         lines.append(f"  {where:<12} {path:<40} {human_size(size):>9}  {sha}  {state}")
+        if state != "ok":
+            broken.append(f"{where} {path} ({state.lower()})")
+    if broken:
+        lines.append(f"  {len(broken)} artifact(s) not intact in the store: {', '.join(broken[:5])}; "
+                     "`compass runs check --repair` restores them from run directories that still hold the bytes")
     parents = index.parents(run.run_id)
     children = index.children(run.run_id)
     siblings = sorted({c for p, _ in parents for c in index.children(p)} - {run.run_id})
