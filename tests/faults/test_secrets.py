@@ -140,3 +140,34 @@ def test_numbers_under_token_like_keys_are_figures_not_secrets():
                              "credentials": {"user": "u", "retries": 1}, "api_key": None}) == {
         "mean_token_accuracy": 0.5, "train_tokens_this_run": 3, "token": REDACTED,
         "credentials": {"user": REDACTED, "retries": 1}, "api_key": None}
+
+
+def test_reproduce_refuses_a_config_the_redactor_changed_and_names_the_field(tmp_path, capsys):
+    """A URL whose password was redacted is not "[REDACTED]" as a whole: reproducing with it would send the
+    marker as the user name. The field is named, with the --set that gives it again, and nothing is sent."""
+    problems = tmp_path / "problems.jsonl"
+    write_jsonl(problems, [Problem(id="p0", source="toy", question="What is 1+1?", reference_answer="2")])
+    with ScriptedServer(reply) as server:
+        url = f"http://alice:{URL_PASSWORD}@127.0.0.1:{server.port}/v1"
+        config = tmp_path / "teacher.yaml"
+        config.write_text(yaml.safe_dump({"backend": "openai", "temperature": 0, "openai": {
+            "base_urls": [url], "model": "scripted", "extra_body": {"note": "mode=fast password=hunter22"}}}))
+        first = run_cli(["distill", "--problems", problems, "--config", config, "--out", tmp_path / "out"], capsys)
+        assert first.code == 0, first.err
+        run_id = read_manifest(tmp_path / "out").run_id
+        asked = len(server.requests_seen)
+        refused = run_cli(["runs", "reproduce", run_id[:12], "--out", tmp_path / "repro", "--allow-code-change"], capsys)
+        assert refused.code == 2, refused.out + refused.err
+        line = refused.err.strip()
+        assert "config field(s) openai.base_urls, openai.extra_body.note were redacted as secrets" in line
+        assert "--set openai.base_urls=VALUE" in line and URL_PASSWORD not in line and "\n" not in line
+        assert len(server.requests_seen) == asked and not (tmp_path / "repro").exists()
+
+
+def test_redacted_fields_finds_markers_inside_texts_lists_and_sections():
+    from compass.commands.reproduce import redacted_fields
+
+    config = {"seed": 1, "token": REDACTED, "openai": {"base_urls": ["http://h/v1", f"http://{REDACTED}@h/v1"],
+                                                         "api_key_env": "OPENAI_API_KEY", "extra_body": {}},
+              "mix": [{"path": "a.jsonl"}, {"url": f"https://x?api_key={REDACTED}"}], "name": "REDACTED word"}
+    assert redacted_fields(config) == ["token", "openai.base_urls", "mix"]

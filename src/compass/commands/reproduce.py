@@ -81,6 +81,21 @@ def _apply(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def redacted_fields(config: dict[str, Any]) -> list[str]:
+    """Dotted keys of the config fields the redactor changed: a secret replaced whole, or a marker inside a text
+    (a URL's userinfo, a key=value pair) or inside a list item; running with them would send the marker."""
+    def redacted(value: Any) -> bool:
+        if isinstance(value, str):
+            return REDACTED in value
+        if isinstance(value, list):
+            return any(redacted(item) for item in value)
+        if isinstance(value, dict):
+            return any(redacted(item) for item in value.values())
+        return False
+
+    return [key for key, value in flatten(config).items() if redacted(value)]
+
+
 def metric_agrees(recorded: Any, now: Any, tolerance: float) -> bool:
     a, b = as_number(recorded), as_number(now)
     if a is None or b is None:
@@ -107,10 +122,10 @@ def reproduce_run(workspace: Workspace, run: RunRow, *, out: Path | None = None,
             f"run {run.short} was made at commit {run.code_commit or 'unknown'}, this code is at "
             f"{current.commit or 'unknown'}: check out that commit (git checkout {run.code_commit}) or pass --allow-code-change")
     config_data = _apply(run.config, overrides or {})
-    hidden = [k for k, v in flatten(config_data).items() if v == REDACTED]
+    hidden = redacted_fields(config_data)
     if hidden:
-        raise CompassError(f"run {run.short}: config field(s) {', '.join(hidden)} were redacted as secrets; "
-                           f"give them again with --set {hidden[0]}=VALUE")
+        raise CompassError(f"run {run.short}: config field(s) {', '.join(hidden)} were redacted as secrets (the ledger "
+                           f"keeps no secret, e.g. a URL's password); give them again with --set {hidden[0]}=VALUE")
     module = get_stage(run.stage)
     config = module.Config.model_validate(config_data)
 
