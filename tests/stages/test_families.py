@@ -251,18 +251,20 @@ def test_model_by_hub_id_from_the_cache_offline(tiny_families, tmp_path, monkeyp
                       tmp_path / "sft2")
 
 
-def test_smolvlm_without_num2words_is_one_line(tmp_path):
-    import importlib.util
+HIDE_NUM2WORDS = ("import sys; sys.modules['num2words'] = None  # as if not installed\n"
+                  "from compass.cli import main; sys.exit(main(sys.argv[1:]))")
 
-    from compass.models.processors import load_processor
 
-    if importlib.util.find_spec("num2words") is not None:
-        pytest.skip("num2words is installed here")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "smolvlm", "vision_config": {}}))
-    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "SmolVLMProcessor"}))
-    with pytest.raises(CompassError, match=r"^the SmolVLM processor needs the package 'num2words': "
-                                           r"pip install 'compass\[smolvlm\]'$"):
-        load_processor(tmp_path)
+def test_smolvlm_without_num2words_is_one_line(tiny_families, tmp_path):
+    """With num2words hidden (a None entry in sys.modules makes both its import and find_spec fail), `compass sft` on a
+    SmolVLM directory stops with one line naming the extra, exit 2, and writes nothing."""
+    data = write_doc_examples(tmp_path / "docs", 1)
+    done = subprocess.run([sys.executable, "-c", HIDE_NUM2WORDS, "sft", "--model", str(tiny_families("smolvlm")),
+                           "--data", str(data), "--out", str(tmp_path / "sft"), "--max-steps", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (
+        2, "error: the SmolVLM processor needs the package 'num2words': pip install 'compass[smolvlm]'\n")
+    assert not (tmp_path / "sft").exists()
 
 
 @pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "mistral3"])

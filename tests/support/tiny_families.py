@@ -241,6 +241,31 @@ def build_idefics3(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_smolvlm(out: Path, seed: int = 0) -> Path:
+    """SmolVLM (Idefics3's layout, its own processor and template); its processor needs num2words
+    (compass[smolvlm])."""
+    import torch
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil
+
+    from compass.models.processors import ImageOnlySmolVLMProcessor
+
+    tok = build_tokenizer(idefics_spec(trl_template("smolvlm"), "<|im_start|>"), seed)
+    config = SmolVLMConfig(
+        text_config=dict(model_type="llama", **_text(tok), tie_word_embeddings=False),
+        vision_config=dict(hidden_size=H, intermediate_size=2 * H, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=56, patch_size=14),
+        scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = SmolVLMForConditionalGeneration(config)
+    _save(model, tok, out)
+    image_processor = SmolVLMImageProcessorPil(size={"longest_edge": 112}, max_image_size={"longest_edge": 56},
+                                               do_image_splitting=True)
+    # image_seq_len = (56 / 14)^2 / scale_factor^2 = 4 tokens per tile
+    save_processor(ImageOnlySmolVLMProcessor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                             chat_template=tok.chat_template), out, "smolvlm")
+    return out
+
+
 def build_llava_onevision(out: Path, seed: int = 0) -> Path:
     """compass's own tiny OneVision (its tokenizer's template has generation markers)."""
     from compass.models.tiny import build_tiny_tokenizer, build_tiny_vlm
@@ -256,6 +281,7 @@ VLM_BUILDERS = {
     "qwen3_vl": build_qwen3_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
 }
 
 

@@ -69,6 +69,10 @@ class ImageOnlySmolVLMProcessor(SmolVLMProcessor):
         super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                          image_seq_len=image_seq_len, chat_template=chat_template, **kwargs)
 
+    def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+        # SmolVLMProcessor's own reads frame settings off its video processor, which this class has none of
+        return ProcessorMixin.apply_chat_template(self, conversation, chat_template, **kwargs)
+
 
 class ImageOnlyPixtralProcessor(ProcessorMixin):
     """PixtralProcessor's image path, for Mistral3 (Mistral-Small-3.1) where torchvision is missing: transformers'
