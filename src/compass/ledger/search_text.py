@@ -2,7 +2,6 @@
 the full-text body, and the short description the embedding model reads."""
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from compass.ledger.flat import as_number, as_text, flatten
@@ -63,4 +62,6 @@ def words_body(name: str, note: str, body: str) -> tuple[str, str, str]:
 
 
 def text_sha(text: str) -> str:
+    import hashlib  # here: text search never hashes, and loading OpenSSL's hashes is ~5 ms of its start
+
     return hashlib.sha256(text.encode()).hexdigest()

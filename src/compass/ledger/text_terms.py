@@ -3,7 +3,9 @@ morphological analyser (MeCab through fugashi, with the packaged UniDic-lite dic
 download), other text split into identifier-like tokens; stopwords of both languages dropped; and the
 small bilingual vocabulary that query understanding reads (stage words, superlatives, figure words).
 
-fugashi is imported only when a text has Japanese in it (it loads in well under 0.1 s).
+fugashi is imported only when a text has Japanese in it (it loads in well under 0.1 s), and the CJK
+character classes are compiled only then: sre expands a class range by range, character by character, which
+takes about 10 ms for these, more than the rest of reading an English query.
 """
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ import re
 import unicodedata
 from functools import lru_cache
 
-CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+CJK_CLASS = "\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f"
 # identifier-like tokens keep '_', '.', '/', '-' inside (tamper_answer, train/loss, 0.33, 5e-06), so a number
 # is one token: "0" never matches inside "0.33"
 LATIN_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./\-+]*[A-Za-z0-9]|[A-Za-z0-9]")
-CHUNKS = re.compile(r"([\u3040-\u30ff\u3400-\u9fff\uf900-\ufaff\uff66-\uff9f\u30fc]+)")
 PART_SPLIT = re.compile(r"[_./\-]+")
 
 ENGLISH_STOPWORDS = frozenset("""
@@ -33,6 +34,22 @@ JAPANESE_STOPWORDS = frozenset("""
 DROPPED_POS = frozenset({"助詞", "助動詞", "補助記号", "空白"})
 # verbs that mostly serve as auxiliaries (UniDic's 非自立可能): した, すぎた, している carry no content
 LIGHT_VERBS = frozenset({"為る", "居る", "有る", "成る", "過ぎる", "出来る", "来る", "行く", "見る", "仕舞う", "置く", "貰う", "呉れる"})
+
+
+@lru_cache(maxsize=None)
+def _cjk_patterns() -> tuple[re.Pattern, re.Pattern, re.Pattern]:
+    """(one CJK character, a run of them for splitting, a katakana or kanji that continues a compound noun)."""
+    return (re.compile(f"[{CJK_CLASS}]"), re.compile(f"([{CJK_CLASS}\u30fc]+)"),
+            re.compile("[\u30a0-\u30ff\u3400-\u9fff]"))
+
+
+def has_cjk(text: str) -> bool:
+    return not text.isascii() and _cjk_patterns()[0].search(text) is not None
+
+
+def _chunks(text: str) -> list[str]:
+    """`text` split into alternating runs without and with CJK (re.split with a group: CJK runs at odd places)."""
+    return [text] if text.isascii() else _cjk_patterns()[1].split(text)
 
 
 @lru_cache(maxsize=1)
@@ -73,10 +90,10 @@ def latin_words(chunk: str) -> list[str]:
 def words(text: str, *, keep_stopwords: bool = False) -> list[str]:
     """Search words of `text`, in order: Japanese by morphological analysis, the rest by identifier tokens."""
     out: list[str] = []
-    for chunk in CHUNKS.split(_normalize(text)):
+    for chunk in _chunks(_normalize(text)):
         if not chunk:
             continue
-        if CJK.search(chunk):
+        if has_cjk(chunk):
             out += japanese_words(chunk)
         else:
             out += [t for t in latin_words(chunk) if keep_stopwords or t not in ENGLISH_STOPWORDS]
@@ -144,9 +161,6 @@ COMPARISONS: dict[str, str] = {
 }
 
 
-COMPOUND_CONTINUES = re.compile(r"[\u30a0-\u30ff\u3400-\u9fff]")  # katakana or kanji: the noun goes on
-
-
 def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -> list[tuple[int, int, str]]:
     """(start, end, meaning) of every entry of `table` in normalised `text`: Japanese entries by substring
     (they may be several morphemes), the others as whole words. Longest first, no overlaps. `heads_only`:
@@ -161,7 +175,8 @@ def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -
         for match in _phrase_pattern(phrase).finditer(low):
             if any(taken[match.start():match.end()]):
                 continue
-            if heads_only and CJK.search(phrase) and COMPOUND_CONTINUES.match(low, match.end()):
+            # a katakana or kanji after the entry: the compound noun goes on
+            if heads_only and has_cjk(phrase) and _cjk_patterns()[2].match(low, match.end()):
                 continue
             for i in range(match.start(), match.end()):
                 taken[i] = True
@@ -172,7 +187,7 @@ def phrase_hits(text: str, table: dict[str, str], *, heads_only: bool = False) -
 @lru_cache(maxsize=4096)
 def _phrase_pattern(phrase: str) -> re.Pattern:
     # ASCII word boundaries: in "のSFT" the particle is a \w character, yet SFT is a word of its own
-    return re.compile(re.escape(phrase) if CJK.search(phrase) else rf"(?<![A-Za-z0-9_\-]){re.escape(phrase)}(?![A-Za-z0-9_\-])")
+    return re.compile(re.escape(phrase) if has_cjk(phrase) else rf"(?<![A-Za-z0-9_\-]){re.escape(phrase)}(?![A-Za-z0-9_\-])")
 
 
 def normalize(text: str) -> str:

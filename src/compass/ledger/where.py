@@ -12,18 +12,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from compass.errors import CompassError
 
-TOKEN = re.compile(r"""
+TOKEN = r"""
     \s*(?:
       (?P<op><=|>=|!=|==|=|<|>|~)
     | (?P<lparen>\() | (?P<rparen>\))
     | (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
     | (?P<number>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.\-/]))
     | (?P<name>`[^`]+`|[^\s()=<>!~'"]+)
-    )""", re.X)
+    )"""
 KEYWORDS = {"and", "or", "not"}
+
+
+@lru_cache(maxsize=1)
+def _token() -> re.Pattern:
+    return re.compile(TOKEN, re.X)  # on first use: the light commands that never parse a filter skip the compile
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,7 @@ def tokenize(text: str) -> list[tuple[str, str, int]]:
     pos = 0
     text = text.rstrip()
     while pos < len(text):
-        match = TOKEN.match(text, pos)
+        match = _token().match(text, pos)
         if not match or match.end() == pos:
             raise CompassError(f"--where: cannot read {text[pos:pos + 20]!r} at column {pos + 1} of {text!r}")
         kind = match.lastgroup
