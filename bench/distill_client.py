@@ -60,6 +60,7 @@ def bench_backend(base_url: str, n: int, concurrency: int) -> float:
 def bench_distill_stage(base_url: str, n: int, concurrency: int) -> float:
     from compass.io import write_jsonl
     from compass.records import Problem
+    from compass.stagekit import run_stage
     from compass.stages import distill
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +69,7 @@ def bench_distill_stage(base_url: str, n: int, concurrency: int) -> float:
                                for i in range(n)])
         cfg = distill.Config(backend="openai", openai={"base_urls": [base_url], "model": "scripted", "concurrency": concurrency})
         t0 = time.perf_counter()
-        metrics = distill.run(cfg, {"problems": problems}, Path(tmp) / "out")
+        metrics = run_stage(distill, cfg, {"problems": problems}, Path(tmp) / "out")
         elapsed = time.perf_counter() - t0
     assert metrics["traces"] == n, metrics
     return n / elapsed

@@ -53,10 +53,11 @@ def build_corpus(root: Path) -> tuple[Path, list]:
     """One generated 10-page report rendered at 1400 px; returns pages.jsonl and its planted questions."""
     from compass.io import read_jsonl
     from compass.records import DocQuestion
+    from compass.stagekit import run_stage
     from compass.stages import pages, pdf_fixtures
 
-    pdf_fixtures.run(pdf_fixtures.Config(n_docs=1, min_extra_pages=1, max_extra_pages=1, seed=1), {}, root / "fx")
-    pages.run(pages.Config(), {"pdfs": root / "fx" / "pdfs"}, root / "pages")
+    run_stage(pdf_fixtures, pdf_fixtures.Config(n_docs=1, min_extra_pages=1, max_extra_pages=1, seed=1), {}, root / "fx")
+    run_stage(pages, pages.Config(), {"pdfs": root / "fx" / "pdfs"}, root / "pages")
     return root / "pages" / "pages.jsonl", read_jsonl(root / "fx" / "questions.jsonl", DocQuestion)
 
 
@@ -71,12 +72,13 @@ def questions_for(root: Path, base: list, n_pages: int, per_doc: int) -> Path:
     return path
 
 
-def run_stage(pages_path: Path, questions: Path, out: Path, base_url: str, concurrency: int) -> dict:
+def run_evidence(pages_path: Path, questions: Path, out: Path, base_url: str, concurrency: int) -> dict:
+    from compass.stagekit import run_stage
     from compass.stages import evidence
 
     cfg = evidence.Config(backend="openai", openai={"base_urls": [base_url], "model": "scripted", "concurrency": concurrency,
                                                     "max_retries": 0})
-    return evidence.run(cfg, {"pages": pages_path, "questions": questions}, out)
+    return run_stage(evidence, cfg, {"pages": pages_path, "questions": questions}, out)
 
 
 def sequential(pages_path: Path, questions: Path, base_url: str, n: int) -> float:
@@ -103,7 +105,7 @@ def peak_memory(pages_path: Path, questions: Path, out: Path, base_url: str, con
     """(peak, retained after a full collection) traced bytes of one stage run."""
     gc.collect()
     tracemalloc.start()
-    run_stage(pages_path, questions, out, base_url, concurrency)
+    run_evidence(pages_path, questions, out, base_url, concurrency)
     _, peak = tracemalloc.get_traced_memory()
     gc.collect()
     retained = tracemalloc.get_traced_memory()[0]
@@ -131,9 +133,9 @@ def main() -> None:
         proc, url = start_server(args.latency_s, args.slots)
         try:
             questions = questions_for(root, base, args.pages, per_doc)
-            run_stage(pages_path, questions_for(root, base, per_doc * 8, per_doc), root / "warm", url, args.concurrency)
+            run_evidence(pages_path, questions_for(root, base, per_doc * 8, per_doc), root / "warm", url, args.concurrency)
             t0 = time.perf_counter()
-            metrics = run_stage(pages_path, questions, root / "ours", url, args.concurrency)
+            metrics = run_evidence(pages_path, questions, root / "ours", url, args.concurrency)
             ours_s = time.perf_counter() - t0
             n = metrics["pages"]
             ours_rate = n / ours_s

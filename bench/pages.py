@@ -30,10 +30,11 @@ CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
 job = json.loads(sys.argv[1])
+from compass.stagekit import run_stage
 from compass.stages import pages
 config = pages.Config(workers=job["workers"], max_reject_rate=1.0)
 t0 = time.perf_counter()
-metrics = pages.run(config, {"pdfs": Path(job["pdfs"])}, Path(job["out"]))
+metrics = run_stage(pages, config, {"pdfs": Path(job["pdfs"])}, Path(job["out"]))
 wall = time.perf_counter() - t0
 own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
 print(json.dumps({"cpu_s": own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime, "pages": metrics["pages"], "documents": metrics["documents"], "rejected": metrics["rejected"],

@@ -35,6 +35,7 @@ mode, traces, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 from compass.io import iter_jsonl, write_jsonl
 from compass.records import Trace
 from compass.data.pairs import make_pair, normalized_weights
+from compass.stagekit import run_stage
 from compass.stages import pairs as stage
 proc = psutil.Process()
 # peak = VmHWM of this process after resetting it here (ru_maxrss would also count the forked parent's pages)
@@ -43,7 +44,7 @@ with open("/proc/self/clear_refs", "w") as fh:
 rss0 = proc.memory_info().rss
 t0 = time.perf_counter()
 if mode == "stream":
-    metrics = stage.run(stage.Config(), {"traces": traces}, out)
+    metrics = run_stage(stage, stage.Config(), {"traces": traces}, out)
     n = metrics["traces"]
 else:  # baseline: everything in memory
     weights = normalized_weights(stage.Config().weights.model_dump())

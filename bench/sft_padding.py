@@ -89,6 +89,7 @@ def main() -> None:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     from compass.io import write_jsonl
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer
+    from compass.stagekit import run_stage
     from compass.stages import sft
     from compass.train.data import read_sft_examples, tokenize_sft
     from compass.train.device import choose_batching
@@ -121,7 +122,7 @@ def main() -> None:
                                 learning_rate=1e-3, logging_steps=1)
             out = work / f"{label.replace(' ', '-')}-{round_index}"
             t0 = time.perf_counter()
-            metrics = sft.run(config, {"model": model_dir, "data": data}, out)
+            metrics = run_stage(sft, config, {"model": model_dir, "data": data}, out)
             speeds[label].append(metrics["train_tokens_per_s"])
             first_loss[label] = metrics["first_loss"]
             print(f"  round {round_index + 1} {label:<14} {metrics['train_tokens_per_s']:>7.0f} tokens/s "

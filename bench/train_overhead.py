@@ -77,6 +77,7 @@ def main() -> None:
     from compass.io import write_jsonl
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer
     from support.traces import synthetic_trace
+    from compass.stagekit import run_stage
     from compass.stages import sft
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-train-overhead-"))
@@ -95,7 +96,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 t0 = time.perf_counter()
                 if engine == "ours":
-                    last_loss[engine] = sft.run(config, {"model": model_dir, "data": data}, out)["last_loss"]
+                    last_loss[engine] = run_stage(sft, config, {"model": model_dir, "data": data}, out)["last_loss"]
                 else:
                     last_loss[engine] = bare_trl(model_dir, data, out, args.steps, config.seed)
                 seconds = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from compass.ledger.tracking import live_stage_run
 from compass.ledger.workspace import find_workspace
 from compass.manifest import MANIFEST_NAME, InputRecord, Manifest, code_version, library_versions, now_iso, read_manifest, write_manifest
 from compass.ledger.redact import redact_value
-from compass.stagekit import (DirLock, check_out_dir_location, claim_out_dir, clear_finished_run, clear_interrupted_run,
+from compass.stagekit import (DirLock, build_context, check_out_dir_location, claim_out_dir, clear_finished_run, clear_interrupted_run,
                               remove_orphan_temps, resume_hint, tidy_failed_out_dir)
 from compass.stages import get_stage, hub_inputs
 
@@ -184,10 +184,11 @@ def _execute_stage(
             metrics = run_on_slurm(kind, config, paths, out_dir, launch, input_hashes, cache,
                                    metrics_file=out_dir / WORKER_METRICS, name=name or kind)
         elif launch is not None and (launch.num_processes > 1 or launch.accelerate_config):
-            metrics = _run_launched(kind, config, paths, out_dir, launch)
+            metrics = _run_launched(kind, config, paths, out_dir, launch, input_hashes)
         else:
             set_seed(config.seed)
-            metrics = module.run(config, paths, out_dir)
+            metrics = module.run(config, build_context(kind, config, paths, out_dir, input_hashes=input_hashes,
+                                                       stage_version=module.VERSION))
     wall = time.perf_counter() - t0
 
     manifest = Manifest(
@@ -249,11 +250,13 @@ def launch_command(launch: Launch) -> tuple[list[str], dict[str, str]]:
     return cmd, env
 
 
-def _run_launched(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: Path, launch: Launch) -> dict:
+def _run_launched(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: Path, launch: Launch,
+                  input_hashes: dict[str, dict[str, str]]) -> dict:
     """Run the stage body under `accelerate launch`; rank 0 leaves its metrics in out_dir."""
     job = out_dir / ".launch.json"
     write_json_atomic(job, {"kind": kind, "config": config.model_dump(mode="json"),
-                            "inputs": {k: str(v) for k, v in paths.items()}, "out_dir": str(out_dir)})
+                            "inputs": {k: str(v) for k, v in paths.items()}, "input_hashes": input_hashes,
+                            "out_dir": str(out_dir)})
     cmd, env = launch_command(launch)
     cmd += ["-m", "compass.worker", str(job)]
     metrics_file = out_dir / WORKER_METRICS

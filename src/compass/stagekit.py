@@ -14,6 +14,10 @@
   simply taken over (flock is per host: two hosts sharing a directory over NFS are not kept apart).
 - Cleanup of a failed run (`tidy_failed_out_dir`): empty files and directories, orphan temp files of atomic
   writes and the directory itself when nothing else is left; anything with content stays for the resume.
+- The stage context (`StageContext`): what a stage's `run(config, ctx)` gets besides its config: resolved
+  input paths, their hashes, the config hash, the stage's code version, rank/world size, shard and out dir,
+  and `resume_key`, the one definition of "same config and inputs" for resuming partial work (journals,
+  state files). The runner builds it; `run_stage` builds one for a direct call from Python.
 """
 from __future__ import annotations
 
@@ -24,9 +28,15 @@ import json
 import os
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from compass.errors import CompassError
+
+if TYPE_CHECKING:
+    from compass.data.shards import Shard
 
 MARKER_NAME = ".compass-out"
 LOCK_NAME = ".compass.lock"
@@ -34,6 +44,92 @@ MANIFEST_NAME = "manifest.json"  # == compass.manifest.MANIFEST_NAME (kept here 
 # temp files of compass.io.atomic_open / staged_dir: ".<name>.<random>.tmp"
 ATOMIC_TEMP = re.compile(r"^\..+\.tmp$")
 BOOKKEEPING = frozenset({MARKER_NAME, LOCK_NAME})
+
+
+# --- the stage context -----------------------------------------------------------------------------------
+
+# Fields a resume may change without invalidating finished work: they decide how results are judged or fetched,
+# never what a finished item holds. Top level of every stage config:
+RESUME_NEUTRAL = frozenset({"max_reject_rate"})
+# ... and inside every OpenAI-compatible endpoint section: where and how fast the same model is asked (a server
+# restarted on another host or port, more slots, longer timeouts keep the answers already journalled)
+TRANSPORT_NEUTRAL = frozenset({"base_urls", "concurrency", "timeout_s", "max_retries", "backoff_base_s",
+                               "backoff_max_s", "api_key_env"})
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Everything a stage run knows besides its config. Stages read inputs and write outputs only through it."""
+
+    kind: str
+    inputs: dict[str, Path]  # resolved input paths, by port name
+    out_dir: Path
+    config_hash: str  # compass.config.config_hash of the config (the cache key's config part)
+    input_hashes: dict[str, dict[str, str]]  # port -> {relative file path: sha256}
+    stage_version: int  # the stage module's VERSION
+    resume_key: str  # see resume_key(): partial work with another key is not this run's
+    rank: int = 0  # of the processes `accelerate launch` started for this run
+    world_size: int = 1
+    shard: Shard | None = None  # compass.data.shards.Shard of a `--shard I/N` run, else None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that writes shared outputs and metrics."""
+        return self.rank == 0
+
+
+def resume_key(config, input_hashes: dict[str, dict[str, str]], stage_version: int) -> str:
+    """The one definition of "same config and inputs" for resuming partial work: sha256 of the config (less the
+    cache key's exclusions, e.g. workers, and the resume-neutral fields above), the input files' hashes and the
+    stage's code version. A journal or state file written under another key is started over."""
+    import hashlib
+
+    from compass.generate.config import OpenAISettings
+
+    exclude: dict = {name: True for name in (set(config.NOT_IN_CACHE_KEY) | RESUME_NEUTRAL) if name in type(config).model_fields}
+    for name in type(config).model_fields:
+        if isinstance(getattr(config, name), OpenAISettings):
+            exclude[name] = {field: True for field in TRANSPORT_NEUTRAL}
+    settings = config.model_dump(mode="json", exclude=exclude)
+    blob = json.dumps({"config": settings, "inputs": input_hashes, "stage_version": stage_version},
+                      sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_context(kind: str, config, inputs: dict[str, Path], out_dir: Path, *,
+                  input_hashes: dict[str, dict[str, str]], stage_version: int) -> StageContext:
+    """The context of one run of stage `kind` (inputs already resolved and hashed by the caller)."""
+    from compass.config import config_hash
+    from compass.data.shards import DataStageConfig
+
+    shard_spec = config.shard_spec() if isinstance(config, DataStageConfig) else None
+    return StageContext(kind=kind, inputs=dict(inputs), out_dir=Path(out_dir), config_hash=config_hash(config),
+                        input_hashes=input_hashes, stage_version=stage_version,
+                        resume_key=resume_key(config, input_hashes, stage_version),
+                        rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                        shard=shard_spec)
+
+
+def stage_kind(module: ModuleType) -> str:
+    from compass.stages import STAGES
+
+    kinds = [kind for kind, name in STAGES.items() if name == module.__name__]
+    if not kinds:
+        raise CompassError(f"{module.__name__} is not a registered stage module (compass.stages.STAGES)")
+    return kinds[0]
+
+
+def run_stage(module: ModuleType, config, inputs: dict[str, str | Path], out_dir: str | Path) -> dict:
+    """Call a stage's `run` directly from Python, as the runner would but without caching, lock, manifest or
+    ledger: inputs are resolved and hashed here (no stat cache), out_dir is created. Returns its metrics."""
+    from compass.io import hash_tree
+
+    paths = {name: Path(path).resolve() for name, path in inputs.items() if path is not None}
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hashes = {name: hash_tree(path) for name, path in paths.items()}
+    ctx = build_context(stage_kind(module), config, paths, out_dir, input_hashes=hashes, stage_version=module.VERSION)
+    return module.run(config, ctx)
 
 
 # --- locks ---------------------------------------------------------------------------------------------------
@@ -221,6 +317,19 @@ def _remove_empty_dirs(root: Path) -> None:
             pass  # not empty: it holds something worth keeping
 
 
+# resume journals of compass.longdoc.streaming (journal_path): ".<tag>-journal.jsonl", a header line, then one line
+# per finished request
+JOURNAL = re.compile(r"^\..+-journal\.jsonl$")
+JOURNAL_HEAD_BYTES = 1 << 16
+
+
+def _journal_without_entries(file: Path) -> bool:
+    """A resume journal holding its header and at most a torn line: no finished request, nothing to resume."""
+    if not JOURNAL.match(file.name) or file.stat().st_size > JOURNAL_HEAD_BYTES:
+        return False
+    return file.read_bytes().count(b"\n") <= 1
+
+
 def tidy_failed_out_dir(out_dir: Path, *, remove_if_empty: bool) -> None:
     """After a failed run: drop orphan temps, empty files and empty directories (nothing to resume from); the
     directory itself goes when this run made it and nothing but bookkeeping is left."""
@@ -228,7 +337,8 @@ def tidy_failed_out_dir(out_dir: Path, *, remove_if_empty: bool) -> None:
         return
     remove_orphan_temps(out_dir)
     for file in out_dir.rglob("*"):
-        if file.is_file() and not file.is_symlink() and file.stat().st_size == 0 and file.name not in BOOKKEEPING:
+        if file.is_file() and not file.is_symlink() and file.name not in BOOKKEEPING and (
+                file.stat().st_size == 0 or _journal_without_entries(file)):
             file.unlink()
     _remove_empty_dirs(out_dir)
     if remove_if_empty and not visible_entries(out_dir) and not any(

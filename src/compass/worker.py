@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compass.io import write_json_atomic
 from compass.runner import WORKER_METRICS, process_rank, set_seed
+from compass.stagekit import build_context
 from compass.stages import get_stage
 
 
@@ -15,7 +16,9 @@ def main(job_path: str) -> None:
     module = get_stage(job["kind"])
     config = module.Config.model_validate(job["config"])
     set_seed(config.seed)
-    metrics = module.run(config, {k: Path(v) for k, v in job["inputs"].items()}, Path(job["out_dir"]))
+    ctx = build_context(job["kind"], config, {k: Path(v) for k, v in job["inputs"].items()}, Path(job["out_dir"]),
+                        input_hashes=job["input_hashes"], stage_version=module.VERSION)
+    metrics = module.run(config, ctx)
     if process_rank() == 0:
         write_json_atomic(Path(job["out_dir"]) / WORKER_METRICS, metrics)
 

@@ -17,6 +17,7 @@ from compass.generate import GenRequest, OpenAIBackend
 from support.scripted_server import ScriptedServer
 from compass.io import read_jsonl, write_jsonl
 from compass.records import Problem
+from compass.stagekit import run_stage
 from compass.stages import distill
 
 PROMPTS = ["What is 2+3?", "Name a prime.", "りんごは何個？"]
@@ -60,13 +61,13 @@ def test_distill_against_transformers_serve_rejects_untrained_output(served_tiny
     settings = {"base_urls": [served_tiny_llm.base_url], "model": served_tiny_llm.model, "concurrency": 2}
     cfg = distill.Config(backend="openai", openai=settings, max_tokens=16)
     with pytest.raises(CompassError, match=r"distill: 3 of 3 samples rejected \(100.0% > max_reject_rate 50.0%\)"):
-        distill.run(cfg, {"problems": problems}, tmp_path / "out")
+        run_stage(distill, cfg, {"problems": problems}, tmp_path / "out")
     rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl")
     assert sorted(r["id"] for r in rejects) == ["p0#0", "p1#0", "p2#0"]
     assert {r["reason"] for r in rejects} <= {"bad_tags", "empty"}
     assert {r["record"]["teacher"] for r in rejects} == {f"openai:{served_tiny_llm.model}"}
     # a looser limit reuses the finished samples instead of asking again
-    metrics = distill.run(cfg.model_copy(update={"max_reject_rate": 1.0}), {"problems": problems}, tmp_path / "out")
+    metrics = run_stage(distill, cfg.model_copy(update={"max_reject_rate": 1.0}), {"problems": problems}, tmp_path / "out")
     assert (metrics["generated_this_run"], metrics["resumed_records"], metrics["rejects"]) == (0, 3, 3)
 
 
@@ -121,7 +122,7 @@ def test_kill_and_resume_gives_exactly_the_uninterrupted_output(tmp_path):
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
         whole = tmp_path / "whole"
-        distill.run(distill.Config(backend="openai", openai={"base_urls": [server.base_url], "model": "scripted"},
+        run_stage(distill, distill.Config(backend="openai", openai={"base_urls": [server.base_url], "model": "scripted"},
                                    max_reject_rate=1.0, shard_size=16), {"problems": problems}, whole)
 
     def records(root: Path) -> dict[str, list[dict]]:

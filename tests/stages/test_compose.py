@@ -10,6 +10,7 @@ import torch
 from compass.errors import CompassError
 from compass.models.vlm import ProjectorShape, check_dimensions, load_processor
 from compass.runner import execute_stage
+from compass.stagekit import run_stage
 from compass.stages import compose, decompose
 
 
@@ -60,7 +61,7 @@ def test_decompose_then_compose_reproduces_every_tensor_and_file(tiny_models, de
 
 
 def test_projector_taken_straight_from_a_vlm_dir_gives_the_same_vlm(tiny_models, decomposed, tmp_path):
-    compose.run(compose.Config(), {"vision": decomposed / "vision", "llm": decomposed / "llm",
+    run_stage(compose, compose.Config(), {"vision": decomposed / "vision", "llm": decomposed / "llm",
                                    "projector_from": tiny_models.vlm}, tmp_path)
     assert same_tree(tiny_models.vlm, tmp_path / "vlm") == []
 
@@ -120,10 +121,10 @@ def test_fresh_compose_loads_with_auto_class_and_generates_from_image(tiny_model
 
 
 def test_fresh_projector_is_seeded(tiny_models, fresh_vlm, tmp_path):
-    compose.run(compose.Config(seed=3, anyres_max_tiles=2), {"vision": tiny_models.vision, "llm": tiny_models.llm},
+    run_stage(compose, compose.Config(seed=3, anyres_max_tiles=2), {"vision": tiny_models.vision, "llm": tiny_models.llm},
                 tmp_path / "same")
     assert same_tree(fresh_vlm, tmp_path / "same" / "vlm") == []
-    compose.run(compose.Config(seed=4, anyres_max_tiles=2), {"vision": tiny_models.vision, "llm": tiny_models.llm},
+    run_stage(compose, compose.Config(seed=4, anyres_max_tiles=2), {"vision": tiny_models.vision, "llm": tiny_models.llm},
                 tmp_path / "other")
     a, b = safetensors_of(fresh_vlm), safetensors_of(tmp_path / "other" / "vlm")
     changed = sorted(name for name in a if not torch.equal(a[name], b[name]))
@@ -153,7 +154,7 @@ def test_compose_from_hub_style_siglip_and_a_tied_bfloat16_llm(tiny_models, tmp_
     llm.save_pretrained(tmp_path / "llm")
     tokenizer.save_pretrained(tmp_path / "llm")
 
-    metrics = compose.run(compose.Config(), {"vision": tmp_path / "siglip", "llm": tmp_path / "llm",
+    metrics = run_stage(compose, compose.Config(), {"vision": tmp_path / "siglip", "llm": tmp_path / "llm",
                                              "projector_from": tiny_models.vlm}, tmp_path / "out")
     assert metrics["dtype"] == "bfloat16"
     assert metrics["casts"] == ["vision tower float32 -> bfloat16", "projector float32 -> bfloat16"]
@@ -203,7 +204,7 @@ def test_compose_refuses_a_mismatched_llm_before_loading_weights(tiny_models, tm
     AutoModelForCausalLM.from_config(text_config).save_pretrained(tmp_path / "llm96")
     tokenizer.save_pretrained(tmp_path / "llm96")
     with pytest.raises(CompassError, match=r"projector output 64 != LLM hidden size 96"):
-        compose.run(compose.Config(), {"vision": tiny_models.vision, "llm": tmp_path / "llm96",
+        run_stage(compose, compose.Config(), {"vision": tiny_models.vision, "llm": tmp_path / "llm96",
                                        "projector_from": tiny_models.vlm}, tmp_path / "out")
     assert not (tmp_path / "out" / "vlm").exists()  # nothing half-written
 
@@ -211,13 +212,13 @@ def test_compose_refuses_a_mismatched_llm_before_loading_weights(tiny_models, tm
 def test_compose_refusals_name_the_problem(tiny_models, decomposed, tmp_path):
     inputs = {"vision": tiny_models.vision, "llm": tiny_models.llm}
     with pytest.raises(CompassError, match=r"composite model, not a causal LM; run `compass decompose`"):
-        compose.run(compose.Config(), {**inputs, "llm": tiny_models.vlm}, tmp_path)
+        run_stage(compose, compose.Config(), {**inputs, "llm": tiny_models.vlm}, tmp_path)
     with pytest.raises(CompassError, match=r"model_type 'llama' is not supported"):
-        compose.run(compose.Config(), {**inputs, "vision": tiny_models.llm}, tmp_path)
+        run_stage(compose, compose.Config(), {**inputs, "vision": tiny_models.llm}, tmp_path)
     with pytest.raises(CompassError, match=r"\['anyres_max_tiles'\] set, but the projector and its settings come from"):
-        compose.run(compose.Config(anyres_max_tiles=3), {**inputs, "projector_from": decomposed / "projector"}, tmp_path)
+        run_stage(compose, compose.Config(anyres_max_tiles=3), {**inputs, "projector_from": decomposed / "projector"}, tmp_path)
     with pytest.raises(CompassError, match=r"neither a projector dir"):
-        compose.run(compose.Config(), {**inputs, "projector_from": tmp_path}, tmp_path / "x")
+        run_stage(compose, compose.Config(), {**inputs, "projector_from": tmp_path}, tmp_path / "x")
 
     no_image = tmp_path / "no_image_llm"
     shutil.copytree(tiny_models.llm, no_image)
@@ -229,7 +230,7 @@ def test_compose_refusals_name_the_problem(tiny_models, decomposed, tmp_path):
     del config["image_token"], config["model_specific_special_tokens"]["image_token"]
     (no_image / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(CompassError, match=r"tokenizer has no <image> token"):
-        compose.run(compose.Config(), {**inputs, "llm": no_image}, tmp_path / "y")
+        run_stage(compose, compose.Config(), {**inputs, "llm": no_image}, tmp_path / "y")
 
     truncated = tmp_path / "truncated_vision"
     shutil.copytree(tiny_models.vision, truncated)
@@ -239,12 +240,12 @@ def test_compose_refusals_name_the_problem(tiny_models, decomposed, tmp_path):
     weights.pop("post_layernorm.weight")
     save_file(weights, str(truncated / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CompassError, match=r"vision tower .*: 1 weights missing from its files, e.g. \['post_layernorm.weight'\]"):
-        compose.run(compose.Config(), {**inputs, "vision": truncated}, tmp_path / "z")
+        run_stage(compose, compose.Config(), {**inputs, "vision": truncated}, tmp_path / "z")
 
 
 def test_decompose_refuses_a_non_llava_dir(tiny_models, tmp_path):
     with pytest.raises(CompassError, match=r"model_type 'llama', expected 'llava_onevision'"):
-        decompose.run(decompose.Config(), {"vlm": tiny_models.llm}, tmp_path)
+        run_stage(decompose, decompose.Config(), {"vlm": tiny_models.llm}, tmp_path)
 
 
 def test_composed_vlm_is_a_standard_checkpoint(fresh_vlm):

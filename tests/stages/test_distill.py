@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from support.scripted_server import ScriptedServer
 from compass.io import hash_tree, read_jsonl, sha256_file, write_jsonl
 from compass.records import Problem, Reject, Trace
 from compass.runner import execute_stage
+from compass.stagekit import run_stage
 from compass.stages import distill
 
 PROBLEMS = [
@@ -88,11 +90,11 @@ def test_bad_input_and_config_fail_fast(tmp_path):
     dup = tmp_path / "dup.jsonl"
     write_jsonl(dup, [PROBLEMS[0], PROBLEMS[0]])
     with pytest.raises(CompassError, match="duplicate problem id 'toy/1'"):
-        distill.run(config(), {"problems": dup}, tmp_path / "out")
+        run_stage(distill, config(), {"problems": dup}, tmp_path / "out")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "source": "s", "question": "q"}\n')
     with pytest.raises(CompassError, match=r"bad.jsonl:1: field 'reference_answer': Field required"):
-        distill.run(config(), {"problems": bad}, tmp_path / "out")
+        run_stage(distill, config(), {"problems": bad}, tmp_path / "out")
     with pytest.raises(CompassError, match="backend 'openai' needs openai.model"):
         load_stage_config(distill.Config, None, {"backend": "openai"})
     with pytest.raises(CompassError, match="n must be 1"):
@@ -137,7 +139,7 @@ def openai_config(server: ScriptedServer, **kw) -> distill.Config:
 
 def test_openai_teacher_every_reject_reason(tmp_path, teacher_problems):
     with ScriptedServer(scripted_reply) as server:
-        metrics = distill.run(openai_config(server, temperature=0.0, max_tokens=64), {"problems": teacher_problems}, tmp_path)
+        metrics = run_stage(distill, openai_config(server, temperature=0.0, max_tokens=64), {"problems": teacher_problems}, tmp_path)
     traces = {t["id"]: t for t in traces_of(tmp_path)}
     rejects = {r["id"]: r for r in rejects_of(tmp_path)}
     assert sorted(traces) == ["toy/1#0", "toy/2#0"]
@@ -167,7 +169,7 @@ def test_openai_teacher_every_reject_reason(tmp_path, teacher_problems):
 
 def test_keep_parsed_keeps_wrong_answers_unverified(tmp_path, teacher_problems):
     with ScriptedServer(scripted_reply) as server:
-        metrics = distill.run(openai_config(server, keep="parsed"), {"problems": teacher_problems}, tmp_path)
+        metrics = run_stage(distill, openai_config(server, keep="parsed"), {"problems": teacher_problems}, tmp_path)
     traces = {t["id"]: t["verified"] for t in traces_of(tmp_path)}
     assert traces == {"toy/1#0": True, "toy/2#0": True, "toy/3#0": False}
     assert (metrics["traces"], metrics["verified"], metrics["rejects"]) == (3, 2, 3)
@@ -175,7 +177,7 @@ def test_keep_parsed_keeps_wrong_answers_unverified(tmp_path, teacher_problems):
 
 def test_n_samples_have_their_own_ids_and_seeds_and_shards(tmp_path, problems):
     with ScriptedServer(lambda body: xml("q", "t", "5")) as server:
-        metrics = distill.run(openai_config(server, n=3, shard_size=4), {"problems": problems}, tmp_path)
+        metrics = run_stage(distill, openai_config(server, n=3, shard_size=4), {"problems": problems}, tmp_path)
     seeds = sorted(r["seed"] for r in server.requests_seen)
     assert len(server.requests_seen) == 12 and len(set(seeds)) == 12
     assert sorted(p.name for p in (tmp_path / "traces").iterdir()) == ["traces-00000.jsonl"]  # only toy/1 is right
@@ -189,18 +191,18 @@ def test_n_samples_have_their_own_ids_and_seeds_and_shards(tmp_path, problems):
 def test_resume_after_a_torn_write_finishes_exactly_once(tmp_path, problems):
     cfg = config(max_reject_rate=0.5, shard_size=2)
     whole = tmp_path / "whole"
-    distill.run(cfg, {"problems": problems}, whole)
+    run_stage(distill, cfg, {"problems": problems}, whole)
 
     # a run killed after two records, in the middle of writing the third
     part = tmp_path / "part"
     part.mkdir()
-    distill._prepare_out_dir(part, distill._content_key(cfg, hash_tree(problems), "reference"))
+    shutil.copy(whole / distill.STATE_FILE, part / distill.STATE_FILE)  # the same run's resume key
     (part / "traces").mkdir()
     lines = (whole / "traces" / "traces-00000.jsonl").read_text().splitlines(keepends=True)
     third = (whole / "traces" / "traces-00001.jsonl").read_text()
     (part / "traces" / "traces-00000.jsonl").write_text("".join(lines))
     (part / "traces" / "traces-00001.jsonl").write_text(third[:57])  # torn: no newline
-    metrics = distill.run(cfg, {"problems": problems}, part)
+    metrics = run_stage(distill, cfg, {"problems": problems}, part)
 
     assert metrics["resumed_records"] == 2 and metrics["generated_this_run"] == 2
     assert hash_tree(part) == hash_tree(whole)  # same files, same bytes: nothing lost, nothing twice
@@ -209,9 +211,9 @@ def test_resume_after_a_torn_write_finishes_exactly_once(tmp_path, problems):
 
 def test_a_partial_run_with_other_settings_is_started_over(tmp_path, problems):
     out = tmp_path / "out"
-    distill.run(config(max_reject_rate=0.5), {"problems": problems}, out)
+    run_stage(distill, config(max_reject_rate=0.5), {"problems": problems}, out)
     before = sha256_file(out / "traces" / "traces-00000.jsonl")
-    metrics = distill.run(config(max_reject_rate=0.5, teacher="dataset-solutions"), {"problems": problems}, out)
+    metrics = run_stage(distill, config(max_reject_rate=0.5, teacher="dataset-solutions"), {"problems": problems}, out)
     assert metrics["resumed_records"] == 0 and metrics["generated_this_run"] == 4
     assert {t["teacher"] for t in traces_of(out)} == {"dataset-solutions"}
     assert sha256_file(out / "traces" / "traces-00000.jsonl") != before
@@ -233,7 +235,7 @@ def test_repair_torn_tail(tmp_path):
 def test_transformers_teacher_on_the_tiny_llm(tmp_path, problems, tiny_models):
     cfg = config(backend="transformers", transformers={"model_dir": str(tiny_models.llm), "batch_size": 2},
                  max_tokens=8, temperature=0.0, max_reject_rate=1.0)
-    metrics = distill.run(cfg, {"problems": problems}, tmp_path)
+    metrics = run_stage(distill, cfg, {"problems": problems}, tmp_path)
     # an untrained model does not write the format: every sample is refused, and says why
     assert metrics["samples"] == 4 and metrics["traces"] == 0
     assert set(metrics["rejects_by_reason"]) <= {"bad_tags", "empty"} and metrics["rejects"] == 4

@@ -20,6 +20,7 @@ from compass.longdoc.evidence import IRRELEVANT
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, Page, PageEvidence, Reject
 from compass.runner import execute_stage
+from compass.stagekit import run_stage
 from compass.stages import doc_traces, evidence, pages, pdf_fixtures
 
 MAX_SIDE = 160  # small renders keep the tests fast; the cap is what is tested
@@ -29,15 +30,15 @@ MAX_SIDE = 160  # small renders keep the tests fast; the cap is what is tested
 def corpus(tmp_path_factory) -> Path:
     """Two generated reports rendered to pages: root/fx (pdfs/, questions.jsonl), root/pages."""
     root = tmp_path_factory.mktemp("longdoc")
-    pdf_fixtures.run(pdf_fixtures.Config(n_docs=2, min_extra_pages=0, max_extra_pages=1, seed=5), {}, root / "fx")
-    pages.run(pages.Config(max_long_side=MAX_SIDE), {"pdfs": root / "fx" / "pdfs"}, root / "pages")
+    run_stage(pdf_fixtures, pdf_fixtures.Config(n_docs=2, min_extra_pages=0, max_extra_pages=1, seed=5), {}, root / "fx")
+    run_stage(pages, pages.Config(max_long_side=MAX_SIDE), {"pdfs": root / "fx" / "pdfs"}, root / "pages")
     return root
 
 
 @pytest.fixture(scope="module")
 def lexical(corpus) -> Path:
     out = corpus / "evidence"
-    evidence.run(evidence.Config(), {"pages": corpus / "pages" / "pages.jsonl",
+    run_stage(evidence, evidence.Config(), {"pages": corpus / "pages" / "pages.jsonl",
                                      "questions": corpus / "fx" / "questions.jsonl"}, out)
     return out / "evidence.jsonl"
 
@@ -103,7 +104,7 @@ def test_pages_rejects_encrypted_empty_corrupt_pdfs_and_goes_on(corpus, tmp_path
     folder = tmp_path / "pdfs"
     shutil.copytree(corpus / "fx" / "pdfs", folder)
     broken_pdfs(folder, folder / "report-0000.pdf")
-    metrics = pages.run(pages.Config(max_long_side=MAX_SIDE, max_reject_rate=1.0), {"pdfs": folder}, tmp_path / "out")
+    metrics = run_stage(pages, pages.Config(max_long_side=MAX_SIDE, max_reject_rate=1.0), {"pdfs": folder}, tmp_path / "out")
     rejects = {r.id: r for r in read_jsonl(tmp_path / "out" / "rejects.jsonl", Reject)}
     assert {k: r.reason for k, r in rejects.items()} == {
         "locked": "encrypted", "empty": "empty", "garbage": "corrupt", "cut": "corrupt"}
@@ -126,7 +127,7 @@ def test_pages_fails_past_the_reject_rate_without_a_manifest(corpus, tmp_path):
 
 
 def test_pages_same_bytes_twice(corpus, tmp_path):
-    pages.run(pages.Config(max_long_side=MAX_SIDE), {"pdfs": corpus / "fx" / "pdfs"}, tmp_path / "again")
+    run_stage(pages, pages.Config(max_long_side=MAX_SIDE), {"pdfs": corpus / "fx" / "pdfs"}, tmp_path / "again")
     for name in ("pages.jsonl", "images/report-0001/page-0003.png"):
         assert sha256_file(tmp_path / "again" / name) == sha256_file(corpus / "pages" / name)
 
@@ -153,7 +154,7 @@ def test_lexical_evidence_covers_every_question_page_in_order(corpus, lexical):
 def test_lexical_evidence_same_bytes_and_missing_document_rejected(corpus, lexical, tmp_path):
     questions = questions_of(corpus) + [DocQuestion(id="ghost/q", doc_id="ghost", question="Q?", answer="A")]
     write_jsonl(tmp_path / "q.jsonl", questions)
-    metrics = evidence.run(evidence.Config(), {"pages": corpus / "pages" / "pages.jsonl", "questions": tmp_path / "q.jsonl"},
+    metrics = run_stage(evidence, evidence.Config(), {"pages": corpus / "pages" / "pages.jsonl", "questions": tmp_path / "q.jsonl"},
                            tmp_path / "out")
     assert sha256_file(tmp_path / "out" / "evidence.jsonl") == sha256_file(lexical)
     assert [(r.id, r.reason) for r in read_jsonl(tmp_path / "out" / "rejects.jsonl", Reject)] == [("ghost/q", "document_missing")]
@@ -179,7 +180,7 @@ def test_openai_evidence_malformed_json_is_asked_again_then_parsed(corpus, lexic
     with ScriptedServer(reply, latency_s=0.002, slots=8) as server:
         state["server"] = server
         cfg = evidence.Config(backend="openai", openai={"base_urls": [server.base_url], "model": "vlm", "concurrency": 4})
-        metrics = evidence.run(cfg, {"pages": corpus / "pages" / "pages.jsonl",
+        metrics = run_stage(evidence, cfg, {"pages": corpus / "pages" / "pages.jsonl",
                                      "questions": corpus / "fx" / "questions.jsonl"}, tmp_path / "out")
     records = read_jsonl(tmp_path / "out" / "evidence.jsonl", PageEvidence)
     lexical_order = [(r.question_id, r.page_index) for r in read_jsonl(lexical, PageEvidence)]
@@ -207,7 +208,7 @@ def test_openai_evidence_always_malformed_is_rejected_with_the_reason(corpus, tm
         base = {"base_urls": [server.base_url], "model": "vlm", "concurrency": 4}
         cfg = evidence.Config(backend="openai", openai=base, parse_retries=1, max_reject_rate=0.5)
         inputs = {"pages": corpus / "pages" / "pages.jsonl", "questions": corpus / "fx" / "questions.jsonl"}
-        metrics = evidence.run(cfg, inputs, tmp_path / "out")
+        metrics = run_stage(evidence, cfg, inputs, tmp_path / "out")
         n_pages = sum(p.doc_id == victim.doc_id for p in pages_of(corpus))
         rejects = read_jsonl(tmp_path / "out" / "rejects.jsonl", Reject)
         assert [r.id for r in rejects] == [f"{victim.id}#page{i}" for i in range(n_pages)]
@@ -216,7 +217,7 @@ def test_openai_evidence_always_malformed_is_rejected_with_the_reason(corpus, tm
         assert metrics["rejected_pages"] == n_pages
         assert victim.id not in {r.question_id for r in read_jsonl(tmp_path / "out" / "evidence.jsonl", PageEvidence)}
         with pytest.raises(CompassError, match="pages rejected"):
-            evidence.run(evidence.Config(backend="openai", openai=base, parse_retries=0, max_reject_rate=0.01),
+            run_stage(evidence, evidence.Config(backend="openai", openai=base, parse_retries=0, max_reject_rate=0.01),
                          inputs, tmp_path / "strict")
 
 
@@ -235,7 +236,7 @@ def trace_pages(example: DocExample) -> list[int]:
 
 def test_doc_traces_threshold_sort_top_k_and_placements(corpus, lexical, tmp_path):
     cfg = doc_traces.Config(top_k=3, seed=11)
-    metrics = doc_traces.run(cfg, traces_inputs(corpus, lexical), tmp_path / "a")
+    metrics = run_stage(doc_traces, cfg, traces_inputs(corpus, lexical), tmp_path / "a")
     examples = read_jsonl(tmp_path / "a" / "examples.jsonl", DocExample)
     scores = {(r.question_id, r.page_index): r.relevance_score for r in read_jsonl(lexical, PageEvidence)}
     n_pages = Counter(p.doc_id for p in pages_of(corpus))
@@ -259,9 +260,9 @@ def test_doc_traces_threshold_sort_top_k_and_placements(corpus, lexical, tmp_pat
                           key=lambda p: (-scores[(q.id, p)], p))[:3]
         assert shown == expected  # above threshold, high to low, top 3; irrelevant pages never appear
     assert metrics["gold_page_recall"] > 0.8
-    doc_traces.run(cfg, traces_inputs(corpus, lexical), tmp_path / "b")
+    run_stage(doc_traces, cfg, traces_inputs(corpus, lexical), tmp_path / "b")
     assert sha256_file(tmp_path / "a" / "examples.jsonl") == sha256_file(tmp_path / "b" / "examples.jsonl")
-    doc_traces.run(doc_traces.Config(top_k=3, seed=12), traces_inputs(corpus, lexical), tmp_path / "c")
+    run_stage(doc_traces, doc_traces.Config(top_k=3, seed=12), traces_inputs(corpus, lexical), tmp_path / "c")
     assert sha256_file(tmp_path / "a" / "examples.jsonl") != sha256_file(tmp_path / "c" / "examples.jsonl")
 
 
@@ -273,7 +274,7 @@ def test_doc_traces_drops_questions_without_relevant_pages_and_adds_no_cot_copie
     write_jsonl(tmp_path / "ev.jsonl", flat)
     cfg = doc_traces.Config(no_cot_extra_fraction=1.0, cot_placement={"system": 1.0, "user_prepend": 0.0,
                                                                       "user_append": 0.0, "none": 0.0})
-    metrics = doc_traces.run(cfg, traces_inputs(corpus, tmp_path / "ev.jsonl"), tmp_path / "out")
+    metrics = run_stage(doc_traces, cfg, traces_inputs(corpus, tmp_path / "ev.jsonl"), tmp_path / "out")
     assert [(r.id, r.reason) for r in read_jsonl(tmp_path / "out" / "rejects.jsonl", Reject)] == [(victim, "no_relevant_page")]
     examples = read_jsonl(tmp_path / "out" / "examples.jsonl", DocExample)
     assert victim not in {e.question_id for e in examples}
@@ -296,7 +297,7 @@ def test_doc_traces_openai_answerers_vision_and_text_branches(corpus, lexical, t
     with ScriptedServer(reply, latency_s=0.002, slots=4) as server:
         endpoint = {"base_urls": [server.base_url], "model": "m", "concurrency": 2}
         cfg = doc_traces.Config(answerer="openai", vision_openai=endpoint, text_openai=endpoint, top_k=4)
-        metrics = doc_traces.run(cfg, traces_inputs(corpus, lexical), tmp_path / "out")
+        metrics = run_stage(doc_traces, cfg, traces_inputs(corpus, lexical), tmp_path / "out")
     examples = read_jsonl(tmp_path / "out" / "examples.jsonl", DocExample)
     assert Counter(e.branch for e in examples) == metrics["branches"] and min(metrics["branches"].values()) > 0
     for e in examples:
@@ -334,7 +335,7 @@ def test_synthesized_questions_record_their_seed_pages_as_gold(corpus, tmp_path)
     with ScriptedServer(reply, latency_s=0.002, slots=4) as server:
         cfg = synth.Config(openai={"base_urls": [server.base_url], "model": "vlm", "concurrency": 3}, n_per_doc=5,
                            max_seed_pages=16, seed=1)
-        metrics = synth.run(cfg, {"pages": corpus / "pages" / "pages.jsonl"}, tmp_path / "q")
+        metrics = run_stage(synth, cfg, {"pages": corpus / "pages" / "pages.jsonl"}, tmp_path / "q")
     questions = read_jsonl(tmp_path / "q" / "questions.jsonl", DocQuestion)
     assert [q.id for q in questions] == [f"report-000{d}/synth-{k}" for d in range(2) for k in range(5)]
     for q in questions:
@@ -352,10 +353,10 @@ def test_synthesized_questions_record_their_seed_pages_as_gold(corpus, tmp_path)
 def test_compass_sft_trains_the_tiny_vlm_on_doc_examples(corpus, lexical, tmp_path, tiny_models):
     from compass.stages import sft
 
-    doc_traces.run(doc_traces.Config(), traces_inputs(corpus, lexical), corpus / "doc-traces")
+    run_stage(doc_traces, doc_traces.Config(), traces_inputs(corpus, lexical), corpus / "doc-traces")
     cfg = sft.Config(max_steps=2, global_batch_size=2, micro_batch_size=1, lora_r=4, lora_alpha=8,
                      learning_rate=1e-3, logging_steps=1, max_length=4096)
-    metrics = sft.run(cfg, {"model": tiny_models.vlm, "data": corpus / "doc-traces" / "examples.jsonl"}, tmp_path / "sft")
+    metrics = run_stage(sft, cfg, {"model": tiny_models.vlm, "data": corpus / "doc-traces" / "examples.jsonl"}, tmp_path / "sft")
     assert metrics["model_kind"] == "vlm" and metrics["examples"] == len(questions_of(corpus))
     assert metrics["steps"] == 2 and metrics["first_loss"] > 0
     assert (tmp_path / "sft" / "adapter" / "adapter_model.safetensors").is_file()
@@ -385,7 +386,7 @@ def test_evidence_killed_mid_run_resumes_and_matches_an_uninterrupted_run(corpus
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         journal = journal_path(killed, "evidence")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 60):
+        while time.monotonic() < deadline and (not journal.exists() or journal.read_bytes().count(b"\n") < 61):  # the header + 60 pages
             time.sleep(0.02)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -394,7 +395,7 @@ def test_evidence_killed_mid_run_resumes_and_matches_an_uninterrupted_run(corpus
 
         cfg = evidence.Config(backend="openai", openai={"base_urls": [server.base_url], "model": "vlm", "concurrency": 4})
         resumed = execute_stage("evidence", cfg, inputs, killed)
-        whole = evidence.run(cfg, inputs, tmp_path / "whole")
+        whole = run_stage(evidence, cfg, inputs, tmp_path / "whole")
     metrics = resumed.manifest.metrics
     assert metrics["resumed_pages"] >= done_before >= 60
     assert metrics["requests_sent"] + metrics["resumed_pages"] == metrics["pages"] == whole["pages"]

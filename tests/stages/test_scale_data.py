@@ -17,6 +17,7 @@ from compass.io import hash_tree, read_jsonl, write_jsonl
 from compass.manifest import read_manifest
 from compass.records import Problem
 from compass.runner import execute_stage
+from compass.stagekit import run_stage
 from compass.stages import decontaminate, pages, pairs, pdf_fixtures, sources
 
 MAX_SIDE = 120
@@ -125,7 +126,7 @@ def test_gather_applies_the_reject_rate_to_the_whole(tmp_path):
 @pytest.fixture(scope="module")
 def pdfs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pdfs")
-    pdf_fixtures.run(pdf_fixtures.Config(n_docs=5, min_extra_pages=0, max_extra_pages=2, seed=3), {}, root / "fx")
+    run_stage(pdf_fixtures, pdf_fixtures.Config(n_docs=5, min_extra_pages=0, max_extra_pages=2, seed=3), {}, root / "fx")
     folder = root / "fx" / "pdfs"
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 not really")  # one reject among them
     return folder
@@ -204,8 +205,8 @@ def test_doc_traces_workers_and_shards_give_the_single_process_bytes(pdfs, tmp_p
     from compass.stages import doc_traces, evidence
 
     fx = pdfs.parent
-    pages.run(pages.Config(max_long_side=MAX_SIDE, max_reject_rate=0.5, workers=1), {"pdfs": pdfs}, tmp_path / "pages")
-    evidence.run(evidence.Config(), {"pages": tmp_path / "pages" / "pages.jsonl", "questions": fx / "questions.jsonl"},
+    run_stage(pages, pages.Config(max_long_side=MAX_SIDE, max_reject_rate=0.5, workers=1), {"pdfs": pdfs}, tmp_path / "pages")
+    run_stage(evidence, evidence.Config(), {"pages": tmp_path / "pages" / "pages.jsonl", "questions": fx / "questions.jsonl"},
                  tmp_path / "evidence")
     inputs = {"evidence": tmp_path / "evidence" / "evidence.jsonl", "questions": fx / "questions.jsonl",
               "pages": tmp_path / "pages" / "pages.jsonl"}

@@ -22,7 +22,8 @@ OUTPUTS = {"text": "out.txt"}
 CALLS: list[str] = []
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx) -> dict:  # ctx: compass.stagekit.StageContext
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     CALLS.append(str(out_dir))
     body = inputs["text"].read_text() + config.suffix * config.repeat
     if config.fail_after_partial:

@@ -23,7 +23,8 @@ INPUTS = {"text": Port("a text file")}
 OUTPUTS = {"text": "out.txt"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx) -> dict:  # ctx: compass.stagekit.StageContext
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     (out_dir / "out.txt").write_text(inputs["text"].read_text())
     Path(config.started).touch()
     deadline = time.monotonic() + config.wait_s

@@ -26,7 +26,7 @@ def _module(kind: str, doc: str, config: type, inputs: dict, outputs: dict, run)
     module.Config = config
     module.INPUTS = inputs
     module.OUTPUTS = outputs
-    module.run = run
+    module.run = lambda config, ctx: run(config, ctx.inputs, ctx.out_dir)  # the stage contract: run(config, ctx)
     sys.modules[name] = module
     return name
 

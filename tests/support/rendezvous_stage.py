@@ -22,7 +22,8 @@ INPUTS: dict = {}
 OUTPUTS = {"met": "met.txt"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx) -> dict:  # ctx: compass.stagekit.StageContext
+    out_dir = ctx.out_dir
     Path(config.me).touch()
     deadline = time.monotonic() + config.wait_s
     while not Path(config.other).exists():

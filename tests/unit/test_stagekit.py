@@ -45,3 +45,53 @@ def test_a_server_failure_in_the_resume_journal_is_asked_again_by_the_next_run(t
     with open(path, "rb") as fh:
         assert third.read(1, fh) == ("ok", {"x": 2})
     third.close()
+
+
+# --- the stage context: one definition of "same config and inputs" for resuming -------------------------
+
+
+def test_the_resume_key_ignores_how_results_are_fetched_or_judged_and_nothing_else():
+    from compass.stagekit import resume_key
+    from compass.stages import doc_traces, evidence
+
+    def key(config, inputs=None, version=1):
+        return resume_key(config, inputs or {"pages": {"pages.jsonl": "a" * 64}}, version)
+
+    base = evidence.Config(backend="openai", openai={"model": "m", "base_urls": ["http://h1:8000/v1"]})
+    same = [base.model_copy(update={"max_reject_rate": 0.9}),
+            evidence.Config(backend="openai", openai={"model": "m", "base_urls": ["http://h2:9/v1", "http://h3:9/v1"],
+                                                      "concurrency": 7, "timeout_s": 3, "max_retries": 0})]
+    assert {key(c) for c in same} == {key(base)}
+    other = [base.model_copy(update={"seed": 43}),
+             evidence.Config(backend="openai", openai={"model": "other", "base_urls": ["http://h1:8000/v1"]}),
+             evidence.Config(backend="openai", openai={"model": "m", "base_urls": ["http://h1:8000/v1"],
+                                                       "extra_body": {"top_k": 5}})]
+    assert len({key(c) for c in [base, *other]}) == 4
+    assert key(base, {"pages": {"pages.jsonl": "b" * 64}}) != key(base)  # other input bytes
+    assert key(base, version=2) != key(base)  # the stage's code changed what it writes
+    # workers (out of the cache key) is out of the resume key too; both endpoints of doc-traces are transport-neutral
+    traces = doc_traces.Config(answerer="openai", vision_openai={"model": "v"}, text_openai={"model": "t"})
+    moved = doc_traces.Config(answerer="openai", workers=3, vision_openai={"model": "v", "base_urls": ["http://x/v1"]},
+                              text_openai={"model": "t", "concurrency": 2})
+    assert key(traces) == key(moved)
+
+
+def test_the_context_carries_shard_rank_and_hashes(tmp_path, monkeypatch):
+    from compass.config import config_hash
+    from compass.data.shards import Shard
+    from compass.stagekit import build_context, resume_key
+    from compass.stages import pairs
+
+    config = pairs.Config(shard="1/3")
+    hashes = {"traces": {"t.jsonl": "c" * 64}}
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    ctx = build_context("pairs", config, {"traces": tmp_path / "t.jsonl"}, tmp_path, input_hashes=hashes,
+                        stage_version=pairs.VERSION)
+    assert ctx.shard == Shard(index=1, count=3) and (ctx.rank, ctx.world_size, ctx.is_main) == (2, 4, False)
+    assert ctx.config_hash == config_hash(config) and ctx.input_hashes == hashes
+    assert ctx.resume_key == resume_key(config, hashes, pairs.VERSION)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    plain = build_context("pairs", pairs.Config(), {}, tmp_path, input_hashes={}, stage_version=1)
+    assert plain.shard is None and plain.is_main and plain.world_size == 1

@@ -180,7 +180,8 @@ def run_on_slurm(kind: str, config: StageConfig, paths: dict[str, Path], out_dir
         raise CompassError(f"launch: slurm: stage {name} sets shard {config.shard} itself; use launch.slurm.shards")
     job_file = job_dir / "job.json"
     write_json_atomic(job_file, {"kind": kind, "config": config.model_dump(mode="json"),
-                                 "inputs": {k: str(v) for k, v in paths.items()}, "out_dir": str(out_dir)})
+                                 "inputs": {k: str(v) for k, v in paths.items()}, "input_hashes": input_hashes,
+                                 "out_dir": str(out_dir)})
     log = job_dir / "job-%j.log"
     script = job_dir / "job.sbatch"
     write_text_atomic(script, job_script(sbatch_options(slurm, f"compass-{name}", str(log)), slurm.setup,

@@ -9,13 +9,13 @@ round r > 0 those whose attempt r - 1 was malformed. At the end the journal is r
 (one seek per task), so the output order is the input order whatever the server did.
 
 Memory: the requests in flight, plus two small integers per task (its state and the journal offset of its
-final line). A restarted run with the same fingerprint reads the journal (a torn last line from a kill is
-cut off) and sends only what is not finished; a different fingerprint starts over.
+final line). A restarted run with the same resume key (compass.stagekit.resume_key: config, input hashes, stage
+version) reads the journal (a torn last line from a kill is cut off) and sends only what is not finished; a
+journal written under another key starts over.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from array import array
 from collections import Counter
@@ -35,20 +35,20 @@ NONE, OK, REJECT = -1, 100, 101  # task states; 0..99: the attempt whose reply w
 class Journal:
     """The append-only record of finished requests, and the per-task state derived from it."""
 
-    def __init__(self, path: Path, fingerprint: str):
+    def __init__(self, path: Path, resume_key: str):
         self.path = path
         self.state = array("b")
         self.offset = array("q")
         self.due = Counter()  # attempt -> tasks waiting for a re-ask after it
         self.resumed = 0
         if path.exists():
-            self._load(fingerprint)
+            self._load(resume_key)
         if not path.exists():
             with open(path, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps({"fingerprint": fingerprint}) + "\n")
+                fh.write(json.dumps({"resume_key": resume_key}) + "\n")
         self.fh = open(path, "ab")  # noqa: SIM115 - closed by close(); bytes, so tell() is a byte offset
 
-    def _load(self, fingerprint: str) -> None:
+    def _load(self, resume_key: str) -> None:
         with open(self.path, "rb") as fh:
             data = fh.read()
         end = data.rfind(b"\n") + 1
@@ -57,7 +57,7 @@ class Journal:
             header = json.loads(lines[0]) if lines else {}
         except json.JSONDecodeError:
             header = {}
-        if header.get("fingerprint") != fingerprint:  # another config or other inputs: nothing to reuse
+        if not isinstance(header, dict) or header.get("resume_key") != resume_key:  # another run's: nothing to reuse
             self.path.unlink()
             return
         if end < len(data):  # a line torn by a kill: cut it off, its request is simply sent again
@@ -123,7 +123,7 @@ def stream_in_order(
     retries: int,
     work_dir: Path,
     tag: str,
-    fingerprint: str,
+    resume_key: str,
     dump: Callable[[Any], Any],
     reject: Callable[[T, str, str], dict],
     malformed_reason: str = "malformed",
@@ -141,7 +141,7 @@ def stream_in_order(
 
     if retries >= OK:
         raise CompassError(f"retries must be below {OK}, got {retries}")
-    journal = Journal(journal_path(work_dir, tag), fingerprint)
+    journal = Journal(journal_path(work_dir, tag), resume_key)
     counts = stats if stats is not None else {}
     counts.update(resumed=journal.resumed, sent=0)
     try:
@@ -183,13 +183,3 @@ def stream_in_order(
                 yield journal.read(index, fh)
     finally:
         journal.close()
-
-
-def fingerprint_of(config, inputs: Iterable[Path], ignore: Iterable[str] = ("max_reject_rate",)) -> str:
-    """What a journal's results depend on: the config (less fields that only judge the results) and the
-    inputs' bytes."""
-    from compass.io import sha256_file
-
-    settings = {k: v for k, v in config.model_dump(mode="json").items() if k not in set(ignore)}
-    blob = json.dumps({"config": settings, "inputs": [sha256_file(p) for p in inputs]}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from compass.config import StageConfig
 from compass.errors import CompassError
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -54,7 +55,8 @@ INPUTS = {
 OUTPUTS = {"vlm": "vlm"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     import torch
 
     from compass.io import staged_dir

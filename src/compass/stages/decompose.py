@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from compass.config import StageConfig
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -27,7 +28,8 @@ INPUTS = {"vlm": Port("LLaVA-OneVision dir (from tiny-models, compose or the hub
 OUTPUTS = {"vision": "vision", "projector": "projector", "llm": "llm"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     import torch
 
     from compass.io import staged_dir

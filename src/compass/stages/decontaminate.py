@@ -19,6 +19,7 @@ from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shar
 from compass.errors import CompassError
 from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Problem
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -60,7 +61,8 @@ def match_line(item: tuple, threshold: float):
     return problem, match, count
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     shard = config.shard_spec()
     n_eval = count_jsonl_records(inputs["eval"])
     lines = iter_jsonl_lines(inputs["problems"])

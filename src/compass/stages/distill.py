@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
-from compass.ledger.redact import redact_text, redact_value
-from compass.stagekit import check_reject_rate
+from compass.ledger.redact import redact_text
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -208,25 +208,13 @@ class ShardWriter:
             self._fh = None
 
 
-def _content_key(config: Config, problems_hash: dict[str, str], teacher: str) -> dict:
-    """What decides the records' content; a partial run with another key cannot be resumed."""
-    return {
-        "problems": problems_hash,
-        "teacher": teacher,
-        "backend": config.backend,
-        # written to the state file: a secret in extra_body (an api_key) is kept out of it
-        "openai_extra_body": redact_value(config.openai.extra_body) if config.backend == "openai" else None,
-        "model_dir": config.transformers.model_dir if config.backend == "transformers" else None,
-        **config.model_dump(mode="json", include={"seed", "n", "max_tokens", "temperature", "top_p",
-                                                  "format_instruction", "strip_think", "keep", "shard_size"}),
-    }
-
-
-def _prepare_out_dir(out_dir: Path, key: dict) -> None:
-    """Resume a partial run with the same content key; wipe one with another key (it cannot be continued)."""
+def _prepare_out_dir(out_dir: Path, resume_key: str) -> None:
+    """Resume a partial run with the same resume key (the stage context's: config, inputs, code version); wipe one
+    with another key (it cannot be continued)."""
     state = out_dir / STATE_FILE
     traces_dir = out_dir / OUTPUTS["traces"]
     rejects = out_dir / OUTPUTS["rejects"]
+    key = {"resume_key": resume_key}
     if state.is_file():
         if json.loads(state.read_text(encoding="utf-8")) == key:
             return
@@ -243,11 +231,12 @@ def _prepare_out_dir(out_dir: Path, key: dict) -> None:
 # --- the stage -------------------------------------------------------------------------------------------
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from tqdm import tqdm
 
     from compass.generate import GenRequest, make_backend
-    from compass.io import dumps_record, hash_tree, iter_jsonl
+    from compass.io import dumps_record, iter_jsonl
     from compass.records import Problem
 
     # Pass 1: validate every problem and refuse duplicate ids before any request is sent.
@@ -261,8 +250,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
 
     backend = make_backend(config.backend, config.openai, config.transformers)
     teacher = config.teacher or backend.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_out_dir(out_dir, _content_key(config, hash_tree(inputs["problems"]), teacher))
+    _prepare_out_dir(out_dir, ctx.resume_key)
     traces_dir = out_dir / OUTPUTS["traces"]
     traces_dir.mkdir(exist_ok=True)
     rejects_path = out_dir / OUTPUTS["rejects"]

@@ -27,7 +27,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, dumps_record
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
-from compass.stagekit import check_reject_rate
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 from compass.vocab import reply_body
 
@@ -138,10 +138,11 @@ def parse_question(seed: SeedSet, text: str) -> DocQuestion:
                        answer_format=answer_format, gold_pages=[p.page_index for p in seed.pages])
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
-    from compass.longdoc.streaming import fingerprint_of, journal_path, stream_in_order
+    from compass.longdoc.streaming import journal_path, stream_in_order
 
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
@@ -156,11 +157,10 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         return Reject(id=seed.id, reason=reason, detail=detail,
                       record={"seed_pages": [p.page_index for p in seed.pages]}).model_dump(mode="json")
 
-    fingerprint = fingerprint_of(config, [inputs["pages"]])
     with atomic_open(out_dir / OUTPUTS["questions"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
         for kind, value in stream_in_order(
             backend, lambda: seed_sets(config, index), request_of, parse_question, malformed=MalformedQuestion,
-            retries=config.parse_retries, work_dir=out_dir, tag="synth", fingerprint=fingerprint,
+            retries=config.parse_retries, work_dir=out_dir, tag="synth", resume_key=ctx.resume_key,
             dump=lambda q: q.model_dump(mode="json"), reject=reject, malformed_reason="malformed_json",
         ):
             if kind == "reject":

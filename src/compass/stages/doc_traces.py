@@ -34,7 +34,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, PageEvidence, Reject
-from compass.stagekit import check_reject_rate
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -170,7 +170,7 @@ def reference_answers(items: Iterator[Item]) -> Iterator[tuple[str, dict]]:
 
 
 def openai_answers(config: Config, items_factory, images: DocImages, images_root: Path, out_dir: Path,
-                   fingerprint: str) -> Iterator[tuple[str, dict]]:
+                   resume_key: str) -> Iterator[tuple[str, dict]]:
     """One streaming pass per branch through its endpoint (in position order, journalled for resume), the
     two merged: ("ok", {p, a}) or ("reject", {p, reason, detail}) for every kept question."""
     from compass.generate import GenRequest
@@ -204,7 +204,7 @@ def openai_answers(config: Config, items_factory, images: DocImages, images_root
             make_backend("openai", settings, TransformersSettings()),
             lambda branch=branch: of_branch(items_factory(), branch), request_of, parse,
             malformed=EmptyAnswer, retries=config.answer_retries, work_dir=out_dir, tag=f"answers-{branch}",
-            fingerprint=fingerprint, dump=lambda row: row, reject=reject, malformed_reason="empty_answer",
+            resume_key=resume_key, dump=lambda row: row, reject=reject, malformed_reason="empty_answer",
         )
         for branch, settings in (("vision", config.vision_openai), ("text", config.text_openai))
     ]
@@ -268,8 +268,9 @@ def build_examples(task: tuple, config: Config) -> tuple:
     return "examples", lines
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.longdoc.streaming import fingerprint_of, journal_path
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
+    from compass.longdoc.streaming import journal_path
 
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
@@ -281,9 +282,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     if config.answerer == "reference":
         answers = reference_answers(items())
     else:
-        fingerprint = fingerprint_of(config, [inputs["evidence"], inputs["questions"], inputs["pages"]],
-                                     ignore=("max_reject_rate", "workers"))  # a resume may use other workers
-        answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, fingerprint)
+        answers = openai_answers(config, items, DocImages(index, inputs["pages"]), images_root, out_dir, ctx.resume_key)
     doc_images = DocImages(index, inputs["pages"])
 
     drops: list[Reject] = []

@@ -14,7 +14,7 @@ from pydantic import Field
 
 from compass.errors import CompassError
 from compass.stages import Port
-from compass.stagekit import whole_run_training_figures
+from compass.stagekit import StageContext, whole_run_training_figures
 from compass.train.config import TrainConfig
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -47,7 +47,8 @@ EVAL_KEYS = {"loss": "eval_loss", "reward_accuracy": "eval_rewards/accuracies", 
              "reward_chosen": "eval_rewards/chosen", "reward_rejected": "eval_rewards/rejected"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     import torch
     from trl import DPOConfig, DPOTrainer
 
@@ -65,7 +66,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
     eval_pairs = D.read_pairs(inputs["eval_pairs"]) if "eval_pairs" in inputs else None
     # DPO needs no assistant mask: the model's own template, or --chat-template's
     tokenizer = M.load_processing_class(inputs["model"], kind, inputs.get("chat_template"), assistant_masks=False)
-    resume = prepare_checkpoints(out_dir, config, inputs, plan)
+    resume = prepare_checkpoints(out_dir, config, ctx.resume_key, plan)
     # TRL's config first: under ZeRO-3 it must exist before the model loads, so that loading partitions it
     args = DPOConfig(
         **common_args(config, plan, out_dir),

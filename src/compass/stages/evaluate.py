@@ -32,6 +32,7 @@ from compass.errors import CompassError
 from compass.evals.registry import Answers, TaskContext, benchmarks, tasks
 from compass.generate.base import DEVICE_HELP
 from compass.generate.config import OpenAISettings
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 3  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -289,7 +290,8 @@ def check_data(config, inputs: dict[str, Path], out_dir: Path | None = None) -> 
                                "(no hub id configured)")
 
 
-def run(config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from compass.io import write_json_atomic, write_jsonl, write_text_atomic
 
     check_data(config, inputs, out_dir)

@@ -28,7 +28,7 @@ from compass.generate.config import OpenAISettings
 from compass.io import atomic_open, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, PageEvidence, Reject
-from compass.stagekit import check_reject_rate
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -117,7 +117,7 @@ def run_lexical(config: Config, tasks: Iterator[Task], index: PageIndex, write) 
 # --- openai: through compass.generate's streaming pool, in order, with re-asks and a resume journal ------
 
 
-def run_openai(config: Config, tasks, images_root: Path, out_dir: Path, fingerprint: str, stats: dict):
+def run_openai(config: Config, tasks, images_root: Path, out_dir: Path, resume_key: str, stats: dict):
     """("ok", PageEvidence dict) or ("reject", Reject dict) per (question, page), in task order."""
     from compass.generate import GenRequest
     from compass.generate.config import TransformersSettings, make_backend
@@ -143,13 +143,14 @@ def run_openai(config: Config, tasks, images_root: Path, out_dir: Path, fingerpr
 
     return stream_in_order(
         backend, tasks, request_of, parse, malformed=MalformedEvidence, retries=config.parse_retries,
-        work_dir=out_dir, tag="evidence", fingerprint=fingerprint, dump=lambda r: r.model_dump(mode="json"),
+        work_dir=out_dir, tag="evidence", resume_key=resume_key, dump=lambda r: r.model_dump(mode="json"),
         reject=reject, malformed_reason="malformed_json", stats=stats,
     )
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
-    from compass.longdoc.streaming import fingerprint_of, journal_path
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
+    from compass.longdoc.streaming import journal_path
 
     index = PageIndex(inputs["pages"])
     question_rejects: dict[str, Reject] = {}  # by id: the task list is enumerated once per round
@@ -173,8 +174,7 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         if config.backend == "lexical":
             run_lexical(config, tasks(), index, write_record)
         else:
-            fingerprint = fingerprint_of(config, [inputs["pages"], inputs["questions"]])
-            for kind, value in run_openai(config, tasks, inputs["pages"].parent, out_dir, fingerprint, sent):
+            for kind, value in run_openai(config, tasks, inputs["pages"].parent, out_dir, ctx.resume_key, sent):
                 if kind == "ok":
                     write_record(PageEvidence.model_validate(value))
                 else:

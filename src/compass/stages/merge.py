@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from compass.config import StageConfig
 from compass.errors import CompassError
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -65,7 +66,8 @@ def finetuned_models(path: Path) -> list[Path]:
     return models
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from compass.io import staged_dir
 
     # build in a hidden directory and rename at the end: a failed merge never leaves a model-looking directory

@@ -21,7 +21,7 @@ from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shar
 from compass.errors import CompassError
 from compass.io import atomic_open, dumps_record
 from compass.records import Page, Reject
-from compass.stagekit import check_reject_rate
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -152,7 +152,8 @@ def render_tasks(jobs: list[tuple[str, str]]) -> Iterator[tuple]:
             yield "range", doc_id, pdf, start, min(start + PAGES_PER_TASK, count)
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from tqdm import tqdm
 
     root = inputs["pdfs"]

@@ -22,7 +22,7 @@ from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shar
 from compass.errors import CompassError
 from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Trace
-from compass.stagekit import check_reject_rate
+from compass.stagekit import StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -75,7 +75,8 @@ def pair_of_line(item: tuple, weights: dict[str, float], config: Config):
                      require_verified=config.require_verified)
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from tqdm import tqdm
 
     from compass.data.pairs import normalized_weights

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from compass.config import StageConfig
 from compass.io import atomic_open, write_jsonl
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -30,7 +31,8 @@ INPUTS: dict[str, Port] = {}
 OUTPUTS = {"pdfs": "pdfs", "questions": "questions.jsonl"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     from compass.longdoc.synthetic_reports import generate_reports
 
     reports = generate_reports(config.n_docs, config.seed, config.min_extra_pages, config.max_extra_pages,

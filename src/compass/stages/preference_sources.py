@@ -17,6 +17,7 @@ from compass.config import StageConfig
 from compass.data.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.data.preference import DEFAULT_RATING_KEY
 from compass.data.sft_formats import DataSource
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -58,7 +59,8 @@ def hub_inputs(config: Config) -> list:
 
     return hub_refs(config.datasets)
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     from compass.data.preference import preference_converter
     from compass.data.sft_formats import load_mix
     from compass.data.text_decontam import decontaminate_texts, labels_by_source

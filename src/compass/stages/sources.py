@@ -21,6 +21,7 @@ from compass.data.shards import DataStageConfig, ShardRun, in_shard, ordered_map
 from compass.errors import CompassError
 from compass.hub import HubRef
 from compass.io import atomic_open, dumps_record, iter_jsonl_lines, sha256_file
+from compass.stagekit import StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -159,7 +160,8 @@ class Deduper:
         return True
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     base = inputs.get("data")
     entries = [("dataset", e) for e in config.datasets] + [("gym", e) for e in config.reasoning_gym]
     shard = config.shard_spec()

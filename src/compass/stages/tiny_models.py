@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field
 
 from compass.config import StageConfig
+from compass.stagekit import StageContext
 
 VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = "compass tiny-models --out work/tiny --seed 0"
@@ -24,7 +25,8 @@ INPUTS: dict = {}
 OUTPUTS = {"tokenizer": "tokenizer", "llm": "llm", "vlm": "vlm", "vision": "vision"}
 
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    out_dir = ctx.out_dir
     import torch
 
     from compass.models.tiny import build_tiny_llm, build_tiny_tokenizer, build_tiny_vision, build_tiny_vlm
