@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import IO, TYPE_CHECKING, TypeVar
 
 from compass.errors import CompassError
 
-M = TypeVar("M", bound=BaseModel)
+if TYPE_CHECKING:  # pydantic is imported where records are: `compass runs show` uses the hash cache without it (~0.1 s)
+    from pydantic import BaseModel
+
+M = TypeVar("M", bound="BaseModel")
 
 HASH_CHUNK = 1 << 20
 
@@ -193,6 +194,8 @@ def numbered_utf8_lines(fh: IO[bytes], path: str | os.PathLike) -> Iterator[tupl
 
 
 def dumps_record(record: BaseModel | dict) -> str:
+    from pydantic import BaseModel
+
     data = record.model_dump(mode="json") if isinstance(record, BaseModel) else record
     return json.dumps(data, ensure_ascii=False, sort_keys=False)
 
@@ -249,6 +252,8 @@ def parse_jsonl_line(line: str, model: type[M] | None, file: str | os.PathLike, 
         raise CompassError(f"{file}:{lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
     if model is None:
         return data
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as err:
