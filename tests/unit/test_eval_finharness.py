@@ -207,3 +207,38 @@ def test_fin_harness_bad_answer_id_names_the_record(tmp_path):
     bad.write_text('{"data": [{"id": 0, "question": "q", "context": "", "choices": [{"id": 0, "text": "a"}], "answer": 3}]}')
     with pytest.raises(CompassError, match=r"data.json record 1: answer 3 is not one of the choice ids \[0\]"):
         items_of("cma_basics", bad)
+
+
+def test_the_demos_checkout_is_read_like_a_harness_checkout(tmp_path):
+    """`compass demo` shows both protocols on a checkout it writes in the harness's layout (its own texts):
+    both prompt versions build lettered / numeric options over the held-out problems, the answer among them."""
+    from compass import demo
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"question": f"Calculate {a} + 1.", "reference_answer": str(a + 1)}) + "\n"
+                                for a in (3, 0, 8)), encoding="utf-8")
+    repo, data = demo.write_demo_harness(tmp_path / "harness", problems)
+    first = data.read_bytes()
+    assert demo.write_demo_harness(tmp_path / "harness", problems)[1].read_bytes() == first  # same bytes every run
+    assert finharness.version_files(repo, [demo.PROTOCOL_TASK], None) == {
+        "default": {demo.PROTOCOL_TASK: demo.PROTOCOL_TASK}, "1.0-0.1": {demo.PROTOCOL_TASK: f"{demo.PROTOCOL_TASK}-1.0-0.1"}}
+    lettered = items_of(demo.PROTOCOL_TASK, data, repo)
+    numeric = items_of(demo.PROTOCOL_TASK, data, repo, "1.0-0.1")
+    for problem, letter, number in zip((3, 0, 8), lettered, numeric):
+        assert letter.options == tuple("ABCD") and letter.context.endswith("Answer:") and letter.delimiter == " "
+        assert sorted(int(o) for o in number.options) == [problem, problem + 1, problem + 2, problem + 3]
+        assert number.gold == str(problem + 1) and f"{letter.gold}: {problem + 1}\n" in letter.context
+    # the table puts each figure's reference and compass values side by side, every version's accuracy below
+    table = demo.protocol_table({"cma_basics.reference.accuracy": 0.5, "cma_basics.reference.v1_0-0_1.accuracy": 0.25,
+                                 "cma_basics.reference.v1_0-0_1.n": 3, "cma_basics.compass.accuracy": 0.5})
+    lines = table.splitlines()
+    assert lines[1].split()[-2:] == ["(SFT+DPO)", "compass"] and lines[2].split() == ["accuracy", "0.500", "0.500"]
+    assert lines[3].split() == ["v1_0-0_1.accuracy", "0.250", "-"] and "v1_0-0_1.n" not in table
+
+
+def test_a_job_without_lm_evals_own_tasks_needs_task_files():
+    from compass.evals.lm_harness import run_job
+    from compass.evals.registry import LmEvalJob
+
+    with pytest.raises(CompassError, match="builtin_tasks=False needs an include_path"):
+        run_job(None, LmEvalJob(tasks=("cma_basics",), builtin_tasks=False), seed=0)

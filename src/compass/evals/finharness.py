@@ -534,7 +534,7 @@ def _reference_job(ctx) -> LmEvalJob:
     include = prepare_task_dir(repo, {t: _data_of(ctx, t) for t in fin_tasks}, ctx.out_dir / ".lm_eval_tasks")
     names = tuple(dict.fromkeys(name for row in _version_table(ctx).values() for name in row.values()))
     return LmEvalJob(tasks=names, include_path=include, num_fewshot=0, limit=ctx.config.limit,
-                     extra_imports=(repo.resolve(),), setup=_register_harness_metrics)
+                     extra_imports=(repo.resolve(),), setup=_register_harness_metrics, builtin_tasks=False)
 
 
 def _data_of(ctx, task: str) -> Path:

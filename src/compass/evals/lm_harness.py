@@ -43,7 +43,10 @@ def run_job(lm, job, *, seed: int) -> dict:
             sys.path.insert(0, str(directory))
     if job.setup is not None:
         job.setup()
-    manager = TaskManager(include_path=str(job.include_path) if job.include_path is not None else None)
+    if not job.builtin_tasks and job.include_path is None:
+        raise CompassError(f"lm-eval job {job.tasks}: builtin_tasks=False needs an include_path of task files")
+    manager = TaskManager(include_path=str(job.include_path) if job.include_path is not None else None,
+                          include_defaults=job.builtin_tasks)
     unknown = [t for t in job.tasks if t not in manager.all_tasks]
     if unknown:
         raise CompassError(f"lm-eval knows no task(s) {unknown}" + (f" (task files under {job.include_path})"

@@ -195,7 +195,8 @@ def _reference_job(ctx) -> "LmEvalJob":
     if "train" not in data:
         lines.append("training_split: null")  # 0-shot: the published task takes no examples from train
     (folder / f"{lm_task}_local.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return LmEvalJob(tasks=(f"{lm_task}_local",), include_path=folder, limit=ctx.config.limit)
+    # the local variant includes lm-eval's own task file by path, so lm-eval's task index is not needed
+    return LmEvalJob(tasks=(f"{lm_task}_local",), include_path=folder, limit=ctx.config.limit, builtin_tasks=False)
 
 
 def reference_output(task: str, result: dict) -> tuple[list[dict], dict]:

@@ -76,6 +76,9 @@ class LmEvalJob:
     apply_chat_template: bool = False
     extra_imports: tuple[Path, ...] = ()  # directories put on sys.path first (a benchmark's own metric plugins)
     setup: Callable[[], None] | None = None  # run once before the job (e.g. registering the benchmark's metrics)
+    # False: only the task files under include_path are indexed (lm-eval's own ~15k task files take ~30 s to index
+    # on a loaded 2-core machine, for tasks a benchmark with its own task files never runs)
+    builtin_tasks: bool = True
 
 
 @dataclass
