@@ -37,6 +37,11 @@ def checkout(tmp_path):
         (root / "prompt" / f"{config}.yaml").write_text(
             f"prompt: |\n  STAND-IN {config} instruction.\n  Respond with JSON.\n  The report is as follows:\n",
             encoding="utf-8")
+    # the predict scripts' --system_prompt argument, in the layout of the repo's argparse call (text written for the test)
+    for script in set(edinet.PREDICT_SCRIPTS.values()):
+        (root / script).parent.mkdir(parents=True, exist_ok=True)
+        (root / script).write_text('import argparse\nparser = argparse.ArgumentParser()\nparser.add_argument(\n'
+                                   '    "--system_prompt",\n    type=str,\n    default="STAND-IN analyst.",\n)\n', encoding="utf-8")
     return root
 
 
@@ -62,9 +67,14 @@ def test_prompt_is_read_from_the_checkout(checkout, tmp_path):
     with pytest.raises(CompassError, match="not a checkout of EDINET-Bench"):
         edinet.load_reference_prompt(tmp_path, "edinet_fraud")
     item = edinet.load_items("edinet_fraud", FIXTURES / "edinet_fraud.jsonl", None, ("summary",), 5)[0]
-    (request,) = edinet.reference_requests([item], prompt, ("summary", "bs"), max_tokens=4096)
+    system_prompt = edinet.load_reference_system_prompt(checkout, "edinet_fraud")
+    assert system_prompt == "STAND-IN analyst." == edinet.load_reference_system_prompt(checkout, "edinet_industry")
+    (checkout / edinet.PREDICT_SCRIPTS["edinet_fraud"]).write_text("parser.add_argument('--model')\n", encoding="utf-8")
+    with pytest.raises(CompassError, match="no --system_prompt argument"):
+        edinet.load_reference_system_prompt(checkout, "edinet_fraud")
+    (request,) = edinet.reference_requests([item], prompt, system_prompt, ("summary", "bs"), max_tokens=4096)
     rows = [json.loads(line) for line in (FIXTURES / "edinet_fraud.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert request.messages == [{"role": "system", "content": "You are a financial analyst."},
+    assert request.messages == [{"role": "system", "content": "STAND-IN analyst."},
                                 {"role": "user", "content": prompt + f"summary: {rows[0]['summary']}\nbs: {rows[0]['bs']}"}]
     assert (request.temperature, request.seed, request.max_tokens) == (0.0, 0, 4096)  # uncut, unlike max_chars 5
 
@@ -186,7 +196,7 @@ def test_both_protocols_through_the_stage_over_http(checkout, tmp_path):
     assert m["edinet_industry.compass.accuracy"] == pytest.approx(1 / 3)
     reference_requests = [b for b in seen if b["messages"][-1]["content"].startswith("STAND-IN")]
     assert len(reference_requests) == 3 + 3 * 3 and all(b["max_tokens"] == 4096 and b["seed"] == 0 for b in reference_requests)
-    assert all(b["messages"][0] == {"role": "system", "content": "You are a financial analyst."} for b in reference_requests)
+    assert all(b["messages"][0] == {"role": "system", "content": "STAND-IN analyst."} for b in reference_requests)
 
 
 def test_json_reading_equals_the_benchmark_reader():

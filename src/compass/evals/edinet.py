@@ -45,6 +45,8 @@ TASKS = {"edinet_fraud": "fraud_detection", "edinet_earnings": "earnings_forecas
 INDUSTRIES = ("食品", "電気・ガス・エネルギー資源", "建設・資材", "素材・化学", "医薬品", "自動車・輸送機", "鉄鋼・非鉄",
               "機械", "電機・精密", "情報通信・サービスその他", "運輸・物流", "商社・卸売", "小売", "銀行",
               "金融(除く銀行)", "不動産")
+# compass protocol's system prompt: its own choice, in the same words as the reference's (whose own is read from
+# the checkout's predict script, `load_reference_system_prompt`)
 SYSTEM_PROMPT = "You are a financial analyst."
 SHEETS = ("summary", "bs", "pl", "cf", "text")
 
@@ -217,7 +219,8 @@ def score(task: str, items: list[EdinetItem], results: dict[str, GenResult], req
 # make_leaderboard.py (read, not copied):
 # - prompt: the task's prompt/<config>.yaml `prompt` (read from the user's checkout) followed by
 #   "\n".join(f"{sheet}: {value}") over the sheets the row has (default summary, bs, pl, cf), uncut;
-#   system prompt "You are a financial analyst." (predict.py's --system_prompt default); temperature 0,
+#   system prompt: the task script's --system_prompt default ("You are a financial analyst." in the repo), read
+#   from the checkout's source with ast; temperature 0,
 #   max_tokens 4096, seed 0 (model.py's OpenAI call).
 # - parsing (utils.extract_json_between_markers): the first ```json ... ``` block that json.loads (also after
 #   deleting control characters), else the first non-greedy {...} that does; its "prob", "prediction" and
@@ -250,14 +253,42 @@ def load_reference_prompt(repo: Path, task: str) -> str:
     return data["prompt"]
 
 
+# the script that runs each task in the checkout; its `--system_prompt` default is the system message it sends
+PREDICT_SCRIPTS = {"edinet_fraud": Path("src/edinet_bench/predict.py"), "edinet_earnings": Path("src/edinet_bench/predict.py"),
+                   "edinet_industry": Path("src/edinet_bench/industry_prediction/predict.py")}
+
+
+def load_reference_system_prompt(repo: Path, task: str) -> str:
+    """The system prompt the task's script sends: the string default of its `--system_prompt` argument, read from
+    the checkout's source with `ast` (nothing of the checkout is executed)."""
+    import ast
+
+    path = Path(repo) / PREDICT_SCRIPTS[task]
+    if not path.is_file():
+        raise CompassError(f"{repo} is not a checkout of EDINET-Bench: no {PREDICT_SCRIPTS[task]} "
+                           "(git clone https://github.com/SakanaAI/EDINET-Bench)")
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as err:
+        raise CompassError(f"{path}:{err.lineno}: not readable Python ({err.msg})") from None
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "add_argument"
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "--system_prompt"):
+            defaults = [k.value for k in node.keywords if k.arg == "default"]
+            if defaults and isinstance(defaults[0], ast.Constant) and isinstance(defaults[0].value, str):
+                return defaults[0].value
+            raise CompassError(f"{path}:{node.lineno}: --system_prompt has no string default")
+    raise CompassError(f"{path}: no --system_prompt argument (expected EDINET-Bench's predict script)")
+
+
 def reference_prompt(prompt: str, item: EdinetItem, sheets: tuple[str, ...]) -> str:
     values = dict(item.sheet_values)
     return prompt + "\n".join(f"{sheet}: {values[sheet]}" for sheet in sheets if sheet in values)
 
 
-def reference_requests(items: list[EdinetItem], prompt: str, sheets: tuple[str, ...], *, max_tokens: int,
-                       seed: int = REFERENCE_SEED) -> list[GenRequest]:
-    return [GenRequest(id=i.id, messages=[{"role": "system", "content": SYSTEM_PROMPT},
+def reference_requests(items: list[EdinetItem], prompt: str, system_prompt: str, sheets: tuple[str, ...], *,
+                       max_tokens: int, seed: int = REFERENCE_SEED) -> list[GenRequest]:
+    return [GenRequest(id=i.id, messages=[{"role": "system", "content": system_prompt},
                                           {"role": "user", "content": reference_prompt(prompt, i, sheets)}],
                        max_tokens=max_tokens, temperature=0.0, seed=seed) for i in items]
 
@@ -414,6 +445,7 @@ def _load(ctx) -> list[EdinetItem]:
     sheets, cap = tuple(ctx.settings.sheets), ctx.settings.max_chars_per_sheet
     if "reference" in ctx.protocols():  # read before any generation: a wrong checkout fails now
         ctx.state["prompt"] = load_reference_prompt(ctx.settings.repo, ctx.name)
+        ctx.state["system_prompt"] = load_reference_system_prompt(ctx.settings.repo, ctx.name)
     if ctx.data_path is not None:
         return ctx.limited(load_items(ctx.name, ctx.data_path, None, sheets, cap))
     return ctx.limited(load_items(ctx.name, None, ctx.hub_rows(), sheets, cap))
@@ -441,7 +473,8 @@ def _requests(ctx, items: list[EdinetItem]) -> Requests:
             out.chat_loglikelihood[name] = [(messages(item), c) for item in items for c in label_continuations(ctx.name)]
     if "reference" in ctx.protocols():
         for run in _reference_runs(ctx):  # the same settings each run, as the reference reruns its script
-            out.generate[run] = reference_requests(items, ctx.state["prompt"], tuple(ctx.settings.sheets),
+            out.generate[run] = reference_requests(items, ctx.state["prompt"], ctx.state["system_prompt"],
+                                                   tuple(ctx.settings.sheets),
                                                    max_tokens=ctx.settings.reference_max_tokens)
     return out
 
