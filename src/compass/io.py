@@ -87,6 +87,19 @@ def derived_bits(seed: int, *parts: object, nbytes: int) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:nbytes], "big")
 
 
+def record_rng(seed: int, *parts: object):
+    """The random.Random of one record (or document): seeded by derived_bits(seed, *parts) alone, so its draws
+    are the same whatever the order, shard, worker or resume that reaches it."""
+    import random
+
+    return random.Random(derived_bits(seed, *parts, nbytes=16))
+
+
+def record_seed(seed: int, *parts: object) -> int:
+    """A 31-bit integer seed of one record (e.g. a request's sampling seed), fixed by (seed, parts) alone."""
+    return derived_bits(seed, *parts, nbytes=4) & 0x7FFFFFFF
+
+
 def is_hidden_work_file(rel: Path) -> bool:
     """Temp files of atomic writes and stage bookkeeping are not artifacts."""
     return any(part.startswith(".") for part in rel.parts)

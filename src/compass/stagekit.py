@@ -387,6 +387,88 @@ def whole_run_training_figures(log_history: list[dict], session_loss_mean: float
     return figures
 
 
+# --- the record sink -----------------------------------------------------------------------------------------
+
+
+class RecordSink:
+    """The records and rejects of one stage run, written the same way by every stage (a context manager).
+
+    Both files are written under temp names beside their targets (compass.io.atomic_open) and renamed together
+    when the block ends without an error: a run that fails leaves neither, readers never see half a file. Rejects
+    carry a reason and are counted by it. `check` is the one reject-rate gate (check_reject_rate) over what the
+    sink counted; call it inside the block: when it fails, the rejects file is put in place (the message names
+    it) and the records file is not."""
+
+    def __init__(self, stage: str, out_dir: Path, records: str, rejects: str = "rejects.jsonl", *,
+                 transient: frozenset[str] = frozenset()):
+        self.stage = stage
+        self.records_path = Path(out_dir) / records
+        self.rejects_path = Path(out_dir) / rejects
+        self.transient = transient  # reasons a rerun asks again (server failures): named in the gate's message
+        self.kept = 0
+        self.reasons: dict[str, int] = {}
+
+    def __enter__(self) -> RecordSink:
+        from compass.io import atomic_open
+
+        self._records_cm = atomic_open(self.records_path)
+        self._rejects_cm = atomic_open(self.rejects_path)
+        self._out = self._records_cm.__enter__()
+        self._rej = self._rejects_cm.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._rej is not None:
+            self._rejects_cm.__exit__(exc_type, exc, tb)
+        self._records_cm.__exit__(exc_type, exc, tb)
+
+    def record(self, item) -> None:
+        """A record (pydantic model or dict), or one JSON line already serialised (ending in a newline)."""
+        from compass.io import dumps_record
+
+        self._out.write(item if isinstance(item, str) else dumps_record(item) + "\n")
+        self.kept += 1
+
+    def reject(self, reject, reason: str | None = None) -> None:
+        """A compass.records.Reject (id, reason, detail, the rejected record), or a stage's own report row (a
+        dict) counted under `reason`."""
+        from compass.io import dumps_record
+
+        reason = reject.reason if reason is None else reason
+        self._rej.write(dumps_record(reject) + "\n")
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+    @property
+    def records_file(self):
+        """The open records file, for a writer that appends lines of its own (not counted in `kept`)."""
+        return self._out
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.reasons.values())
+
+    def sorted_reasons(self) -> dict[str, int]:
+        return dict(sorted(self.reasons.items()))
+
+    def count(self, *reasons: str) -> int:
+        return sum(self.reasons.get(reason, 0) for reason in reasons)
+
+    def check(self, limit: float, *, what: str, rejected: int | None = None, total: int | None = None,
+              reasons: object | None = None) -> None:
+        """The reject-rate gate: `rejected` (default: every reject) of `total` (default: records + rejects) over
+        `limit` fails the run, naming the rejects file, which is put in place first."""
+        rejected = self.rejected if rejected is None else rejected
+        total = self.kept + self.rejected if total is None else total
+        try:
+            check_reject_rate(self.stage, rejected, total, limit, what=what,
+                              reasons=self.sorted_reasons() if reasons is None else reasons,
+                              rejects_path=self.rejects_path, transient=self.count(*self.transient))
+        except CompassError:
+            self._rejects_cm.__exit__(None, None, None)  # kept for the user to read; the records are not
+            self._rej = None
+            raise
+
+
 # --- the one reject-rate gate --------------------------------------------------------------------------------
 
 

@@ -289,14 +289,16 @@ def test_stage_zero_weight_drops_a_strategy(tmp_path, thousand):
     assert strategies == {"omit_thinking", "tamper_thinking_numbers"}
 
 
-def test_stage_fails_over_reject_rate_and_writes_nothing(tmp_path):
+def test_stage_fails_over_reject_rate_and_writes_only_its_rejects(tmp_path):
     path = tmp_path / "traces.jsonl"
     good = [synthetic_trace(i) for i in range(6)]
     bad = [trace_with("no tags at all", tid=f"bad#{i}") for i in range(4)]
     write_jsonl(path, good + bad)
-    with pytest.raises(CompassError, match=r"4 of 10 records rejected .*invalid_tags"):
+    with pytest.raises(CompassError, match=r"4 of 10 records rejected .*invalid_tags.*; see .*fail/rejects.jsonl"):
         run_stage(tmp_path, path, "fail")
-    assert not (tmp_path / "fail" / "pairs.jsonl").exists() and not (tmp_path / "fail" / "rejects.jsonl").exists()
+    # the rejects the message names are there to read; no pairs file that could pass for a result
+    assert not (tmp_path / "fail" / "pairs.jsonl").exists()
+    assert [r.id for r in read_jsonl(tmp_path / "fail" / "rejects.jsonl", Reject)] == [f"bad#{i}" for i in range(4)]
     out = run_stage(tmp_path, path, "ok", max_reject_rate=0.5)
     rejects = read_jsonl(out / "rejects.jsonl", Reject)
     assert [r.id for r in rejects] == [f"bad#{i}" for i in range(4)] and {r.reason for r in rejects} == {"invalid_tags"}

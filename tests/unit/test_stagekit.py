@@ -95,3 +95,48 @@ def test_the_context_carries_shard_rank_and_hashes(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE")
     plain = build_context("pairs", pairs.Config(), {}, tmp_path, input_hashes={}, stage_version=1)
     assert plain.shard is None and plain.is_main and plain.world_size == 1
+
+
+# --- the record sink -----------------------------------------------------------------------------------------
+
+
+def test_the_record_sink_writes_both_files_at_once_counts_reasons_and_gates(tmp_path):
+    from compass.records import Reject
+    from compass.stagekit import RecordSink
+
+    with RecordSink("demo", tmp_path, "records.jsonl") as sink:
+        sink.record({"id": "a"})
+        sink.record('{"id": "b"}\n')  # a line serialised by a worker
+        sink.reject(Reject(id="c", reason="bad", detail="why"))
+        sink.reject({"id": "d", "method": "exact"}, reason="exact")
+        assert not (tmp_path / "records.jsonl").exists()  # temp names until the block ends
+        sink.check(0.5, what="items")  # 2 of 4: at the limit, passes
+    assert (tmp_path / "records.jsonl").read_text() == '{"id": "a"}\n{"id": "b"}\n'
+    assert [line.split(",")[0] for line in (tmp_path / "rejects.jsonl").read_text().splitlines()] == ['{"id": "c"', '{"id": "d"']
+    assert (sink.kept, sink.rejected, sink.sorted_reasons()) == (2, 2, {"bad": 1, "exact": 1})
+
+    out = tmp_path / "failed"
+    with pytest.raises(CompassError, match=r"demo: 2 of 3 items rejected \(66.7% > max_reject_rate 50.0%\); reasons "
+                                           r"\{'backend_error': 1, 'bad': 1\}; see .*failed/rejects.jsonl; the 1 transient"):
+        with RecordSink("demo", out, "records.jsonl", transient=frozenset({"backend_error"})) as sink:
+            sink.record({"id": "a"})
+            sink.reject(Reject(id="b", reason="bad", detail=""))
+            sink.reject(Reject(id="c", reason="backend_error", detail=""))
+            sink.check(0.5, what="items")
+    assert sorted(p.name for p in out.iterdir()) == ["rejects.jsonl"]  # the rejects the message names; no records
+
+    with pytest.raises(ValueError):
+        with RecordSink("demo", tmp_path / "error", "records.jsonl") as sink:
+            sink.record({"id": "a"})
+            raise ValueError("the stage failed")
+    assert list((tmp_path / "error").iterdir()) == []  # neither file, no temp file
+
+
+def test_one_per_record_seeding():
+    from compass.data.pairs import record_rng as pairs_rng
+    from compass.io import derived_bits, record_rng, record_seed
+    from compass.stages import distill
+
+    assert pairs_rng is record_rng and record_rng(42, "a").random() == record_rng(42, "a").random()
+    assert record_rng(42, "a").random() != record_rng(42, "b").random() != record_rng(43, "a").random()
+    assert distill.sample_seed(42, "p", 1) == record_seed(42, "p", 1) == derived_bits(42, "p", 1, nbytes=4) & 0x7FFFFFFF

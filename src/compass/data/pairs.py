@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from compass.formats.boxed import box_spans
 from compass.formats.reasoning import FormatError, parse_reasoning
-from compass.io import derived_bits
+from compass.io import record_rng  # the RNG of one record: (seed, id) only, whatever the order or shard
 from compass.records import Message, Pair, Reject, Trace
 from compass.vocab import ANSWER_CLOSE, ANSWER_OPEN, THINKING_CLOSE as THINK_CLOSE, THINKING_OPEN as THINK_OPEN
 
@@ -51,11 +51,6 @@ NUMBER_RE = re.compile(r"(?<![A-Za-z_0-9])(?:[0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?:
 LETTER_RE = re.compile(r"^(\s*(?:\\text\{)?\s*\(?\s*)([A-E])(\s*\)?\s*\}?\s*)$")
 OPPOSITES = {"yes": "no", "no": "yes", "true": "false", "false": "true", "はい": "いいえ", "いいえ": "はい"}
 ANSWER_LETTERS = "ABCDE"
-
-
-def record_rng(seed: int, record_id: str) -> random.Random:
-    """The RNG of one record: a function of (seed, id) only, so output is independent of order and sharding."""
-    return random.Random(derived_bits(seed, record_id, nbytes=16))
 
 
 def normalized_weights(weights: Mapping[str, float]) -> dict[str, float]:

@@ -17,9 +17,9 @@ from pydantic import Field
 from compass.data.decontam import DEFAULT_LINK_KEYS, DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shard, ordered_map, sum_metrics
 from compass.errors import CompassError
-from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl, iter_jsonl_lines, parse_jsonl_line
+from compass.io import count_jsonl_records, iter_jsonl, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Problem
-from compass.stagekit import StageContext
+from compass.stagekit import RecordSink, StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -70,27 +70,23 @@ def run(config: Config, ctx: StageContext) -> dict:
         lines = in_shard(lines, count_jsonl_records(inputs["problems"]), shard)
     results = ordered_map(partial(match_line, threshold=config.threshold), lines, config.worker_count(), batch=BATCH,
                           initializer=load_index, initargs=(str(inputs["eval"]), config))
-    by_method: dict[str, int] = {}
     by_source: dict[str, int] = {}
-    n_in = n_kept = 0
     examples: list[str] = []
-    # Both files are written to temp names and renamed only at the end: a failed run leaves neither.
-    with atomic_open(out_dir / OUTPUTS["problems"]) as kept_fh, atomic_open(out_dir / OUTPUTS["report"]) as report_fh:
+    # the kept problems and the drop report (one row per dropped problem, counted by match method)
+    with RecordSink("decontaminate", out_dir, OUTPUTS["problems"], OUTPUTS["report"]) as sink:
         for problem, m, count in results:
-            n_in += 1
             if m is None:
-                kept_fh.write(dumps_record(problem) + "\n")
-                n_kept += 1
+                sink.record(problem)
                 continue
-            report_fh.write(dumps_record(
-                {"id": problem.id, "source": problem.source, "question": problem.question, "eval_id": m.eval_id,
-                 "eval_source": m.eval_source, "method": m.method, "score": m.score, "eval_matches": count}) + "\n")
-            by_method[m.method] = by_method.get(m.method, 0) + 1
+            sink.reject({"id": problem.id, "source": problem.source, "question": problem.question, "eval_id": m.eval_id,
+                         "eval_source": m.eval_source, "method": m.method, "score": m.score, "eval_matches": count},
+                        reason=m.method)
             by_source[problem.source] = by_source.get(problem.source, 0) + 1
             if len(examples) < 3:
                 examples.append(f"{problem.id} ~ {m.eval_id} ({m.method}, {m.score})")
-        metrics = {"problems_in": n_in, "eval_items": n_eval, "kept": n_kept, "dropped": n_in - n_kept,
-                   "dropped_by_method": dict(sorted(by_method.items())), "dropped_by_source": dict(sorted(by_source.items()))}
+        metrics = {"problems_in": sink.kept + sink.rejected, "eval_items": n_eval, "kept": sink.kept,
+                   "dropped": sink.rejected, "dropped_by_method": sink.sorted_reasons(),
+                   "dropped_by_source": dict(sorted(by_source.items()))}
         if shard is None:  # a shard's share is checked with the others' at gather
             check_drop_rate(config, metrics, inputs["problems"], "; ".join(examples))
     return with_rate(metrics)

@@ -104,9 +104,9 @@ class Config(StageConfig):
 
 def sample_seed(seed: int, problem_id: str, index: int) -> int:
     """A per-sample seed that depends only on (run seed, problem id, sample index): stable under resume."""
-    from compass.io import derived_bits
+    from compass.io import record_seed
 
-    return derived_bits(seed, problem_id, index, nbytes=4) & 0x7FFFFFFF
+    return record_seed(seed, problem_id, index)
 
 
 def teacher_messages(problem, format_instruction: bool) -> list[dict]:

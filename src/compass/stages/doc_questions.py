@@ -24,14 +24,15 @@ from pydantic import Field, model_validator
 from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
-from compass.io import atomic_open, dumps_record
+from compass.io import record_rng
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import RecordSink, StageContext
 from compass.stages import Port
 from compass.vocab import reply_body
 
-VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+# (2: seed pages drawn with compass.io.record_rng, the one per-record seeding)
 EXAMPLE = ("compass doc-questions --pages work/pages/pages.jsonl --out work/questions --n-per-doc 8 "
            "--openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
 
@@ -50,6 +51,9 @@ For "List", write the answer as a JSON-style list of strings, e.g. ["a", "b"].""
 
 class MalformedQuestion(ValueError):
     """A reply that is not the required JSON object."""
+
+
+TRANSIENT = frozenset({"backend_error"})  # a server failure: asked again by the next run
 
 
 class Config(StageConfig):
@@ -96,7 +100,7 @@ def draw_seed_pages(rng: random.Random, n_pages: int, min_pages: int, max_pages:
 def seed_sets(config: Config, index: PageIndex) -> Iterator[SeedSet]:
     for doc_id in sorted(index.offsets):
         # one RNG per document: adding a document never changes another one's questions
-        rng = random.Random(f"{config.seed}:{doc_id}")
+        rng = record_rng(config.seed, doc_id)
         pages = index.pages(doc_id)
         for number in range(config.n_per_doc):
             chosen = draw_seed_pages(rng, len(pages), config.min_seed_pages, config.max_seed_pages)
@@ -147,7 +151,6 @@ def run(config: Config, ctx: StageContext) -> dict:
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
     backend = make_backend("openai", config.openai, TransformersSettings())
-    counts: Counter[str] = Counter()
 
     def request_of(seed: SeedSet, attempt: int) -> GenRequest:
         return GenRequest(id="", messages=synth_messages(seed, images_root), max_tokens=config.max_tokens,
@@ -157,24 +160,20 @@ def run(config: Config, ctx: StageContext) -> dict:
         return Reject(id=seed.id, reason=reason, detail=detail,
                       record={"seed_pages": [p.page_index for p in seed.pages]}).model_dump(mode="json")
 
-    with atomic_open(out_dir / OUTPUTS["questions"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+    shape: Counter[str] = Counter()
+    with RecordSink("doc-questions", out_dir, OUTPUTS["questions"], OUTPUTS["rejects"], transient=TRANSIENT) as sink:
         for kind, value in stream_in_order(
             backend, lambda: seed_sets(config, index), request_of, parse_question, malformed=MalformedQuestion,
             retries=config.parse_retries, work_dir=out_dir, tag="synth", resume_key=ctx.resume_key,
             dump=lambda q: q.model_dump(mode="json"), reject=reject, malformed_reason="malformed_json",
         ):
             if kind == "reject":
-                counts[value["reason"]] += 1
-                rej.write(dumps_record(Reject.model_validate(value)) + "\n")
+                sink.reject(Reject.model_validate(value))
                 continue
             question = DocQuestion.model_validate(value)
-            out.write(dumps_record(question) + "\n")
-            counts["questions"] += 1
-            counts["cross_page" if len(question.gold_pages) > 1 else "single_page"] += 1
-    total = counts["questions"] + counts["malformed_json"] + counts["backend_error"]
-    rejected = total - counts["questions"]
-    check_reject_rate("doc-questions", rejected, total, config.max_reject_rate, what="seed sets", reasons=dict(counts),
-                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
+            sink.record(question)
+            shape["cross_page" if len(question.gold_pages) > 1 else "single_page"] += 1
+        sink.check(config.max_reject_rate, what="seed sets")
     journal_path(out_dir, "synth").unlink(missing_ok=True)  # outputs are final: the resume journal is done
-    return {"questions": counts["questions"], "single_page": counts["single_page"], "cross_page": counts["cross_page"],
-            "rejected": rejected, "documents": len(index.offsets)}
+    return {"questions": sink.kept, "single_page": shape["single_page"], "cross_page": shape["cross_page"],
+            "rejected": sink.rejected, "documents": len(index.offsets)}

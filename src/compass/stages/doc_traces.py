@@ -31,10 +31,10 @@ from pydantic import Field, field_validator, model_validator
 from compass.data.shards import DataStageConfig, ShardRun, concat_files, ordered_map, sum_metrics
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
-from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl
+from compass.io import count_jsonl_records, dumps_record, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocExample, DocQuestion, PageEvidence, Reject
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import RecordSink, StageContext, check_reject_rate
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -43,6 +43,9 @@ EXAMPLE = ("compass doc-traces --evidence work/evidence/evidence.jsonl --questio
            "--pages work/pages/pages.jsonl --out work/doc-traces --top-k 24 --seed 42")
 
 DEFAULT_PLACEMENT = {"system": 0.45, "user_prepend": 0.25, "user_append": 0.25, "none": 0.05}
+
+
+TRANSIENT = frozenset({"backend_error"})  # an answer the server failed to give: asked again by the next run
 
 
 class Config(DataStageConfig):
@@ -318,22 +321,22 @@ def run(config: Config, ctx: StageContext) -> dict:
         drops.clear()
 
     built = ordered_map(partial(build_examples, config=config), tasks(), config.worker_count(), batch=BATCH)
-    with atomic_open(out_dir / OUTPUTS["examples"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
+    with RecordSink("doc-traces", out_dir, OUTPUTS["examples"], OUTPUTS["rejects"], transient=TRANSIENT) as sink:
         for kind, value in built:
             if kind == "reject":
-                rej.write(dumps_record(value) + "\n")
+                sink.reject(value)
                 counts[value.reason] += 1
                 continue
             for line, placement in value:
-                out.write(line)
+                sink.record(line)
                 counts[f"placement_{placement}"] += 1
+        leftover = next(answers, None)
+        if leftover is not None:
+            raise CompassError(f"doc-traces: an answer for position {leftover[1]['p']} has no question")
+        if config.shard is None:  # a shard's share is checked with the others' at gather
+            check_answers(config, counts, out_dir, sink)
     trace_pages, gold_total, gold_found = totals["trace_pages"], totals["gold_total"], totals["gold_found"]
-    leftover = next(answers, None)
-    if leftover is not None:
-        raise CompassError(f"doc-traces: an answer for position {leftover[1]['p']} has no question")
     answered_fail = counts["backend_error"] + counts["empty_answer"]
-    if config.shard is None:  # a shard's share is checked with the others' at gather
-        check_answers(config, counts, out_dir)
     for branch in ("vision", "text"):  # outputs are final: the resume journals are done
         journal_path(out_dir, f"answers-{branch}").unlink(missing_ok=True)
     examples = sum(v for k, v in counts.items() if k.startswith("placement_"))
@@ -352,15 +355,20 @@ def run(config: Config, ctx: StageContext) -> dict:
     return metrics
 
 
-def check_answers(config: Config, counts: Counter, out_dir: Path) -> None:
+def check_answers(config: Config, counts: Counter, out_dir: Path, sink: RecordSink | None = None) -> None:
+    """The answer reject-rate gate (drops for want of evidence do not count) of a run, through its sink, or of
+    a gather, over the shards' summed counts."""
     answered_fail = counts["backend_error"] + counts["empty_answer"]
     attempted = counts["questions"] + answered_fail
     if attempted == 0:
         raise CompassError(f"doc-traces: no question has a page above threshold {config.threshold}; "
                            f"dropped: {counts['no_relevant_page']} no relevant page, {counts['no_evidence']} no evidence")
+    reasons = {"backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]}
+    if sink is not None:
+        sink.check(config.max_reject_rate, what="questions", rejected=answered_fail, total=attempted, reasons=reasons)
+        return
     check_reject_rate("doc-traces", answered_fail, attempted, config.max_reject_rate, what="questions",
-                      reasons={"backend_error": counts["backend_error"], "empty_answer": counts["empty_answer"]},
-                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
+                      reasons=reasons, rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
 
 
 def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:

@@ -14,7 +14,6 @@ same output directory, sends only the pages it had not finished.
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +24,10 @@ from pydantic import Field
 from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
-from compass.io import atomic_open, dumps_record, iter_jsonl
+from compass.io import iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, PageEvidence, Reject
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import RecordSink, StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -59,6 +58,8 @@ INPUTS = {
 OUTPUTS = {"evidence": "evidence.jsonl", "rejects": "rejects.jsonl"}
 
 REASONS = ("malformed_json", "backend_error", "document_missing", "gold_page_out_of_range")
+PAGE_REASONS = ("malformed_json", "backend_error")  # rejects of a page's request: what the reject-rate gate counts
+TRANSIENT = frozenset({"backend_error"})  # a server failure: asked again by the next run
 
 
 @dataclass
@@ -158,18 +159,13 @@ def run(config: Config, ctx: StageContext) -> dict:
     def tasks() -> Iterator[Task]:
         return iter_tasks(inputs["questions"], index, question_rejects)
 
-    counts: Counter[str] = Counter()
-    stats = {"pages": 0, "relevant": 0}
+    relevant = 0
     sent: dict = {}
-    with atomic_open(out_dir / OUTPUTS["evidence"]) as out, atomic_open(out_dir / OUTPUTS["rejects"]) as rej:
-        def write_reject(reject: Reject) -> None:
-            counts[reject.reason] += 1
-            rej.write(dumps_record(reject) + "\n")
-
+    with RecordSink("evidence", out_dir, OUTPUTS["evidence"], OUTPUTS["rejects"], transient=TRANSIENT) as sink:
         def write_record(record: PageEvidence) -> None:
-            stats["pages"] += 1
-            stats["relevant"] += record.relevance_score > 0
-            out.write(dumps_record(record) + "\n")
+            nonlocal relevant
+            relevant += record.relevance_score > 0
+            sink.record(record)
 
         if config.backend == "lexical":
             run_lexical(config, tasks(), index, write_record)
@@ -178,19 +174,18 @@ def run(config: Config, ctx: StageContext) -> dict:
                 if kind == "ok":
                     write_record(PageEvidence.model_validate(value))
                 else:
-                    write_reject(Reject.model_validate(value))
+                    sink.reject(Reject.model_validate(value))
         for reject in question_rejects.values():
-            write_reject(reject)
-    total = stats["pages"] + counts["malformed_json"] + counts["backend_error"]
-    page_rejects = counts["malformed_json"] + counts["backend_error"]
-    if total == 0:
-        raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {dict(counts)}")
-    check_reject_rate("evidence", page_rejects, total, config.max_reject_rate, what="pages", reasons=dict(counts),
-                      rejects_path=out_dir / OUTPUTS["rejects"], transient=counts["backend_error"])
+            sink.reject(reject)
+        page_rejects = sink.count(*PAGE_REASONS)
+        total = sink.kept + page_rejects
+        if total == 0:
+            raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {sink.reasons}")
+        sink.check(config.max_reject_rate, what="pages", rejected=page_rejects, total=total, reasons=dict(sink.reasons))
     journal_path(out_dir, "evidence").unlink(missing_ok=True)  # outputs are final: the resume journal is done
-    metrics = {"pages": stats["pages"], "relevant_pages": stats["relevant"], "rejected_pages": page_rejects,
-               "rejected_questions": counts["document_missing"] + counts["gold_page_out_of_range"],
-               "reject_reasons": dict(sorted(counts.items()))}
+    metrics = {"pages": sink.kept, "relevant_pages": relevant, "rejected_pages": page_rejects,
+               "rejected_questions": sink.count("document_missing", "gold_page_out_of_range"),
+               "reject_reasons": sink.sorted_reasons()}
     if config.backend == "openai":
         metrics.update(requests_sent=sent["sent"], resumed_pages=sent["resumed"])
     return metrics

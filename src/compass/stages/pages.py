@@ -19,9 +19,9 @@ from pydantic import Field
 
 from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shard, merge_trees, ordered_map, sum_metrics
 from compass.errors import CompassError
-from compass.io import atomic_open, dumps_record
+from compass.io import atomic_open
 from compass.records import Page, Reject
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import RecordSink, StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -162,15 +162,15 @@ def run(config: Config, ctx: StageContext) -> dict:
     jobs = [(str(pdf), doc_id_of(pdf, root)) for pdf in in_shard(files, len(files), shard)]
     image_root = out_dir / OUTPUTS["images"]
     image_root.mkdir(parents=True, exist_ok=True)
-    rejects: list[Reject] = []
-    n_pages = 0
     tasks = list(render_tasks(jobs))  # one small tuple per range; opening each PDF once here counts its pages
     last_of_doc = {task[1]: i for i, task in enumerate(tasks)}  # the index of each document's last task
     workers = min(config.worker_count(), max(1, len(tasks)))
     rendered = ordered_map(partial(render_task, config=config, image_root=image_root), tasks, workers)
     current: list[Page] = []  # the pages of the document being joined: memory stays at one document's text
     failed: Reject | None = None
-    with atomic_open(out_dir / OUTPUTS["pages"], "w") as out, tqdm(total=len(jobs), desc="pages", unit="pdf") as bar:
+    first_rejects: list[Reject] = []  # named in the gate's message
+    with RecordSink("pages", out_dir, OUTPUTS["pages"], OUTPUTS["rejects"]) as sink, \
+            tqdm(total=len(jobs), desc="pages", unit="pdf") as bar:
         for index, (kind, doc_id, value) in enumerate(rendered):
             if kind == "reject":
                 failed = failed or value  # the first failing range holds the document's first failing page
@@ -179,29 +179,31 @@ def run(config: Config, ctx: StageContext) -> dict:
             if last_of_doc[doc_id] != index:
                 continue
             if failed is not None:
-                rejects.append(failed)
+                sink.reject(failed)
+                if len(first_rejects) < 5:
+                    first_rejects.append(failed)
                 for page in current:  # a rejected document leaves no images behind
                     (out_dir / page.image).unlink()
             else:
                 for page in current:
-                    out.write(dumps_record(page) + "\n")
-                n_pages += len(current)
+                    sink.record(page)
             current, failed = [], None
             bar.update(1)
-    with atomic_open(out_dir / OUTPUTS["rejects"], "w") as fh:
-        for reject in rejects:
-            fh.write(dumps_record(reject) + "\n")
-    metrics = {"documents": len(jobs) - len(rejects), "pages": n_pages, "rejected": len(rejects),
-               "reject_reasons": {reason: sum(r.reason == reason for r in rejects) for reason in sorted({r.reason for r in rejects})}}
-    if shard is None:  # a shard's share is checked with the others' at gather
-        check_pdf_reject_rate(config, metrics, rejects, out_dir)
+        metrics = {"documents": len(jobs) - sink.rejected, "pages": sink.kept, "rejected": sink.rejected,
+                   "reject_reasons": sink.sorted_reasons()}
+        if shard is None:  # a shard's share is checked with the others' at gather
+            sink.check(config.max_reject_rate, what="PDFs", total=len(jobs), reasons=reject_summary(first_rejects))
     return metrics
+
+
+def reject_summary(rejects: list[Reject]) -> str:
+    return ", ".join(f"{r.id}: {r.reason}" for r in rejects[:5])
 
 
 def check_pdf_reject_rate(config: Config, metrics: dict, rejects: list[Reject], out_dir: Path) -> None:
     total = metrics["documents"] + metrics["rejected"]
     check_reject_rate("pages", metrics["rejected"], total, config.max_reject_rate, what="PDFs",
-                      reasons=", ".join(f"{r.id}: {r.reason}" for r in rejects[:5]), rejects_path=out_dir / OUTPUTS["rejects"])
+                      reasons=reject_summary(rejects), rejects_path=out_dir / OUTPUTS["rejects"])
 
 
 def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:

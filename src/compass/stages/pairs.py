@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from compass.data.shards import DataStageConfig, ShardRun, concat_files, in_shard, ordered_map, sum_metrics
 from compass.errors import CompassError
-from compass.io import atomic_open, count_jsonl_records, dumps_record, iter_jsonl_lines, parse_jsonl_line
+from compass.io import count_jsonl_records, iter_jsonl_lines, parse_jsonl_line
 from compass.records import Trace
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import RecordSink, StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -90,38 +90,38 @@ def run(config: Config, ctx: StageContext) -> dict:
     outcomes = ordered_map(partial(pair_of_line, weights=weights, config=config), lines, config.worker_count(), batch=BATCH)
     applied: Counter[str] = Counter()
     fallbacks: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
     n = 0
-    # Both files are written to temp names and renamed only at the end: a failed run leaves neither.
-    with atomic_open(out_dir / OUTPUTS["pairs"]) as pairs_fh, atomic_open(out_dir / OUTPUTS["rejects"]) as rejects_fh:
+    with RecordSink("pairs", out_dir, OUTPUTS["pairs"], OUTPUTS["rejects"]) as sink:
         for outcome in tqdm(outcomes, desc="pairs", unit="rec", mininterval=2.0):
             n += 1
             if outcome.pair is not None:
-                pairs_fh.write(dumps_record(outcome.pair) + "\n")
+                sink.record(outcome.pair)
                 applied[outcome.pair.strategy] += 1
                 if outcome.drawn != outcome.pair.strategy:
                     fallbacks[f"{outcome.drawn}->{outcome.pair.strategy}"] += 1
             else:
-                rejects_fh.write(dumps_record(outcome.reject) + "\n")
-                reasons[outcome.reject.reason] += 1
-        metrics = {"traces": n, "pairs": n - sum(reasons.values()), "rejects": sum(reasons.values()),
-                   "reject_reasons": dict(sorted(reasons.items())),
+                sink.reject(outcome.reject)
+        metrics = {"traces": n, "pairs": sink.kept, "rejects": sink.rejected, "reject_reasons": sink.sorted_reasons(),
                    "strategies": {name: applied[name] for name in weights}, "fallbacks": dict(sorted(fallbacks.items()))}
         if shard is None:  # a shard's share is checked with the others' at gather
-            check_rates(config, metrics, inputs["traces"])
+            check_rates(config, metrics, inputs["traces"], sink)
         if "preference" in inputs and shard is not None:
             raise CompassError("pairs: the `preference` input mixes into an unsharded run only (its share is of all pairs)")
         # real preference pairs after the corruption pairs (DPO shuffles); each names its dataset row in source_id
-        preference = write_preference_share(pairs_fh, inputs.get("preference"), metrics["pairs"], config.preference_ratio,
+        preference = write_preference_share(sink.records_file, inputs.get("preference"), metrics["pairs"], config.preference_ratio,
                                             config.seed)
     return {**with_shares(metrics), **preference}
 
 
-def check_rates(config: Config, metrics: dict, source) -> None:
+def check_rates(config: Config, metrics: dict, source, sink: RecordSink | None = None) -> None:
+    """The reject-rate gate over a run (its sink's counts) or a gather (the shards' summed metrics)."""
     n, n_rejects = metrics["traces"], metrics["rejects"]
     if n == 0:
         raise CompassError(f"pairs: no Trace records in {source}")
-    check_reject_rate("pairs", n_rejects, n, config.max_reject_rate, what="records", reasons=metrics["reject_reasons"])
+    if sink is not None:
+        sink.check(config.max_reject_rate, what="records", total=n)
+    else:
+        check_reject_rate("pairs", n_rejects, n, config.max_reject_rate, what="records", reasons=metrics["reject_reasons"])
 
 
 def with_shares(metrics: dict) -> dict:
