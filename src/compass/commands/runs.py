@@ -46,30 +46,43 @@ def _sub(sub, name: str, help_text: str, description: str | None = None) -> argp
     return parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """Takes the arguments of a command that is not being run, and builds nothing: each argparse parser costs
+    its setup (gettext look-ups, a formatter per argument), and 12 unused ones were a good part of a light
+    command's start."""
+
+    def add_argument(self, *args, **kwargs) -> None:
+        pass
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The `compass runs` parser; `only`: build just that command (the one being run), else all of them."""
     parser = argparse.ArgumentParser(prog="compass runs", description=DESCRIPTION,
                                      epilog="examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES.values()),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
 
-    p = _sub(sub, "list", "recorded runs, newest first")
+    def command(name: str, help_text: str, description: str | None = None):
+        return _sub(sub, name, help_text, description) if only in (None, name) else _Unbuilt()
+
+    p = command("list", "recorded runs, newest first")
     p.add_argument("--stage", help="only runs of this stage kind")
     p.add_argument("--name", help="only runs with this (recipe stage) name")
     p.add_argument("--where", help="figure filter, e.g. \"train/loss < 2 or dpo.beta = 0.1\"")
     p.add_argument("--limit", type=int, default=30)
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"])
 
-    p = _sub(sub, "show", "one run: config, metrics, artifacts (sha256, in store), parents, children, siblings")
+    p = command("show", "one run: config, metrics, artifacts (sha256, in store), parents, children, siblings")
     p.add_argument("run")
     p.add_argument("--json", action="store_true", help="the recorded (redacted) manifest as JSON")
 
-    p = _sub(sub, "note", "attach a note to a run (searchable; MLflow shows it as the run description)")
+    p = command("note", "attach a note to a run (searchable; MLflow shows it as the run description)")
     p.add_argument("run")
     p.add_argument("text")
     p.add_argument("--mlflow-now", action="store_true",
                    help="set MLflow's run description now (imports MLflow: seconds) instead of with the next recording")
 
-    p = _sub(sub, "search", "find runs by words, meaning and figures; ranked, with why each matched",
+    p = command("search", "find runs by words, meaning and figures; ranked, with why each matched",
              "Find runs the way you remember them, in English or Japanese. The query is read into:\n"
              "  facts        KEY VALUE or KEY=VALUE (KEY<VALUE, ...) on any config key or metric, typed and exact\n"
              "               (tamper_answer=0 is not 0.33; a list matches by element; 学習率/lr/seed/シード name keys)\n"
@@ -87,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--format", default="table", choices=["table", "json"])
 
-    p = _sub(sub, "leaderboard", "runs ranked by a metric, with their data recipe (sources, pair strategies, hyperparameters)")
+    p = command("leaderboard", "runs ranked by a metric, with their data recipe (sources, pair strategies, hyperparameters)")
     p.add_argument("--metric", required=True, help="a numeric figure, e.g. gsm8k.accuracy, train/loss, sft.train/loss")
     p.add_argument("--lower-is-better", action="store_true", default=None,
                    help="rank ascending although the metric's name does not say so (losses, error rates, perplexity "
@@ -96,14 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int)
     p.add_argument("--format", default="table", choices=["table", "md", "csv", "json"])
 
-    p = _sub(sub, "lineage", "the tree of runs that produced a run's inputs, back to the raw source files")
+    p = command("lineage", "the tree of runs that produced a run's inputs, back to the raw source files")
     p.add_argument("run")
 
-    p = _sub(sub, "diff", "config, data (input/output hashes), data recipe and metric differences of two runs")
+    p = command("diff", "config, data (input/output hashes), data recipe and metric differences of two runs")
     p.add_argument("a")
     p.add_argument("b")
 
-    p = _sub(sub, "reproduce", "re-run a stage from its recorded config and stored inputs; compare hashes and metrics",
+    p = command("reproduce", "re-run a stage from its recorded config and stored inputs; compare hashes and metrics",
              "Re-run a recorded stage in a new directory from its recorded config and the exact input bytes (from\n"
              "the store, verified by sha256). Data stages must reproduce every output byte for byte; training and\n"
              "model-server stages (sft, dpo, distill, eval, evidence, doc-traces) must agree on metrics within\n"
@@ -114,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.01, help="relative metric tolerance (default 0.01)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (e.g. a redacted secret)")
 
-    p = _sub(sub, "report", "a static HTML page: leaderboards, training curves (SVG), lineage; opens without a server")
+    p = command("report", "a static HTML page: leaderboards, training curves (SVG), lineage; opens without a server")
     p.add_argument("--out", type=Path, default=Path("compass-report.html"))
     p.add_argument("--metric", action="append", help="leaderboard metric (repeatable; default: the eval metrics)")
     p.add_argument("--limit", type=int, default=30, help="runs per table and curves of the newest N runs")
 
-    p = _sub(sub, "table", "an ablation table of a sweep's runs: a metric over two axes, mean +- std over seeds, "
+    p = command("table", "an ablation table of a sweep's runs: a metric over two axes, mean +- std over seeds, "
              "each cell with its run ids (from the sweep's tables: block when --rows/--cols are not given)")
     p.add_argument("--sweep", help="sweep name (default: the most recent sweep in the ledger)")
     p.add_argument("--rows", help="axis for the rows: 'variant', a grid path or its last part (e.g. top_k)")
@@ -129,18 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an axis that lives in metric names, e.g. cot=on,off")
     p.add_argument("--format", default="md", choices=["md", "latex", "csv", "html"])
 
-    p = _sub(sub, "publish", "a static leaderboard site (search and filters in the browser, no server) plus runs.jsonl / "
+    p = command("publish", "a static leaderboard site (search and filters in the browser, no server) plus runs.jsonl / "
              "runs.parquet and the small artifacts, secrets redacted, for others to explore or import")
     p.add_argument("--out", type=Path, required=True, help="directory for index.html, runs.jsonl, runs.parquet, artifacts/")
     p.add_argument("--where", help="only runs matching this figure filter, e.g. \"stage = 'eval'\"")
     p.add_argument("--title", default="compass runs", help="the page's title")
     p.add_argument("--max-artifact-kb", type=int, default=256, help="artifacts up to this size are copied (default 256)")
 
-    p = _sub(sub, "import", "bring a published export into this ledger as read-only foreign runs (marked by origin)")
+    p = command("import", "bring a published export into this ledger as read-only foreign runs (marked by origin)")
     p.add_argument("export", type=Path, help="a directory `compass runs publish` wrote (runs.jsonl)")
     p.add_argument("--origin", help="the name these runs are marked with (default: the directory's name)")
 
-    p = _sub(sub, "check", "verify the ledger: index integrity, every blob's sha256, MLflow runs; --repair cleans leftovers")
+    p = command("check", "verify the ledger: index integrity, every blob's sha256, MLflow runs; --repair cleans leftovers")
     p.add_argument("--repair", action="store_true", help="remove leftovers of killed recorders; restore blobs from run directories")
     p.add_argument("--no-bytes", action="store_true", help="skip re-hashing every blob (only check presence)")
     return parser
@@ -148,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(only=argv[0] if argv and argv[0] in HANDLERS else None)
     args = parser.parse_args(argv)
     if args.cmd is None:
         parser.print_help()

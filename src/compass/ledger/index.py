@@ -66,12 +66,10 @@ CREATE TABLE IF NOT EXISTS ancestry(
     run_id TEXT NOT NULL, ancestor_id TEXT NOT NULL, depth INTEGER NOT NULL,
     PRIMARY KEY (run_id, ancestor_id)
 );
-CREATE INDEX IF NOT EXISTS ancestry_ancestor ON ancestry(ancestor_id);
 CREATE TABLE IF NOT EXISTS figures(
     run_id TEXT NOT NULL, key TEXT NOT NULL, num REAL, text TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('config', 'metric'))
 );
-CREATE INDEX IF NOT EXISTS figures_key_num ON figures(key, num);
 CREATE INDEX IF NOT EXISTS figures_key_text ON figures(key, text);
 CREATE INDEX IF NOT EXISTS figures_run ON figures(run_id, key);
 CREATE TABLE IF NOT EXISTS history(
@@ -89,10 +87,16 @@ CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5(run_id UNINDEXED, name, note
 CREATE TABLE IF NOT EXISTS figure_keys(stage TEXT NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, numeric INTEGER NOT NULL,
     PRIMARY KEY (stage, key, kind));
 """
-# the columns search filters runs by: a state check, a stage filter or an ancestor's stage reads this narrow index
-# instead of the wide runs rows (manifest, summary), 2-3x less time per query at 10k runs. A ledger made before it
-# gets it when first opened (Index.__init__).
-LOOKUP_INDEX = "CREATE INDEX IF NOT EXISTS runs_lookup ON runs(run_id, state, stage, name)"
+# covering indexes for what search and --where look up: a run's state, stage and name; the runs with a figure in a
+# range; an ancestor's descendants. Each query then reads a narrow index instead of the wide rows (a run's manifest
+# and summary), 2-10x faster at 10k runs. They supersede the narrower figures_key_num(key, num) and
+# ancestry_ancestor(ancestor_id) of older ledgers, which Index.__init__ brings up to date when it opens one.
+LOOKUP_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS runs_lookup ON runs(run_id, state, stage, name)",
+    "CREATE INDEX IF NOT EXISTS figures_key_num_run ON figures(key, num, run_id)",
+    "CREATE INDEX IF NOT EXISTS ancestry_ancestor_run ON ancestry(ancestor_id, run_id)",
+)
+SUPERSEDED_INDEXES = ("figures_key_num", "ancestry_ancestor")
 
 
 @dataclass
@@ -159,14 +163,18 @@ class Index:
         version = self._version()
         if version is None:
             # one script, one transaction; IF NOT EXISTS makes a concurrent first use harmless
-            self.db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{SCHEMA_2}INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;")
+            self.db.executescript(f"BEGIN IMMEDIATE;{SCHEMA}{SCHEMA_2}{';'.join(LOOKUP_INDEXES)};INSERT OR REPLACE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');COMMIT;")
         elif version == "1":
             self._migrate_from_1()
         elif version != SCHEMA_VERSION:
             raise CompassError(f"{self.path}: index schema {version}, this compass reads {SCHEMA_VERSION}")
-        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'runs_lookup'").fetchone() is None:
+        indexes = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        if {sql.split()[5] for sql in LOOKUP_INDEXES} - indexes or indexes & set(SUPERSEDED_INDEXES):
             with self.transaction() as db:
-                db.execute(LOOKUP_INDEX)
+                for sql in LOOKUP_INDEXES:
+                    db.execute(sql)
+                for name in SUPERSEDED_INDEXES:
+                    db.execute(f"DROP INDEX IF EXISTS {name}")
 
     def _version(self) -> str | None:
         has_meta = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
@@ -452,26 +460,39 @@ class Index:
             (like, like, like, *filter_params, limit))
         return [r[0] for r in rows]
 
-    def fulltext_rows(self, run_ids: list[str]) -> dict[str, dict[str, str]]:
-        """run id -> {"name", "note", "text"} as the full-text index holds them."""
+    def fulltext_rows(self, run_ids: list[str], rowids: dict[str, int] | None = None) -> dict[str, dict[str, str]]:
+        """run id -> {"name", "note", "text"} as the full-text index holds them. The run id is an unindexed column,
+        so finding a row by it reads the whole table (10 ms at 10k runs); `rowids` (run id -> rowid of its words
+        row, from words_match) are tried first: a run's full-text and words rows are written one after the other
+        in the transaction that completes it, so they share a rowid unless the ledger was migrated from schema 1.
+        A row read that way counts only if it holds that run; the others are found by the scan."""
         out: dict[str, dict[str, str]] = {}
-        for start in range(0, len(run_ids), 500):
-            chunk = run_ids[start:start + 500]
+        hinted = sorted({rowids[r] for r in run_ids if r in rowids}) if rowids else []
+        for start in range(0, len(hinted), 500):
+            chunk = hinted[start:start + 500]
+            for rowid, run_id, name, note, body in self.db.execute(
+                    f"SELECT rowid, run_id, name, note, body FROM fulltext WHERE rowid IN ({_marks(chunk)})", chunk):
+                if rowids.get(run_id) == rowid:
+                    out[run_id] = {"name": name, "note": note, "text": body}
+        missing = [r for r in run_ids if r not in out]
+        for start in range(0, len(missing), 500):
+            chunk = missing[start:start + 500]
             for run_id, name, note, body in self.db.execute(
                     f"SELECT run_id, name, note, body FROM fulltext WHERE run_id IN ({_marks(chunk)})", chunk):
                 out[run_id] = {"name": name, "note": note, "text": body}
         return out
 
-    def words_match(self, expression: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[tuple[str, float]]:
-        """(run id, bm25: lower is better) for an FTS5 MATCH over the segmented words; names weigh 4, notes 3."""
+    def words_match(self, expression: str, filter_sql: str = "", filter_params: tuple = (), *, limit: int) -> list[tuple[str, float, int]]:
+        """(run id, bm25: lower is better, rowid of the words row) for an FTS5 MATCH over the segmented words;
+        names weigh 4, notes 3."""
         if not filter_sql:
             # a words row is written in the transaction that completes its run, and complete runs are never
             # removed: without a filter, no join with runs is needed (the join was two thirds of the time)
             return self.db.execute(
-                "SELECT run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score FROM words WHERE words MATCH ? ORDER BY score LIMIT ?",
+                "SELECT run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score, rowid FROM words WHERE words MATCH ? ORDER BY score LIMIT ?",
                 (expression, limit)).fetchall()
         return self.db.execute(
-            "SELECT w.run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score FROM words w JOIN runs r ON r.run_id = w.run_id "
+            "SELECT w.run_id, bm25(words, 0.0, 4.0, 3.0, 1.0) AS score, w.rowid FROM words w JOIN runs r ON r.run_id = w.run_id "
             f"WHERE words MATCH ? AND r.state = 'complete'{filter_sql} ORDER BY score LIMIT ?",
             (expression, *filter_params, limit)).fetchall()
 
@@ -661,8 +682,9 @@ def cmp_sql(cmp: Cmp) -> tuple[str, list]:
             parts.append(f"SELECT f.run_id FROM figures f WHERE f.key = ? AND {cond}")
             params += [key, *values]
         else:
-            # CROSS JOIN fixes the order: the figure's index range first, then its run, then descendants
-            parts.append("SELECT a.run_id FROM figures f CROSS JOIN runs ar CROSS JOIN ancestry a "
+            # CROSS JOIN fixes the order: the figure's index range first, then its run, then descendants; the
+            # planner would read the run's wide row through the primary key for its stage and name
+            parts.append("SELECT a.run_id FROM figures f CROSS JOIN runs ar INDEXED BY runs_lookup CROSS JOIN ancestry a "
                          "WHERE ar.run_id = f.run_id AND a.ancestor_id = f.run_id "
                          f"AND f.key = ? AND (ar.stage = ? OR ar.name = ?) AND {cond}")
             params += [key, prefix, prefix, *values]

@@ -48,28 +48,31 @@ def _phrase(word: str) -> str:
     return '"' + word.replace('"', '""') + '"'
 
 
-def word_hits(index: Index, words: list[str], filter_sql: str = "", filter_params: tuple = ()) -> list[tuple[str, float, int]]:
-    """(run id, bm25 (lower is better), how many of the words it has), runs with every word first; the words
-    are matched whole in the segmented word index (Japanese morphemes, identifiers, numbers)."""
+def word_hits(index: Index, words: list[str], filter_sql: str = "", filter_params: tuple = ()) -> list[tuple[str, float, int, int]]:
+    """(run id, bm25 (lower is better), how many of the words it has, rowid of its words row), runs with every
+    word first; the words are matched whole in the segmented word index (Japanese morphemes, identifiers, numbers)."""
     if not words:
         return []
     unique = list(dict.fromkeys(words))
     hits: dict[str, tuple[float, int]] = {}
+    rowids: dict[str, int] = {}
     # every word first; then each word alone while there is room (bm25 over every run with one common
     # word costs more than the rest of the search)
-    for run_id, score in index.words_match(" AND ".join(map(_phrase, unique)), filter_sql, filter_params, limit=TEXT_TOP):
+    for run_id, score, rowid in index.words_match(" AND ".join(map(_phrase, unique)), filter_sql, filter_params, limit=TEXT_TOP):
         hits[run_id] = (score, len(unique))
+        rowids[run_id] = rowid
     if len(unique) > 1 and len(hits) < TEXT_TOP:
         counts: dict[str, int] = {}
         best: dict[str, float] = {}
         for word in unique:
-            for run_id, score in index.words_match(_phrase(word), filter_sql, filter_params, limit=TEXT_TOP):
+            for run_id, score, rowid in index.words_match(_phrase(word), filter_sql, filter_params, limit=TEXT_TOP):
                 counts[run_id] = counts.get(run_id, 0) + 1
                 best[run_id] = min(best.get(run_id, 0.0), score)
+                rowids[run_id] = rowid
         for run_id, count in counts.items():
             if run_id not in hits:
                 hits[run_id] = (best[run_id], count)
-    return sorted(((r, score, n) for r, (score, n) in hits.items()), key=lambda item: (-item[2], item[1]))
+    return sorted(((r, score, n, rowids[r]) for r, (score, n) in hits.items()), key=lambda item: (-item[2], item[1]))
 
 
 def substring_hits(index: Index, words: list[str], filter_sql: str = "", filter_params: tuple = ()) -> list[str]:
@@ -224,13 +227,14 @@ def search(index: Index, query: str, *, where: str | None = None, mode: str = "a
     fused: dict[str, float] = {}
     if plan.words and mode in ("all", "text"):
         ranked = word_hits(index, plan.words, filter_sql, filter_params)
-        texts = index.fulltext_rows([r for r, _, _ in ranked[:max(limit, 10) * 3]])
-        for rank, (run_id, _, count) in enumerate(ranked):
+        shown = ranked[:max(limit, 10) * 3]
+        texts = index.fulltext_rows([r for r, *_ in shown], rowids={r: rowid for r, _, _, rowid in shown})
+        for rank, (run_id, _, count, _) in enumerate(ranked):
             # a run with more of the words ranks above one with fewer, whatever bm25 says
             fused[run_id] = fused.get(run_id, 0.0) + count + 1.0 / (RRF_K + rank + 1)
             if run_id in texts:
                 why.setdefault(run_id, []).append(f"words in {word_context(texts[run_id], plan.words)}")
-        unmatched = [w for w in plan.words if not any(c for _, _, c in ranked)] if not ranked else []
+        unmatched = [w for w in plan.words if not any(c for _, _, c, _ in ranked)] if not ranked else []
         for run_id in substring_hits(index, unmatched, filter_sql, filter_params):
             fused[run_id] = fused.get(run_id, 0.0) + 0.5
             why.setdefault(run_id, []).append("text contains " + ", ".join(unmatched))
