@@ -214,7 +214,8 @@ def _execute_stage(
     if secondary:
         return StageResult(manifest, out_dir, cached=False)  # rank 0's manifest is the record of this run
     write_manifest(out_dir, manifest)
-    record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
+    with live_stage_run.recording(out_dir):  # a failed recording ends the stage's MLflow run FAILED, not RUNNING
+        record_stage_run(manifest, out_dir)  # the ledger: store, MLflow run, lineage, search index
     return StageResult(manifest, out_dir, cached=False)
 
 

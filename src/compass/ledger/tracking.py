@@ -19,12 +19,14 @@ import sqlite3
 import tempfile
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compass.errors import CompassError
+from compass.ledger.redact import redact_text
 from compass.ledger.workspace import Workspace, ledger_lock
 
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -344,9 +346,14 @@ def live_run_for(out_dir: Path) -> LiveRun | None:
     return None
 
 
+_AWAITING_RECORD: dict[str, tuple[Tracker, str]] = {}  # out dir -> the live run of a stage that succeeded, until recorded
+
+
 class live_stage_run:
     """Open the stage's MLflow run now, RUNNING (child of the recipe's run under `compass run`); on an exception
-    close it FAILED; on success leave it for the recording (`Tracker.start` adopts it, `finish` closes it)."""
+    close it FAILED; on success leave it for the recording (`Tracker.start` adopts it, `finish` closes it), which
+    the runner wraps in `live_stage_run.recording(out_dir)`: a recording that fails closes it FAILED too, so no
+    run stays RUNNING after its process went on."""
 
     def __init__(self, stage: str, name: str, out_dir: Path, recipe: str | None):
         self.stage, self.name, self.out_dir, self.recipe = stage, name, Path(out_dir).resolve(), recipe
@@ -376,7 +383,28 @@ class live_stage_run:
             status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
             self.tracker.set_tag(self.run.mlflow_run_id, "compass.error", f"{exc_type.__name__}: {exc}")
             self.tracker.finish(self.run.mlflow_run_id, status)
+        else:
+            _AWAITING_RECORD[str(self.out_dir)] = (self.tracker, self.run.mlflow_run_id)
         return False
+
+    @staticmethod
+    @contextmanager
+    def recording(out_dir: Path):
+        """Around the ledger's recording of the stage that wrote `out_dir`: if it raises, the stage's live run (adopted
+        or not, finished by the recording or not) ends FAILED (KILLED on Ctrl-C) with the error as compass.error."""
+        key = str(Path(out_dir).resolve())
+        try:
+            yield
+        except BaseException as err:
+            awaiting = _AWAITING_RECORD.pop(key, None)
+            if awaiting is not None:
+                tracker, mlflow_run_id = awaiting
+                tracker.live.pop(mlflow_run_id, None)  # not to be adopted by a later recording in this process
+                status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+                tracker.set_tag(mlflow_run_id, "compass.error", redact_text(f"recording failed: {type(err).__name__}: {err}"))
+                tracker.finish(mlflow_run_id, status)
+            raise
+        _AWAITING_RECORD.pop(key, None)
 
 
 class recipe_run:
