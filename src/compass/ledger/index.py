@@ -532,8 +532,10 @@ class Index:
         return self.db.execute("SELECT count(*), max(rowid) FROM embeddings").fetchone()
 
     def embeddings(self) -> list[tuple[str, bytes]]:
-        return self.db.execute(
-            "SELECT e.run_id, e.vec FROM embeddings e JOIN runs r ON r.run_id = e.run_id WHERE r.state = 'complete' ORDER BY e.rowid").fetchall()
+        # an embedding is written with its run's completion, or later for a complete run (put_embeddings,
+        # set_note), and complete runs are never removed: no join with runs (joined, SQLite sorted 15 MB of
+        # vectors at 10k runs: 0.18 s of a meaning search's 0.5 s)
+        return self.db.execute("SELECT run_id, vec FROM embeddings ORDER BY rowid").fetchall()
 
     # --- writing a recording (two phases, see the module docstring) ---------------------------------
 
