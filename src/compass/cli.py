@@ -6,11 +6,10 @@ import sys
 import types
 import typing
 from pathlib import Path
-
-import yaml
+from collections.abc import Collection
 
 from compass.errors import CompassError
-from compass.stages import STAGES, get_stage
+from compass.stages import STAGES, get_stage, summary
 
 MAIN_EXAMPLE = """examples:
   compass demo                                  # the tiny recipe, offline, on a CPU
@@ -62,6 +61,7 @@ def _flag_fields(config_class) -> list[tuple[tuple[str, ...], typing.Any]]:
 
 def default_text(value) -> str:
     """A config default as the user would write it on the command line: YAML (flow style), not a Python repr."""
+    import yaml
     from pydantic_core import to_jsonable_python
 
     text = yaml.safe_dump(to_jsonable_python(value), default_flow_style=True, allow_unicode=True, width=10_000).strip()
@@ -144,6 +144,8 @@ def add_stage_verb(sub, kind: str) -> None:
 
 def flag_value(path: tuple[str, ...], value: str):
     """A config flag's value, parsed as YAML (a number, a list, a mapping); a parse error names the flag."""
+    import yaml
+
     from compass.config import check_yaml_tree
 
     flag = "--" + "-".join(path).replace("_", "-")
@@ -245,7 +247,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The command's parser. `full`: the stage verbs that get their whole parser (flags from their config class,
+    which imports their module); the others are listed by name and summary only (compass.stages.SUMMARIES), so
+    `compass --help` and every non-stage verb import no stage module. None: every stage verb in full."""
     parser = CompassParser(
         prog="compass", description="Reproducible recipes for reasoning-enhanced Japanese document VLMs.",
         epilog=MAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -310,8 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
     recipes.set_defaults(handler=cmd_recipes)
 
     for kind in STAGES:
-        if importlib_find(STAGES[kind]):
+        if not importlib_find(STAGES[kind]):
+            continue
+        if full is None or kind in full:
             add_stage_verb(sub, kind)
+        else:  # never parsed: main() builds the invoked verb in full
+            sub.add_parser(kind, help=summary(kind).replace("%", "%%"), add_help=False)
     for verb, (module, help_text, usage) in DELEGATED.items():
         if importlib_find(module):
             sub.add_parser(verb, help=help_text, usage=usage, add_help=False)
@@ -332,9 +341,13 @@ def one_line(message: str) -> str:
     return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
-    from compass.ledger.redact import redact_text
+def redact_text(text: str) -> str:
+    from compass.ledger.redact import redact_text as redact  # on the error path only: its patterns take ~5 ms to compile
 
+    return redact(text)
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if debug:
@@ -354,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
             from compass.evals.compare import main as compare_main
 
             return compare_main(argv[2:])
-        parser = build_parser()
+        # the verb is the first word (--debug and --verbose are gone); only its parser is built in full
+        parser = build_parser(full=[word for word in argv[:1] if word in STAGES])
         args = parser.parse_args(argv)
         if args.verb is None:
             parser.print_help()
