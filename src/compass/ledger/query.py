@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from compass.errors import CompassError
 from compass.ledger.flat import as_number, format_number
@@ -14,8 +15,10 @@ from compass.ledger.index import where_sql as filter_sql_of
 from compass.ledger.metric_direction import lower_is_better
 from compass.ledger.metric_direction import lower_is_better as metric_lower_is_better
 from compass.ledger.search_text import meaning_text, text_sha
-from compass.ledger.understand import Fact, Plan, understand
 from compass.ledger.where import BoolOp, Cmp, comparisons, parse_where
+
+if TYPE_CHECKING:  # imported by search(): list, show, diff and lineage use this module without reading a query
+    from compass.ledger.understand import Fact
 
 RRF_K = 60             # reciprocal rank fusion: score = sum over lists of 1 / (RRF_K + rank)
 MEANING_MIN = 0.80     # cosine below this is no match (E5: unrelated texts score about 0.7 to 0.8)
@@ -195,6 +198,8 @@ def search(index: Index, query: str, *, where: str | None = None, mode: str = "a
     query = query.strip()
     if not query and not where:
         raise CompassError("search needs words to look for, a --where filter, or both")
+    from compass.ledger.understand import Plan, understand
+
     plan = understand(index, query) if query else Plan()
     allowed = where_run_ids(index, where) if where else None
     if plan.stage:
