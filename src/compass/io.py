@@ -105,6 +105,125 @@ def is_hidden_work_file(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
 
 
+# --- the resume journal -----------------------------------------------------------------------------------
+#
+# The one resume journal of the stage kit (compass.stagekit re-exports it). A stage whose items each cost a
+# request (evidence, doc-questions, doc-traces answers, distill) numbers its tasks in input order and appends
+# every finished one, flushed at once, to a hidden journal in its output directory as one line: {"i": task
+# index, "a": attempt, "k": ok | reject | retry | transient, "v": payload}. transient is a server failure: a
+# reject for this run, not final, so the next run (the server back) asks again; retry marks a malformed reply
+# asked again in the next round. The first line holds the run's resume key (compass.stagekit.resume_key): a
+# journal written under another key is not this run's and starts over. A torn last line (a kill) is cut off.
+# At the end the outcomes are read back by task index (one seek each), so the output is in input order
+# whatever order the server answered in, and a resumed run writes the bytes of an uninterrupted one.
+# Memory: two small integers per task (its state and the offset of its final line).
+
+TRANSIENT = "transient"  # journal kind of a server failure: rejected in this run, asked again by the next
+NONE, OK, REJECT = -1, 100, 101  # task states; 0..99: the attempt whose reply was malformed (a re-ask is due)
+
+
+def journal_path(work_dir: Path, tag: str) -> Path:
+    return work_dir / f".{tag}-journal.jsonl"
+
+
+class Journal:
+    """The append-only record of finished tasks, and the per-task state derived from it."""
+
+    def __init__(self, path: Path, resume_key: str):
+        from array import array
+        from collections import Counter
+
+        self.path = path
+        self.state = array("b")
+        self.offset = array("q")
+        self.due = Counter()  # attempt -> tasks waiting for a re-ask after it
+        self.resumed = 0  # tasks a previous run finished
+        self.retried = 0  # tasks a previous run lost to a server failure: asked again now
+        if path.exists():
+            self._load(resume_key)
+        if not path.exists():
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps({"resume_key": resume_key}) + "\n")
+        self.fh = open(path, "ab")  # noqa: SIM115 - closed by close(); bytes, so tell() is a byte offset
+
+    def _load(self, resume_key: str) -> None:
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        end = data.rfind(b"\n") + 1
+        lines = data[:end].split(b"\n")[:-1]
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if not isinstance(header, dict) or header.get("resume_key") != resume_key:  # another run's: nothing to reuse
+            self.path.unlink()
+            return
+        if end < len(data):  # a line torn by a kill: cut it off, its request is simply sent again
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+        offset = len(lines[0]) + 1
+        lost: set[int] = set()
+        for line in lines[1:]:
+            entry = json.loads(line)
+            if entry["k"] == TRANSIENT:  # a server failure of an earlier run is not final: its task is sent again
+                lost.add(entry["i"])
+            else:
+                self._set(entry["i"], entry["a"], entry["k"], offset)
+            offset += len(line) + 1
+        self.resumed = sum(1 for s in self.state if s in (OK, REJECT))
+        self.retried = sum(1 for i in lost if i >= len(self.state) or self.state[i] == NONE)
+
+    def _grow(self, index: int) -> None:
+        while len(self.state) <= index:
+            self.state.append(NONE)
+            self.offset.append(-1)
+
+    def _set(self, index: int, attempt: int, kind: str, offset: int) -> None:
+        self._grow(index)
+        previous = self.state[index]
+        if 0 <= previous < OK:
+            self.due[previous] -= 1
+        if kind == "retry":
+            self.state[index] = attempt
+            self.due[attempt] += 1
+        else:
+            self.state[index] = OK if kind == "ok" else REJECT
+            self.offset[index] = offset
+
+    def needs(self, index: int, attempt: int = 0) -> bool:
+        self._grow(index)
+        state = self.state[index]
+        return state == NONE if attempt == 0 else state == attempt - 1
+
+    def add(self, index: int, attempt: int, kind: str, value) -> None:
+        """kind: ok | reject | retry | transient (a reject for this run that the next run asks again)."""
+        offset = self.fh.tell()
+        self.fh.write((json.dumps({"i": index, "a": attempt, "k": kind, "v": value}, ensure_ascii=False) + "\n").encode())
+        self.fh.flush()  # a kill loses only the requests in flight
+        self._set(index, attempt, "reject" if kind == TRANSIENT else kind, offset)
+
+    def read(self, index: int, fh) -> tuple[str, object]:
+        """("ok" | "reject" | "transient", payload) of a finished task."""
+        fh.seek(self.offset[index])
+        entry = json.loads(fh.readline())
+        return ("reject" if entry["k"] == TRANSIENT else entry["k"]), entry["v"]
+
+    def outcomes(self, what: str, count: int | None = None) -> Iterator[tuple[str, object]]:
+        """(kind, payload) of tasks 0..count-1 (default: every task seen) in task order; kind is "ok" or
+        "reject" (a server failure of this run is a reject). Every one must be final."""
+        self.fh.flush()
+        count = len(self.state) if count is None else count
+        self._grow(count - 1)
+        with open(self.path, "rb") as fh:
+            for index in range(count):
+                if self.state[index] not in (OK, REJECT):
+                    raise CompassError(f"{what}: task {index} has no final outcome (state {self.state[index]})")
+                yield self.read(index, fh)
+
+    def close(self) -> None:
+        self.fh.close()
+
+
 # --- stat cache -------------------------------------------------------------------------------------
 #
 # Like git's index (and DVC's state db), a file's sha256 is remembered with the stat fields that change when

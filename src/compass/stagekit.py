@@ -18,6 +18,9 @@
   input paths, their hashes, the config hash, the stage's code version, rank/world size, shard and out dir,
   and `resume_key`, the one definition of "same config and inputs" for resuming partial work (journals,
   state files). The runner builds it; `run_stage` builds one for a direct call from Python.
+- The record sink (`RecordSink`): records and rejects with reasons, written together, counted, gated once.
+- The resume journal (`Journal`, defined in compass.io): finished tasks appended and flushed one by one under
+  the run's resume key, read back in input order; transient failures asked again by the next run.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from compass.errors import CompassError
+from compass.io import TRANSIENT, Journal, journal_path  # noqa: F401 - the kit's one resume journal (defined in io,
+# below the libraries that stream through it)
 
 if TYPE_CHECKING:
     from compass.data.shards import Shard

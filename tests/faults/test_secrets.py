@@ -108,7 +108,7 @@ def test_no_secret_in_any_file_compass_writes(tmp_path, capsys, monkeypatch):
     assert recorded["api_key_env"] == "TEACHER_KEY_FOR_TEST" and recorded["extra_body"]["token"] == REDACTED
 
     files = every_file(tmp_path / "work", tmp_path / "dead", tmp_path / "bad", find_workspace())
-    assert any(p.name.startswith("mlflow.db") for p in files) and any(p.name == ".distill-state.json" for p in files)
+    assert any(p.name.startswith("mlflow.db") for p in files) and any(p.name == ".distill-journal.jsonl" for p in files)  # the failed run's resume journal
     assert any("rejects.jsonl" == p.name for p in files)
     for path in files:
         data = path.read_bytes()

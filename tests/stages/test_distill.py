@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from support.scripted_server import ScriptedServer
 from compass.io import hash_tree, read_jsonl, sha256_file, write_jsonl
 from compass.records import Problem, Reject, Trace
 from compass.runner import execute_stage
-from compass.stagekit import run_stage
+from compass.stagekit import Journal, build_context, journal_path, run_stage
 from compass.stages import distill
 
 PROBLEMS = [
@@ -188,25 +187,29 @@ def test_n_samples_have_their_own_ids_and_seeds_and_shards(tmp_path, problems):
 # --- resume ---------------------------------------------------------------------------------------------
 
 
-def test_resume_after_a_torn_write_finishes_exactly_once(tmp_path, problems):
+def test_resume_after_a_torn_journal_line_finishes_exactly_once(tmp_path, problems):
     cfg = config(max_reject_rate=0.5, shard_size=2)
     whole = tmp_path / "whole"
     run_stage(distill, cfg, {"problems": problems}, whole)
+    outcome = {r["id"]: r for r in [*traces_of(whole), *rejects_of(whole)]}
 
-    # a run killed after two records, in the middle of writing the third
+    # a run killed after two samples (answered out of order), in the middle of journalling a third
     part = tmp_path / "part"
     part.mkdir()
-    shutil.copy(whole / distill.STATE_FILE, part / distill.STATE_FILE)  # the same run's resume key
-    (part / "traces").mkdir()
-    lines = (whole / "traces" / "traces-00000.jsonl").read_text().splitlines(keepends=True)
-    third = (whole / "traces" / "traces-00001.jsonl").read_text()
-    (part / "traces" / "traces-00000.jsonl").write_text("".join(lines))
-    (part / "traces" / "traces-00001.jsonl").write_text(third[:57])  # torn: no newline
+    ctx = build_context("distill", cfg, {"problems": problems}, part, input_hashes={"problems": hash_tree(problems)},
+                        stage_version=distill.VERSION)
+    journal = Journal(journal_path(part, distill.JOURNAL_TAG), ctx.resume_key)
+    journal.add(2, 0, "ok", outcome["toy/3#0"])
+    journal.add(0, 0, "ok", outcome["toy/1#0"])
+    journal.close()
+    with open(journal.path, "ab") as fh:
+        fh.write(b'{"i": 1, "a": 0, "k": "ok", "v": {"id": "toy/2#0", "probl')  # torn: no newline
     metrics = run_stage(distill, cfg, {"problems": problems}, part)
 
     assert metrics["resumed_records"] == 2 and metrics["generated_this_run"] == 2
-    assert hash_tree(part) == hash_tree(whole)  # same files, same bytes: nothing lost, nothing twice
+    assert hash_tree(part) == hash_tree(whole)  # same files, same bytes: nothing lost, nothing twice, input order
     assert metrics["traces"] == 3 and metrics["rejects"] == 1
+    assert not journal.path.exists()  # the outputs are final
 
 
 def test_a_partial_run_with_other_settings_is_started_over(tmp_path, problems):
@@ -218,15 +221,6 @@ def test_a_partial_run_with_other_settings_is_started_over(tmp_path, problems):
     assert {t["teacher"] for t in traces_of(out)} == {"dataset-solutions"}
     assert sha256_file(out / "traces" / "traces-00000.jsonl") != before
     assert len(traces_of(out)) == 3
-
-
-def test_repair_torn_tail(tmp_path):
-    path = tmp_path / "f.jsonl"
-    path.write_bytes(b'{"id": 1}\n{"id": 2}\n{"id"')
-    assert distill.repair_torn_tail(path) == 5 and path.read_bytes() == b'{"id": 1}\n{"id": 2}\n'
-    assert distill.repair_torn_tail(path) == 0
-    path.write_bytes(b"x" * 200_000)  # one torn line longer than the scan step
-    assert distill.repair_torn_tail(path) == 200_000 and path.read_bytes() == b""
 
 
 # --- local transformers teacher ---------------------------------------------------------------------------

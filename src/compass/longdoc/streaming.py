@@ -17,101 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from array import array
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from compass.errors import CompassError
+from compass.io import NONE, OK, REJECT, TRANSIENT, Journal, journal_path  # noqa: F401 - the kit's resume journal
 from compass.ledger.redact import redact_text
 
 T = TypeVar("T")
-
-TRANSIENT = "transient"  # journal kind of a server failure: rejected in this run, asked again by the next
-NONE, OK, REJECT = -1, 100, 101  # task states; 0..99: the attempt whose reply was malformed (a re-ask is due)
-
-
-class Journal:
-    """The append-only record of finished requests, and the per-task state derived from it."""
-
-    def __init__(self, path: Path, resume_key: str):
-        self.path = path
-        self.state = array("b")
-        self.offset = array("q")
-        self.due = Counter()  # attempt -> tasks waiting for a re-ask after it
-        self.resumed = 0
-        if path.exists():
-            self._load(resume_key)
-        if not path.exists():
-            with open(path, "w", encoding="utf-8") as fh:
-                fh.write(json.dumps({"resume_key": resume_key}) + "\n")
-        self.fh = open(path, "ab")  # noqa: SIM115 - closed by close(); bytes, so tell() is a byte offset
-
-    def _load(self, resume_key: str) -> None:
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        lines = data[:end].split(b"\n")[:-1]
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            header = {}
-        if not isinstance(header, dict) or header.get("resume_key") != resume_key:  # another run's: nothing to reuse
-            self.path.unlink()
-            return
-        if end < len(data):  # a line torn by a kill: cut it off, its request is simply sent again
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
-        offset = len(lines[0]) + 1
-        for line in lines[1:]:
-            entry = json.loads(line)
-            if entry["k"] != TRANSIENT:  # a server failure of an earlier run is not final: its task is sent again
-                self._set(entry["i"], entry["a"], entry["k"], offset)
-            offset += len(line) + 1
-        self.resumed = sum(1 for s in self.state if s in (OK, REJECT))
-
-    def _grow(self, index: int) -> None:
-        while len(self.state) <= index:
-            self.state.append(NONE)
-            self.offset.append(-1)
-
-    def _set(self, index: int, attempt: int, kind: str, offset: int) -> None:
-        self._grow(index)
-        previous = self.state[index]
-        if 0 <= previous < OK:
-            self.due[previous] -= 1
-        if kind == "retry":
-            self.state[index] = attempt
-            self.due[attempt] += 1
-        else:
-            self.state[index] = OK if kind == "ok" else REJECT
-            self.offset[index] = offset
-
-    def needs(self, index: int, attempt: int) -> bool:
-        self._grow(index)
-        state = self.state[index]
-        return state == NONE if attempt == 0 else state == attempt - 1
-
-    def add(self, index: int, attempt: int, kind: str, value: Any) -> None:
-        """kind: ok | reject | retry | transient (a reject for this run that the next run asks again)."""
-        offset = self.fh.tell()
-        self.fh.write((json.dumps({"i": index, "a": attempt, "k": kind, "v": value}, ensure_ascii=False) + "\n").encode())
-        self.fh.flush()  # a kill loses only the requests in flight
-        self._set(index, attempt, "reject" if kind == TRANSIENT else kind, offset)
-
-    def read(self, index: int, fh) -> tuple[str, Any]:
-        fh.seek(self.offset[index])
-        entry = json.loads(fh.readline())
-        return ("reject" if entry["k"] == TRANSIENT else entry["k"]), entry["v"]
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def journal_path(work_dir: Path, tag: str) -> Path:
-    return work_dir / f".{tag}-journal.jsonl"
-
 
 def stream_in_order(
     backend,
@@ -175,11 +89,6 @@ def stream_in_order(
                         journal.add(index, attempt, "retry", str(err))
             if in_flight:
                 raise CompassError(f"{tag}: the backend left {len(in_flight)} requests unanswered")
-        journal.fh.flush()
-        with open(journal.path, "rb") as fh:
-            for index, state in enumerate(journal.state):
-                if state not in (OK, REJECT):
-                    raise CompassError(f"{tag}: task {index} has no final outcome (state {state})")
-                yield journal.read(index, fh)
+        yield from journal.outcomes(tag)
     finally:
         journal.close()

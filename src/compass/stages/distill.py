@@ -7,16 +7,15 @@ a reason: server_error (every retry failed), no_reference (the reference teacher
 render), bad_encoding (the reply holds a lone UTF-16 surrogate, which no UTF-8 file can store), empty,
 bad_tags, wrong_answer. The stage fails when the reject rate passes `max_reject_rate`.
 
-Resumable: every record is appended to its shard and flushed as soon as its answer arrives, so a killed
-run loses only requests in flight. On restart the ids already in traces/ and rejects.jsonl are skipped
-(a torn last line is cut off first), so nothing is generated twice and nothing is lost. A server_error
-reject is transient (an outage, a timeout): the next run drops it from rejects.jsonl and asks again, so
-rerunning once the server is back finishes the job. Records are in completion order (input order for the
-reference and transformers teachers).
+Resumable through the stage kit's journal (compass.io.Journal): every sample's outcome (a Trace, or a Reject)
+is appended and flushed as soon as its answer arrives, so a killed run loses only requests in flight; a rerun
+with the same resume key (config, inputs, VERSION) sends only the samples not finished. A server_error reject
+is transient (an outage, a timeout): the next run asks it again, so rerunning once the server is back finishes
+the job. The outputs are written from the journal at the end, in input order (problem, then sample index),
+whatever order the teacher answered in: a resumed run writes the bytes of an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ from compass.config import StageConfig
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
 from compass.ledger.redact import redact_text
-from compass.stagekit import StageContext, check_reject_rate
+from compass.stagekit import TRANSIENT, Journal, StageContext, check_reject_rate, journal_path
 from compass.stages import Port
 from compass.vocab import strip_leading_think
 
@@ -40,7 +39,7 @@ EXAMPLE = ("compass distill --problems problems.jsonl --out distill/ --backend o
 INPUTS = {"problems": Port("Problem records: a JSONL file or a directory of *.jsonl shards")}
 OUTPUTS = {"traces": "traces", "rejects": "rejects.jsonl"}
 
-STATE_FILE = ".distill-state.json"  # hidden: not an artifact, excluded from the manifest's hashes
+JOURNAL_TAG = "distill"  # the resume journal: .distill-journal.jsonl, hidden (not an artifact, not hashed)
 SHARD_NAME = "traces-{:05d}.jsonl"
 
 # Told to the teacher only (appended to its system prompt): the Trace's own messages keep the plain docs/method.md
@@ -118,116 +117,6 @@ def teacher_messages(problem, format_instruction: bool) -> list[dict]:
     return [{"role": "system", "content": system}, {"role": "user", "content": problem.question}]
 
 
-def repair_torn_tail(path: Path) -> int:
-    """Cut a last line that has no newline (a write interrupted by a kill); returns the bytes removed."""
-    if not path.is_file():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as fh:
-        fh.seek(-1, 2)
-        if fh.read(1) == b"\n":
-            return 0
-        # walk back to the last newline in 64 KiB steps (records can be long)
-        end = size
-        keep = 0
-        while end > 0:
-            start = max(0, end - 65536)
-            fh.seek(start)
-            chunk = fh.read(end - start)
-            cut = chunk.rfind(b"\n")
-            if cut >= 0:
-                keep = start + cut + 1
-                break
-            end = start
-        fh.truncate(keep)
-        return size - keep
-
-
-def _records_in(path: Path) -> Iterator[dict]:
-    """The records a partial run wrote (the one JSONL reader: errors name file:line)."""
-    from compass.io import iter_json_objects
-
-    for lineno, record in enumerate(iter_json_objects(path), 1):
-        if "id" not in record:
-            raise CompassError(f"{path}: record {lineno} has no 'id'; the partial run in {path.parent} is damaged: "
-                               "rerun with --force to start over")
-        yield record
-
-
-def _ids_in(path: Path) -> Iterator[str]:
-    for record in _records_in(path):
-        yield record["id"]
-
-
-def drop_transient_rejects(path: Path) -> int:
-    """Remove the transient rejects (server_error) of a previous run from rejects.jsonl, so their samples are
-    asked again; returns how many. The file is rewritten atomically (a kill keeps the old one)."""
-    from compass.io import atomic_open
-
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for record in _records_in(path):
-        if record.get("reason") in TRANSIENT_REASONS:
-            dropped += 1
-        else:
-            kept.append(record)
-    if dropped:
-        with atomic_open(path, "w") as fh:
-            for record in kept:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return dropped
-
-
-class ShardWriter:
-    """Append-only JSONL shards of `size` lines each, flushed per record; continues where a killed run stopped."""
-
-    def __init__(self, directory: Path, size: int, existing: int):
-        self.directory = directory
-        self.size = size
-        self.count = existing
-        self._fh = None
-        self._index = -1
-
-    def write(self, line: str) -> None:
-        index = self.count // self.size
-        if index != self._index:
-            if self._fh is not None:
-                self._fh.close()
-            self._fh = open(self.directory / SHARD_NAME.format(index), "a", encoding="utf-8")
-            self._index = index
-        self._fh.write(line + "\n")
-        self._fh.flush()
-        self.count += 1
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-
-def _prepare_out_dir(out_dir: Path, resume_key: str) -> None:
-    """Resume a partial run with the same resume key (the stage context's: config, inputs, code version); wipe one
-    with another key (it cannot be continued)."""
-    state = out_dir / STATE_FILE
-    traces_dir = out_dir / OUTPUTS["traces"]
-    rejects = out_dir / OUTPUTS["rejects"]
-    key = {"resume_key": resume_key}
-    if state.is_file():
-        if json.loads(state.read_text(encoding="utf-8")) == key:
-            return
-        print(f"distill: {out_dir} holds a run with other settings or inputs; starting over there")
-    elif traces_dir.exists() or rejects.exists():
-        print(f"distill: {out_dir} holds outputs of an unknown run; starting over there")
-    shutil.rmtree(traces_dir, ignore_errors=True)
-    rejects.unlink(missing_ok=True)
-    from compass.io import write_json_atomic
-
-    write_json_atomic(state, key)
-
-
 # --- the stage -------------------------------------------------------------------------------------------
 
 
@@ -236,7 +125,7 @@ def run(config: Config, ctx: StageContext) -> dict:
     from tqdm import tqdm
 
     from compass.generate import GenRequest, make_backend
-    from compass.io import dumps_record, iter_jsonl
+    from compass.io import iter_jsonl
     from compass.records import Problem
 
     # Pass 1: validate every problem and refuse duplicate ids before any request is sent.
@@ -250,71 +139,75 @@ def run(config: Config, ctx: StageContext) -> dict:
 
     backend = make_backend(config.backend, config.openai, config.transformers)
     teacher = config.teacher or backend.name
-    _prepare_out_dir(out_dir, ctx.resume_key)
-    traces_dir = out_dir / OUTPUTS["traces"]
-    traces_dir.mkdir(exist_ok=True)
-    rejects_path = out_dir / OUTPUTS["rejects"]
-
-    # Resume: what a killed run already finished (a torn last line is a record that was never finished).
-    done: set[str] = set()
-    shards = sorted(traces_dir.glob("traces-*.jsonl"))
-    existing_traces = 0
-    for shard in shards:
-        repair_torn_tail(shard)
-        for record_id in _ids_in(shard):
-            done.add(record_id)
-            existing_traces += 1
-    repair_torn_tail(rejects_path)
-    retried = drop_transient_rejects(rejects_path)  # an outage of the last run is asked again now
-    if rejects_path.is_file():
-        done.update(_ids_in(rejects_path))
-
+    # task index = problem position * n + sample index: the output order
     total = len(ids) * config.n
-    todo = total - len(done)
+    journal = Journal(journal_path(out_dir, JOURNAL_TAG), ctx.resume_key)
+    todo = sum(journal.needs(index) for index in range(total))
     sampling = {"max_tokens": config.max_tokens, "temperature": config.temperature, "top_p": config.top_p, "n": config.n}
 
     def requests() -> Iterator[GenRequest]:
-        for problem in iter_jsonl(inputs["problems"], Problem):
+        for position, problem in enumerate(iter_jsonl(inputs["problems"], Problem)):
             messages = teacher_messages(problem, config.format_instruction)
             for index in range(config.n):
-                record_id = f"{problem.id}#{index}"
-                if record_id in done:
+                task = position * config.n + index
+                if not journal.needs(task):
                     continue
                 yield GenRequest(
-                    id=record_id, messages=messages, max_tokens=config.max_tokens, temperature=config.temperature,
-                    top_p=config.top_p, seed=sample_seed(config.seed, problem.id, index),
-                    meta={"problem": problem, "index": index},
+                    id=f"{problem.id}#{index}", messages=messages, max_tokens=config.max_tokens,
+                    temperature=config.temperature, top_p=config.top_p, seed=sample_seed(config.seed, problem.id, index),
+                    meta={"problem": problem, "index": index, "task": task},
                 )
 
-    writer = ShardWriter(traces_dir, config.shard_size, existing_traces)
     counts: Counter[str] = Counter()
     bar = tqdm(total=todo, desc="distill", unit="req", mininterval=1.0, dynamic_ncols=True)
     try:
-        with open(rejects_path, "a", encoding="utf-8") as rejects_fh:
-            for result in backend.generate(requests()):
-                outcome, record = judge(result, teacher, sampling, config)
-                if outcome == "kept":
-                    writer.write(dumps_record(record))
-                else:
-                    rejects_fh.write(dumps_record(record) + "\n")
-                    rejects_fh.flush()
-                counts[outcome] += 1
-                bar.update(1)
-                bar.set_postfix(accept=f"{counts['kept'] / sum(counts.values()):.1%}", refresh=False)
+        for result in backend.generate(requests()):
+            outcome, record = judge(result, teacher, sampling, config)
+            kind = "ok" if outcome == "kept" else TRANSIENT if outcome in TRANSIENT_REASONS else "reject"
+            journal.add(result.meta["task"], 0, kind, record.model_dump(mode="json"))
+            counts[outcome] += 1
+            bar.update(1)
+            bar.set_postfix(accept=f"{counts['kept'] / sum(counts.values()):.1%}", refresh=False)
+        write_outputs(journal, total, out_dir, config.shard_size)
     finally:
-        writer.close()
+        journal.close()
         bar.close()
 
     metrics = count_outputs(out_dir, total)
     metrics["teacher"] = teacher
     metrics["backend"] = config.backend
     metrics["generated_this_run"] = sum(counts.values())
-    metrics["resumed_records"] = len(done)
-    metrics["retried_transient"] = retried
+    metrics["resumed_records"] = journal.resumed
+    metrics["retried_transient"] = journal.retried
     check_reject_rate("distill", metrics["rejects"], total, config.max_reject_rate, what="samples",
-                      reasons=metrics["rejects_by_reason"], rejects_path=rejects_path,
+                      reasons=metrics["rejects_by_reason"], rejects_path=out_dir / OUTPUTS["rejects"],
                       transient=sum(metrics["rejects_by_reason"].get(reason, 0) for reason in TRANSIENT_REASONS))
+    journal_path(out_dir, JOURNAL_TAG).unlink()  # the outputs are final: the journal is done
     return metrics
+
+
+def write_outputs(journal: Journal, total: int, out_dir: Path, shard_size: int) -> None:
+    """traces/traces-NNNNN.jsonl (shard_size traces each) and rejects.jsonl from the journal, in task order;
+    each file atomically, so a kill here leaves the journal to write them again from."""
+    from contextlib import ExitStack
+
+    from compass.io import atomic_open, dumps_record
+
+    traces_dir = out_dir / OUTPUTS["traces"]
+    if traces_dir.is_dir():  # what an earlier attempt wrote: rewritten whole (a shard count may have shrunk)
+        shutil.rmtree(traces_dir)
+    traces_dir.mkdir()
+    kept = 0
+    with atomic_open(out_dir / OUTPUTS["rejects"]) as rejects, ExitStack() as shard:
+        for kind, value in journal.outcomes("distill", total):
+            if kind != "ok":
+                rejects.write(dumps_record(value) + "\n")
+                continue
+            if kept % shard_size == 0:
+                shard.close()  # the full shard is renamed into place
+                fh = shard.enter_context(atomic_open(traces_dir / SHARD_NAME.format(kept // shard_size)))
+            fh.write(dumps_record(value) + "\n")
+            kept += 1
 
 
 def judge(result, teacher: str, sampling: dict, config: Config):
