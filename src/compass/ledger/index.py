@@ -465,14 +465,15 @@ class Index:
         so finding a row by it reads the whole table (10 ms at 10k runs); `rowids` (run id -> rowid of its words
         row, from words_match) are tried first: a run's full-text and words rows are written one after the other
         in the transaction that completes it, so they share a rowid unless the ledger was migrated from schema 1.
-        A row read that way counts only if it holds that run; the others are found by the scan."""
+        A row read that way is taken for the run it holds, if that run was asked for; the rest are found by the scan."""
         out: dict[str, dict[str, str]] = {}
-        hinted = sorted({rowids[r] for r in run_ids if r in rowids}) if rowids else []
+        wanted = set(run_ids)
+        hinted = sorted({rowids[r] for r in wanted if r in rowids}) if rowids else []
         for start in range(0, len(hinted), 500):
             chunk = hinted[start:start + 500]
-            for rowid, run_id, name, note, body in self.db.execute(
-                    f"SELECT rowid, run_id, name, note, body FROM fulltext WHERE rowid IN ({_marks(chunk)})", chunk):
-                if rowids.get(run_id) == rowid:
+            for run_id, name, note, body in self.db.execute(
+                    f"SELECT run_id, name, note, body FROM fulltext WHERE rowid IN ({_marks(chunk)})", chunk):
+                if run_id in wanted:
                     out[run_id] = {"name": name, "note": note, "text": body}
         missing = [r for r in run_ids if r not in out]
         for start in range(0, len(missing), 500):
