@@ -105,9 +105,9 @@ def build_context(kind: str, config, inputs: dict[str, Path], out_dir: Path, *,
                   input_hashes: dict[str, dict[str, str]], stage_version: int) -> StageContext:
     """The context of one run of stage `kind` (inputs already resolved and hashed by the caller)."""
     from compass.config import config_hash
-    from compass.data.shards import DataStageConfig
+    from compass.data.shards import ShardedStageConfig
 
-    shard_spec = config.shard_spec() if isinstance(config, DataStageConfig) else None
+    shard_spec = config.shard_spec() if isinstance(config, ShardedStageConfig) else None
     return StageContext(kind=kind, inputs=dict(inputs), out_dir=Path(out_dir), config_hash=config_hash(config),
                         input_hashes=input_hashes, stage_version=stage_version,
                         resume_key=resume_key(config, input_hashes, stage_version),
@@ -322,7 +322,7 @@ def _remove_empty_dirs(root: Path) -> None:
             pass  # not empty: it holds something worth keeping
 
 
-# resume journals of compass.longdoc.streaming (journal_path): ".<tag>-journal.jsonl", a header line, then one line
+# resume journals (compass.io.Journal, journal_path): ".<tag>-journal.jsonl", a header line, then one line
 # per finished request
 JOURNAL = re.compile(r"^\..+-journal\.jsonl$")
 JOURNAL_HEAD_BYTES = 1 << 16

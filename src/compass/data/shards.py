@@ -67,13 +67,10 @@ def parse_shard(text: str) -> Shard:
     return Shard(index=index, count=count)
 
 
-class DataStageConfig(StageConfig):
-    """Config of a data stage: its own fields plus `workers` and `shard`."""
+class ShardedStageConfig(StageConfig):
+    """Config of a stage that takes `shard: I/N` (every data stage, and evidence, distill, doc-questions, whose
+    units are requests to a server): a stage module with such a config also has `gather(config, shards, out_dir)`."""
 
-    NOT_IN_CACHE_KEY: ClassVar[frozenset[str]] = frozenset({"workers"})
-
-    workers: int | None = Field(None, ge=1, description="worker processes (default: the cores this process may "
-                                "use); the output does not depend on it")
     shard: str | None = Field(None, description="I/N: process only part I (0-based) of N contiguous parts of the "
                               "input; `compass gather` joins the N shard runs into the unsharded output")
 
@@ -84,6 +81,15 @@ class DataStageConfig(StageConfig):
 
     def shard_spec(self) -> Shard | None:
         return None if self.shard is None else parse_shard(self.shard)
+
+
+class DataStageConfig(ShardedStageConfig):
+    """Config of a data stage: its own fields plus `workers` and `shard`."""
+
+    NOT_IN_CACHE_KEY: ClassVar[frozenset[str]] = frozenset({"workers"})
+
+    workers: int | None = Field(None, ge=1, description="worker processes (default: the cores this process may "
+                                "use); the output does not depend on it")
 
     def worker_count(self) -> int:
         return available_cores() if self.workers is None else self.workers

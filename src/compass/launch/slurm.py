@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from compass.config import Launch, SlurmLaunch, StageConfig, config_hash
-from compass.data.shards import DataStageConfig
+from compass.data.shards import ShardedStageConfig
 from compass.errors import CompassError
 from compass.io import HashCache, write_json_atomic, write_text_atomic
 from compass.manifest import read_manifest
@@ -176,7 +176,7 @@ def run_on_slurm(kind: str, config: StageConfig, paths: dict[str, Path], out_dir
     job_dir.mkdir(parents=True, exist_ok=True)
     if slurm.shards > 1:
         return _run_array(kind, config, paths, out_dir, slurm, input_hashes, cache, name)
-    if isinstance(config, DataStageConfig) and config.shard is not None:
+    if isinstance(config, ShardedStageConfig) and config.shard is not None:
         raise CompassError(f"launch: slurm: stage {name} sets shard {config.shard} itself; use launch.slurm.shards")
     job_file = job_dir / "job.json"
     write_json_atomic(job_file, {"kind": kind, "config": config.model_dump(mode="json"),
@@ -217,8 +217,8 @@ def _run_array(kind: str, config: StageConfig, paths: dict[str, Path], out_dir: 
                input_hashes: dict[str, dict[str, str]], cache: HashCache | None, name: str) -> dict:
     from compass.launch.gather import gather_shards
 
-    if not isinstance(config, DataStageConfig):
-        raise CompassError(f"launch: slurm: shards: {slurm.shards} needs a data stage that takes --shard; {kind} does not")
+    if not isinstance(config, ShardedStageConfig):
+        raise CompassError(f"launch: slurm: shards: {slurm.shards} needs a stage that takes --shard; {kind} does not")
     if slurm.nodes > 1:
         raise CompassError(f"launch: slurm: a sharded stage runs each shard on one node; got nodes: {slurm.nodes}")
     count = slurm.shards

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from compass.config import StageConfig
+from compass.data.shards import ShardedStageConfig, ShardRun, concat_files, sum_metrics
 from compass.errors import CompassError
 from compass.generate.config import BackendKind, OpenAISettings, TransformersSettings
 from compass.ledger.redact import redact_text
@@ -63,7 +63,7 @@ REASONS = ("server_error", "no_reference", "bad_encoding", "empty", "bad_tags", 
 TRANSIENT_REASONS = frozenset({"server_error"})  # asked again by the next run; the others are final
 
 
-class Config(StageConfig):
+class Config(ShardedStageConfig):
     backend: BackendKind = Field("reference", description="teacher: reference (the dataset's own solution), openai "
                                  "(any OpenAI-compatible server: vLLM, SGLang), transformers (local model)")
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="settings of the openai backend")
@@ -139,17 +139,21 @@ def run(config: Config, ctx: StageContext) -> dict:
 
     backend = make_backend(config.backend, config.openai, config.transformers)
     teacher = config.teacher or backend.name
-    # task index = problem position * n + sample index: the output order
-    total = len(ids) * config.n
+    # a shard's units are problems, in input order; task index = (position - start) * n + sample index, the
+    # output order
+    start, stop = (0, len(ids)) if ctx.shard is None else ctx.shard.bounds(len(ids))
+    total = (stop - start) * config.n
     journal = Journal(journal_path(out_dir, JOURNAL_TAG), ctx.resume_key)
     todo = sum(journal.needs(index) for index in range(total))
     sampling = {"max_tokens": config.max_tokens, "temperature": config.temperature, "top_p": config.top_p, "n": config.n}
 
     def requests() -> Iterator[GenRequest]:
         for position, problem in enumerate(iter_jsonl(inputs["problems"], Problem)):
+            if not start <= position < stop:
+                continue
             messages = teacher_messages(problem, config.format_instruction)
             for index in range(config.n):
-                task = position * config.n + index
+                task = (position - start) * config.n + index
                 if not journal.needs(task):
                     continue
                 yield GenRequest(
@@ -179,11 +183,49 @@ def run(config: Config, ctx: StageContext) -> dict:
     metrics["generated_this_run"] = sum(counts.values())
     metrics["resumed_records"] = journal.resumed
     metrics["retried_transient"] = journal.retried
-    check_reject_rate("distill", metrics["rejects"], total, config.max_reject_rate, what="samples",
-                      reasons=metrics["rejects_by_reason"], rejects_path=out_dir / OUTPUTS["rejects"],
-                      transient=sum(metrics["rejects_by_reason"].get(reason, 0) for reason in TRANSIENT_REASONS))
+    if ctx.shard is None:  # a shard's share is checked with the others' at gather
+        check_rejects(config, metrics, out_dir / OUTPUTS["rejects"])
     journal_path(out_dir, JOURNAL_TAG).unlink()  # the outputs are final: the journal is done
     return metrics
+
+
+def check_rejects(config: Config, metrics: dict, rejects_path: Path | None) -> None:
+    reasons = metrics["rejects_by_reason"]
+    transient = sum(count for reason, count in reasons.items() if reason in TRANSIENT_REASONS)
+    check_reject_rate("distill", metrics["rejects"], metrics["samples"], config.max_reject_rate, what="samples",
+                      reasons=reasons, rejects_path=rejects_path, transient=transient if rejects_path else 0)
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' traces in shard order, cut again into shard_size files, and their rejects: the unsharded
+    files; the reject-rate limit over the whole (server failures in a finished shard are asked again by rerunning
+    that shard with --force)."""
+    from contextlib import ExitStack
+
+    from compass.io import atomic_open, iter_jsonl_lines
+
+    summed = sum_metrics([s.metrics for s in shards], ["samples", "rejects", "rejects_by_reason", "generated_this_run",
+                                                       "resumed_records", "retried_transient"])
+    summed["rejects_by_reason"] = {r: summed["rejects_by_reason"][r] for r in REASONS if r in summed["rejects_by_reason"]}
+    check_rejects(config, summed, None)  # before anything is written
+    concat_files([s.out_dir / OUTPUTS["rejects"] for s in shards], out_dir / OUTPUTS["rejects"])
+    traces_dir = out_dir / OUTPUTS["traces"]
+    traces_dir.mkdir()
+    kept = 0
+    with ExitStack() as shard:
+        for run in shards:
+            if not run.metrics["traces"]:  # a shard whose every sample was rejected wrote no trace file
+                continue
+            for _, _, line in iter_jsonl_lines(run.out_dir / OUTPUTS["traces"]):
+                if kept % config.shard_size == 0:
+                    shard.close()  # the full file is renamed into place
+                    fh = shard.enter_context(atomic_open(traces_dir / SHARD_NAME.format(kept // config.shard_size)))
+                fh.write(line)
+                kept += 1
+    metrics = count_outputs(out_dir, summed["samples"])
+    first = shards[0].metrics
+    return {**metrics, "teacher": first["teacher"], "backend": first["backend"],
+            **{key: summed[key] for key in ("generated_this_run", "resumed_records", "retried_transient")}}
 
 
 def write_outputs(journal: Journal, total: int, out_dir: Path, shard_size: int) -> None:

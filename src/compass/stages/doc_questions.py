@@ -21,13 +21,13 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from compass.config import StageConfig
+from compass.data.shards import ShardedStageConfig, ShardRun, concat_files, in_shard, sum_metrics
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
 from compass.io import record_rng
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, Reject
-from compass.stagekit import RecordSink, StageContext
+from compass.stagekit import RecordSink, StageContext, check_reject_rate
 from compass.stages import Port
 from compass.vocab import reply_body
 
@@ -56,7 +56,7 @@ class MalformedQuestion(ValueError):
 TRANSIENT = frozenset({"backend_error"})  # a server failure: asked again by the next run
 
 
-class Config(StageConfig):
+class Config(ShardedStageConfig):
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="the VLM that writes the questions")
     n_per_doc: int = Field(4, ge=1, description="questions per document")
     min_seed_pages: int = Field(1, ge=1, le=16, description="fewest seed pages of a question")
@@ -97,8 +97,9 @@ def draw_seed_pages(rng: random.Random, n_pages: int, min_pages: int, max_pages:
     return sorted(rng.sample(range(n_pages), rng.randint(low, high)))
 
 
-def seed_sets(config: Config, index: PageIndex) -> Iterator[SeedSet]:
-    for doc_id in sorted(index.offsets):
+def seed_sets(config: Config, index: PageIndex, doc_ids: list[str] | None = None) -> Iterator[SeedSet]:
+    """The seed sets of `doc_ids` (default: every document, sorted), n_per_doc per document."""
+    for doc_id in sorted(index.offsets) if doc_ids is None else doc_ids:
         # one RNG per document: adding a document never changes another one's questions
         rng = record_rng(config.seed, doc_id)
         pages = index.pages(doc_id)
@@ -151,6 +152,8 @@ def run(config: Config, ctx: StageContext) -> dict:
     index = PageIndex(inputs["pages"])
     images_root = inputs["pages"].parent
     backend = make_backend("openai", config.openai, TransformersSettings())
+    documents = sorted(index.offsets)
+    mine = list(in_shard(documents, len(documents), ctx.shard))  # a shard's units: whole documents, sorted by id
 
     def request_of(seed: SeedSet, attempt: int) -> GenRequest:
         return GenRequest(id="", messages=synth_messages(seed, images_root), max_tokens=config.max_tokens,
@@ -163,7 +166,7 @@ def run(config: Config, ctx: StageContext) -> dict:
     shape: Counter[str] = Counter()
     with RecordSink("doc-questions", out_dir, OUTPUTS["questions"], OUTPUTS["rejects"], transient=TRANSIENT) as sink:
         for kind, value in stream_in_order(
-            backend, lambda: seed_sets(config, index), request_of, parse_question, malformed=MalformedQuestion,
+            backend, lambda: seed_sets(config, index, mine), request_of, parse_question, malformed=MalformedQuestion,
             retries=config.parse_retries, work_dir=out_dir, tag="synth", resume_key=ctx.resume_key,
             dump=lambda q: q.model_dump(mode="json"), reject=reject, malformed_reason="malformed_json",
         ):
@@ -173,7 +176,22 @@ def run(config: Config, ctx: StageContext) -> dict:
             question = DocQuestion.model_validate(value)
             sink.record(question)
             shape["cross_page" if len(question.gold_pages) > 1 else "single_page"] += 1
-        sink.check(config.max_reject_rate, what="seed sets")
+        if ctx.shard is None:  # a shard's share is checked with the others' at gather
+            sink.check(config.max_reject_rate, what="seed sets")
     journal_path(out_dir, "synth").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     return {"questions": sink.kept, "single_page": shape["single_page"], "cross_page": shape["cross_page"],
-            "rejected": sink.rejected, "documents": len(index.offsets)}
+            "rejected": sink.rejected, "reject_reasons": sink.sorted_reasons(), "documents": len(mine)}
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' questions and rejects in shard order (documents are split whole, in id order): the unsharded
+    files; the reject-rate limit over the whole."""
+    keys = ["questions", "single_page", "cross_page", "rejected", "reject_reasons", "documents"]
+    metrics = sum_metrics([s.metrics for s in shards], keys)
+    metrics["reject_reasons"] = dict(sorted(metrics["reject_reasons"].items()))
+    # before anything is written; server failures in a finished shard are asked again by rerunning it with --force
+    check_reject_rate("doc-questions", metrics["rejected"], metrics["questions"] + metrics["rejected"],
+                      config.max_reject_rate, what="seed sets", reasons=metrics["reject_reasons"])
+    for name in ("questions", "rejects"):
+        concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
+    return {key: metrics[key] for key in keys}

@@ -21,13 +21,13 @@ from typing import Literal
 
 from pydantic import Field
 
-from compass.config import StageConfig
+from compass.data.shards import Shard, ShardedStageConfig, ShardRun, concat_files, in_shard, sum_metrics
 from compass.errors import CompassError
 from compass.generate.config import OpenAISettings
-from compass.io import iter_jsonl
+from compass.io import atomic_open, count_jsonl_records, iter_jsonl
 from compass.longdoc.pageindex import PageIndex
 from compass.records import DocQuestion, Page, PageEvidence, Reject
-from compass.stagekit import RecordSink, StageContext
+from compass.stagekit import RecordSink, StageContext, check_reject_rate
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -35,7 +35,7 @@ EXAMPLE = ("compass evidence --pages work/pages/pages.jsonl --questions work/pdf
            "--backend openai --openai '{base_urls: [http://localhost:8000/v1], model: Qwen/Qwen2.5-VL-72B-Instruct}'")
 
 
-class Config(StageConfig):
+class Config(ShardedStageConfig):
     backend: Literal["lexical", "openai"] = Field("lexical", description="lexical (offline BM25 over the text layer) "
                                                   "or openai (a VLM behind an OpenAI-compatible server)")
     openai: OpenAISettings = Field(default_factory=OpenAISettings, description="settings of the openai backend")
@@ -76,9 +76,13 @@ class Task:
         return f"{self.question.id}#page{self.page.page_index}"
 
 
-def iter_tasks(questions_path: Path, index: PageIndex, rejects: dict[str, Reject]) -> Iterator[Task]:
-    """Every (question, page) of the question's document, streamed; unusable questions become rejects."""
-    for question in iter_jsonl(questions_path, DocQuestion):
+def iter_tasks(questions_path: Path, index: PageIndex, rejects: dict[str, Reject], shard: Shard | None = None) -> Iterator[Task]:
+    """Every (question, page) of the question's document, streamed; unusable questions become rejects. A shard's
+    units are questions, in input order."""
+    questions = iter_jsonl(questions_path, DocQuestion)
+    if shard is not None:
+        questions = in_shard(questions, count_jsonl_records(questions_path), shard)
+    for question in questions:
         if question.doc_id not in index:
             rejects[question.id] = Reject(id=question.id, reason="document_missing",
                                           detail=f"no pages for document {question.doc_id!r} (rejected by `compass pages`?)")
@@ -157,7 +161,7 @@ def run(config: Config, ctx: StageContext) -> dict:
     question_rejects: dict[str, Reject] = {}  # by id: the task list is enumerated once per round
 
     def tasks() -> Iterator[Task]:
-        return iter_tasks(inputs["questions"], index, question_rejects)
+        return iter_tasks(inputs["questions"], index, question_rejects, ctx.shard)
 
     relevant = 0
     sent: dict = {}
@@ -178,10 +182,8 @@ def run(config: Config, ctx: StageContext) -> dict:
         for reject in question_rejects.values():
             sink.reject(reject)
         page_rejects = sink.count(*PAGE_REASONS)
-        total = sink.kept + page_rejects
-        if total == 0:
-            raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {sink.reasons}")
-        sink.check(config.max_reject_rate, what="pages", rejected=page_rejects, total=total, reasons=dict(sink.reasons))
+        if ctx.shard is None:  # a shard's share is checked with the others' at gather
+            check_pages(sink.kept, page_rejects, sink.reasons, config, sink)
     journal_path(out_dir, "evidence").unlink(missing_ok=True)  # outputs are final: the resume journal is done
     metrics = {"pages": sink.kept, "relevant_pages": relevant, "rejected_pages": page_rejects,
                "rejected_questions": sink.count("document_missing", "gold_page_out_of_range"),
@@ -189,3 +191,42 @@ def run(config: Config, ctx: StageContext) -> dict:
     if config.backend == "openai":
         metrics.update(requests_sent=sent["sent"], resumed_pages=sent["resumed"])
     return metrics
+
+
+def check_pages(pages: int, page_rejects: int, reasons: dict, config: Config, sink: RecordSink | None = None) -> None:
+    """The page reject-rate gate of a run (through its sink) or of a gather (over the shards' sums)."""
+    total = pages + page_rejects
+    if total == 0:
+        raise CompassError(f"evidence: no (question, page) pairs to process; rejects: {reasons}")
+    if sink is not None:
+        sink.check(config.max_reject_rate, what="pages", rejected=page_rejects, total=total, reasons=dict(reasons))
+    else:
+        check_reject_rate("evidence", page_rejects, total, config.max_reject_rate, what="pages", reasons=dict(reasons))
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' evidence in shard order, and their rejects as the unsharded run orders them (every page reject,
+    then every question reject): the unsharded files; the limit over the whole."""
+    import json
+
+    keys = ["pages", "relevant_pages", "rejected_pages", "rejected_questions", "reject_reasons"]
+    if config.backend == "openai":
+        keys += ["requests_sent", "resumed_pages"]
+    metrics = sum_metrics([s.metrics for s in shards], keys)
+    metrics["reject_reasons"] = dict(sorted(metrics["reject_reasons"].items()))
+    check_pages(metrics["pages"], metrics["rejected_pages"], metrics["reject_reasons"], config)  # before writing
+    concat_files([s.out_dir / OUTPUTS["evidence"] for s in shards], out_dir / OUTPUTS["evidence"])
+    page_lines: list[str] = []
+    question_lines: dict[str, str] = {}  # by question id, first seen first, as the unsharded run keeps them
+    for shard in shards:
+        with open(shard.out_dir / OUTPUTS["rejects"], encoding="utf-8") as fh:
+            for line in fh:
+                reject = json.loads(line)
+                if reject["reason"] in PAGE_REASONS:
+                    page_lines.append(line)
+                else:
+                    question_lines[reject["id"]] = line
+    with atomic_open(out_dir / OUTPUTS["rejects"]) as fh:
+        fh.writelines(page_lines)
+        fh.writelines(question_lines.values())
+    return {key: metrics[key] for key in keys}
