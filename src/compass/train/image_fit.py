@@ -129,6 +129,7 @@ def fit_examples(processor, examples: list[SftExample], max_length: int) -> Fitt
 
     out_examples, out_images, fits = [], [], []
     for example in examples:
+        vision_messages(example)  # a record whose marks and images disagree fails here, with its own message
         pages = [_open(path) for path in example.images]
         order = evidence_order(example)
 
@@ -139,7 +140,7 @@ def fit_examples(processor, examples: list[SftExample], max_length: int) -> Fitt
         try:
             scaled, fit = fit_images(processor, conversation, pages, max_length, priority=order,
                                      add_special_tokens=False)
-        except CompassError as err:
+        except CompassError as err:  # only the budget can fail now: not even the text fits
             raise CompassError(f"record {example.id!r}: {err} (max_length); raise max_length") from None
         if pages and not fit.images_kept:  # a document question with no page to look at teaches guessing
             raise CompassError(f"record {example.id!r}: not one of its {len(pages)} pages fits max_length {max_length} "
