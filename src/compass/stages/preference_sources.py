@@ -17,7 +17,7 @@ from compass.config import StageConfig
 from compass.data.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.data.preference import DEFAULT_RATING_KEY
 from compass.data.sft_formats import DataSource
-from compass.stagekit import StageContext
+from compass.stagekit import RecordSink, StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -64,7 +64,6 @@ def run(config: Config, ctx: StageContext) -> dict:
     from compass.data.preference import preference_converter
     from compass.data.sft_formats import load_mix
     from compass.data.text_decontam import decontaminate_texts, labels_by_source
-    from compass.io import write_jsonl
 
     pairs, reports = load_mix(config.datasets, inputs.get("data"), config.seed, None, preference_converter(config.rating_key))
     labels = labels_by_source(reports)
@@ -72,11 +71,13 @@ def run(config: Config, ctx: StageContext) -> dict:
         [(p.id, label, "\n".join(m.content for m in p.prompt if m.role == "user")) for p, label in zip(pairs, labels, strict=True)],
         inputs.get("eval"), ngram=config.ngram, threshold=config.threshold, max_drop_rate=config.max_drop_rate,
         what="preference-sources")
-    rows = [p for p in pairs if p.id in kept]
-    write_jsonl(out_dir / OUTPUTS["pairs"], rows)
-    write_jsonl(out_dir / OUTPUTS["report"], dropped)
     per_source = {label: 0 for label in reports}
-    for pair, label in zip(pairs, labels, strict=True):
-        per_source[label] += pair.id in kept
-    return {"pairs": len(rows), "per_source": per_source, "sources": reports, "decontaminated": len(dropped),
-            "decontaminated_by_source": {label: sum(d["source"] == label for d in dropped) for label in reports}}
+    with RecordSink("preference-sources", out_dir, OUTPUTS["pairs"], OUTPUTS["report"]) as sink:  # the drop report
+        for pair, label in zip(pairs, labels, strict=True):
+            if pair.id in kept:
+                sink.record(pair)
+                per_source[label] += 1
+        for row in dropped:
+            sink.reject(row, reason=row["source"])
+    return {"pairs": sink.kept, "per_source": per_source, "sources": reports, "decontaminated": sink.rejected,
+            "decontaminated_by_source": {label: sink.count(label) for label in reports}}

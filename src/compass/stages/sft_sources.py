@@ -19,7 +19,7 @@ from compass.config import StageConfig
 from compass.data.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.data.sft_formats import DataSource
 from compass.errors import CompassError
-from compass.stagekit import StageContext
+from compass.stagekit import RecordSink, StageContext
 from compass.stages import Port
 
 VERSION = 1  # code version of what this stage writes: bump when the same config and inputs would give other bytes
@@ -62,7 +62,7 @@ def run(config: Config, ctx: StageContext) -> dict:
     inputs, out_dir = ctx.inputs, ctx.out_dir
     from compass.data.sft_formats import load_mix
     from compass.data.text_decontam import decontaminate_texts, labels_by_source
-    from compass.io import sha256_file, write_jsonl
+    from compass.io import sha256_file
 
     image_dir = out_dir / OUTPUTS["images"]
     examples, reports = load_mix(config.datasets, inputs.get("data"), config.seed, image_dir)
@@ -86,7 +86,10 @@ def run(config: Config, ctx: StageContext) -> dict:
             images.append(image.relative_to(out_dir).as_posix())
         rows.append({"id": example.id, "messages": example.messages, **({"images": images} if images else {})})
         per_source[label] += 1
-    write_jsonl(out_dir / OUTPUTS["examples"], rows)
-    write_jsonl(out_dir / OUTPUTS["report"], dropped)
-    return {"examples": len(rows), "per_source": per_source, "sources": reports, "decontaminated": len(dropped),
-            "decontaminated_by_source": {label: sum(d["source"] == label for d in dropped) for label in reports}}
+    with RecordSink("sft-sources", out_dir, OUTPUTS["examples"], OUTPUTS["report"]) as sink:  # the drop report
+        for row in rows:
+            sink.record(row)
+        for row in dropped:
+            sink.reject(row, reason=row["source"])
+    return {"examples": sink.kept, "per_source": per_source, "sources": reports, "decontaminated": sink.rejected,
+            "decontaminated_by_source": {label: sink.count(label) for label in reports}}
