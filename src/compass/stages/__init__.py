@@ -14,6 +14,8 @@
                                         test_stage_versions.py fails on a golden output change without a bump)
     hub_inputs(config) -> [HubRef]      optional: hub datasets/models it reads by id (compass.hub); their
                                         resolved commits join the cache key
+    gather(config, shards, out_dir)     for a Config that is a compass.data.shards.ShardedStageConfig (it takes
+                                        --shard I/N): joins the completed shard runs into the unsharded output
 
 Nothing in a stage knows whether the CLI, a recipe or a test called it. Modules load lazily so that
 `compass --help` does not import torch.
