@@ -210,6 +210,8 @@ def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
     check_rejects(config, summed, None)  # before anything is written
     concat_files([s.out_dir / OUTPUTS["rejects"] for s in shards], out_dir / OUTPUTS["rejects"])
     traces_dir = out_dir / OUTPUTS["traces"]
+    if traces_dir.is_dir():  # what an interrupted gather wrote: rewritten whole
+        shutil.rmtree(traces_dir)
     traces_dir.mkdir()
     kept = 0
     with ExitStack() as shard:
