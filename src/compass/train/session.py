@@ -1,19 +1,19 @@
 """One training session around a TRL trainer: checkpoints and resume, the TrainingArguments both stages
 share, and metrics from the trainer's log history.
 
-Checkpoints go to out_dir/.checkpoints (hidden, so not hashed as outputs). Beside them, run.json holds a
-fingerprint of the config and the input files (path, size, mtime): a rerun in the same out_dir resumes
-from the latest complete checkpoint (trainer_state.json, which the Trainer writes last, parses) only when
-the fingerprint matches; otherwise the old checkpoints are removed and training starts over.
+Checkpoints go to out_dir/.checkpoints (hidden, so not hashed as outputs). Beside them, run.json holds the
+stage context's resume key (config, input hashes, code version): a rerun in the same out_dir resumes from the
+latest complete checkpoint (trainer_state.json, which the Trainer writes last, parses) only when the key
+matches; otherwise the old checkpoints are removed and training starts over.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from compass.config import config_hash
 from compass.errors import CompassError
 from compass.io import write_json_atomic
 from compass.logs import get as get_logger
@@ -24,14 +24,6 @@ log = get_logger("train")
 
 CHECKPOINTS = ".checkpoints"
 LOG_HISTORY = "log_history.json"
-
-
-def fingerprint(config, inputs: dict[str, Path]) -> dict:
-    files = {}
-    for name, root in sorted(inputs.items()):
-        paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        files[name] = [[str(p.relative_to(root) if p != root else p.name), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
-    return {"config_hash": config_hash(config), "inputs": files}
 
 
 def complete_checkpoints(ckpt_dir: Path) -> list[Path]:
@@ -56,14 +48,15 @@ class Resume:
     tokens_seen: int  # read now: the checkpoint may be rotated away during training
 
 
-def prepare_checkpoints(out_dir: Path, config, inputs: dict[str, Path], plan: DevicePlan) -> Resume:
-    """Create out_dir/.checkpoints and choose the checkpoint to resume from."""
+def prepare_checkpoints(out_dir: Path, config, resume_key: str, plan: DevicePlan) -> Resume:
+    """Create out_dir/.checkpoints and choose the checkpoint to resume from. Checkpoints written under another
+    `resume_key` (the stage context's: config, input hashes, code version) are not this run's and go."""
     from accelerate import PartialState
 
     ckpt_dir = out_dir / CHECKPOINTS
     run_file = ckpt_dir / "run.json"
     if plan.is_main:
-        current = fingerprint(config, inputs)
+        current = {"resume_key": resume_key}
         previous = json.loads(run_file.read_text()) if run_file.is_file() else None
         if ckpt_dir.exists() and (previous != current or not config.resume):
             shutil.rmtree(ckpt_dir)  # another config or other inputs: those checkpoints are not this run's
@@ -122,7 +115,21 @@ def train(trainer, resume: Resume, config, plan: DevicePlan):
     live = live_run_for(Path(trainer.args.output_dir).parent) if plan.is_main else None  # out_dir/.checkpoints
     if live is not None:
         trainer.add_callback(LiveMetrics(live))
-    return trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+    trainer.add_callback(StopAtStepLimit())
+    started = time.perf_counter()
+    try:
+        return trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+    except StepLimitReached:
+        # resumed from the checkpoint at the last step: its weights are loaded, nothing is left to train
+        from transformers.trainer_utils import TrainOutput
+
+        trainer.is_in_train = False
+        trainer.control = trainer.callback_handler.on_train_end(trainer.args, trainer.state, trainer.control)
+        return TrainOutput(trainer.state.global_step, 0.0, {"train_runtime": time.perf_counter() - started, "train_loss": 0.0})
+
+
+class StepLimitReached(Exception):
+    """The run already holds max_steps optimizer steps (see StopAtStepLimit)."""
 
 
 # keys of a trainer log entry shown in the compact line, in this order, with their short names (every key
@@ -158,6 +165,17 @@ def _callback_base():
     from transformers import TrainerCallback
 
     return TrainerCallback
+
+
+class StopAtStepLimit(_callback_base()):
+    """The trainer checks max_steps only after a step: resumed from the checkpoint AT max_steps, with batches left
+    in the epoch, it would train one step more. This stops it before that step begins (the model then holds the
+    checkpoint's weights, the optimizer has not stepped)."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            raise StepLimitReached(f"step {state.global_step} of {state.max_steps}")
+        return control
 
 
 class LogLines(_callback_base()):
