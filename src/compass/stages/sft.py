@@ -18,10 +18,10 @@ from pydantic import Field
 from compass.data.sft_formats import DataSource, SftFormat
 from compass.errors import CompassError
 from compass.stages import Port
-from compass.stagekit import whole_run_training_figures
+from compass.stagekit import StageContext, whole_run_training_figures
 from compass.train.config import TrainConfig
 
-VERSION = 2  # code version of what this stage writes: bump when the same config and inputs would give other bytes
+VERSION = 3  # code version of what this stage writes: bump when the same config and inputs would give other bytes
 EXAMPLE = ("compass sft --model work/llm --data distill/traces.jsonl --out sft/ --merge "
            "--max-steps 50 --global-batch-size 4 --micro-batch-size 2 --lora-r 8")
 
@@ -64,7 +64,8 @@ def hub_inputs(config: Config) -> list:
 
     return hub_refs(config.mix)
 
-def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
+def run(config: Config, ctx: StageContext) -> dict:
+    inputs, out_dir = ctx.inputs, ctx.out_dir
     import torch
     from trl import SFTConfig, SFTTrainer
 
@@ -95,10 +96,16 @@ def run(config: Config, inputs: dict[str, Path], out_dir: Path) -> dict:
         dataset = tokenized.dataset
         data_metrics.update(examples=tokenized.examples, truncated=tokenized.truncated, dropped=tokenized.dropped,
                             dataset_tokens=tokenized.tokens, assistant_tokens=tokenized.assistant_tokens)
-    else:
-        dataset = D.vision_sft_dataset(examples)
+    else:  # pages capped so each example fits max_length (TRL cannot cut through image tokens); see train.image_fit
+        from compass.train.image_fit import fit_examples, record_fits
 
-    resume = prepare_checkpoints(out_dir, config, inputs, plan)
+        fitted = fit_examples(processing_class, examples, config.max_length)
+        dataset = D.vision_sft_dataset(fitted.examples, fitted.images)
+        data_metrics.update(fitted.metrics())
+        if plan.is_main:
+            record_fits(fitted, out_dir, config.max_length)
+
+    resume = prepare_checkpoints(out_dir, config, ctx.resume_key, plan)
     # TRL's config first: under ZeRO-3 it must exist before the model loads, so that loading partitions it
     args = SFTConfig(
         **common_args(config, plan, out_dir),
