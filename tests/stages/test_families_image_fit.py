@@ -130,23 +130,31 @@ def case(request, tiny_families, tmp_path_factory):
     return make_case(tiny_families, request.param, tmp_path_factory.mktemp(request.param))
 
 
-def test_pages_are_capped_in_evidence_order_to_exactly_what_the_collator_encodes(case):
+def test_pages_are_capped_in_evidence_order_to_exactly_what_the_collator_encodes(case, tmp_path):
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
     from compass.train.data import read_sft_examples, vision_sft_dataset
     from compass.train.image_fit import fit_examples
 
     examples = read_sft_examples(case.data)
-    fitted = fit_examples(case.processor, examples, case.max_length)
+    fitted = fit_examples(case.processor, examples, case.max_length, tmp_path / "fitted")
     rows, metrics = expected_figures(case)
     assert fitted.rows() == rows
     assert fitted.metrics() == metrics
     assert metrics["capped_to_fit"] == (2 if case.expected["a"][1] else 1) and metrics["pages_dropped"] == 2
-    b = fitted.examples[1]
-    assert [p.name for p in b.images] == ["b0.png", "b1.png", "b2.png", "b5.png"]
+    a, b, c = fitted.examples
+    kept_b = [case.folder / f"b{p}.png" for p in (0, 1, 2, 5)]
+    if case.expected["b"][1] is None:
+        assert b.images == kept_b
+    else:  # scaled pages are files of the image folder, named by their hash, exactly the scaled pixels
+        assert all(p.parent == tmp_path / "fitted" for p in b.images)
+        assert [Image.open(p).size for p in b.images] == [(160, 224)] * 4
+        assert [Image.open(p).tobytes() for p in b.images] == [
+            Image.open(p).convert("RGB").resize((160, 224)).tobytes() for p in kept_b]
+    assert c.images == [case.folder / "c0.png"]  # as given: the record's own file
     assert "Page 4:" not in b.messages[1]["content"] and "Page 6:\n<image>\n" in b.messages[1]["content"]
     # what TRL's collator makes of each capped example: exactly the counted tokens, nothing cut, answer labelled
-    dataset = vision_sft_dataset(fitted.examples, fitted.images)
+    dataset = vision_sft_dataset(fitted.examples)
     collator = DataCollatorForVisionLanguageModeling(case.processor, max_length=case.max_length, assistant_only_loss=True)
     for index, row in enumerate(rows):
         batch = collator([dataset[index]])
@@ -154,7 +162,7 @@ def test_pages_are_capped_in_evidence_order_to_exactly_what_the_collator_encodes
         assert (batch["labels"] != -100).any()
 
 
-def test_an_example_that_fits_no_page_fails_with_its_id(case):
+def test_an_example_that_fits_no_page_fails_with_its_id(case, tmp_path):
     from compass.train.data import read_sft_examples
     from compass.train.image_fit import fit_examples
 
@@ -162,10 +170,10 @@ def test_an_example_that_fits_no_page_fails_with_its_id(case):
     text_alone = tokens_shown(case.processor, case.folder, "a", [], None)
     with pytest.raises(CompassError, match=rf"^record 'a/q0': not one of its 4 pages fits max_length {text_alone} "
                                            rf"even at 224 px \(the text alone is {text_alone} tokens\); raise max_length$"):
-        fit_examples(case.processor, examples, text_alone)
+        fit_examples(case.processor, examples, text_alone, tmp_path)
     with pytest.raises(CompassError, match=rf"^record 'a/q0': the prompt alone is {text_alone} tokens, over the budget "
                                            rf"of {text_alone - 1} \(max_length\); raise max_length$"):
-        fit_examples(case.processor, examples, text_alone - 1)
+        fit_examples(case.processor, examples, text_alone - 1, tmp_path)
 
 
 @pytest.mark.slow
@@ -182,3 +190,6 @@ def test_sft_trains_on_capped_examples_and_records_the_cap(case, tmp_path):
     assert math.isfinite(m["first_loss"]) and math.isfinite(m["last_loss"]) and m["steps"] == 2
     written = [json.loads(line) for line in (result.out_dir / "image_fit.jsonl").read_text().splitlines()]
     assert written == rows
+    # one file per distinct scaled page: page p of a and of b are the same pixels (write_docs colours by p)
+    distinct = {p for doc, (shown, side) in case.expected.items() if side is not None for p in shown}
+    assert len(list((result.out_dir / "fitted_images").glob("*.png"))) == len(distinct)

@@ -99,8 +99,8 @@ def run(config: Config, ctx: StageContext) -> dict:
     else:  # pages capped so each example fits max_length (TRL cannot cut through image tokens); see train.image_fit
         from compass.train.image_fit import fit_examples, record_fits
 
-        fitted = fit_examples(processing_class, examples, config.max_length)
-        dataset = D.vision_sft_dataset(fitted.examples, fitted.images)
+        fitted = fit_examples(processing_class, examples, config.max_length, out_dir / "fitted_images")
+        dataset = D.vision_sft_dataset(fitted.examples)
         data_metrics.update(fitted.metrics())
         if plan.is_main:
             record_fits(fitted, out_dir, config.max_length)

@@ -142,29 +142,14 @@ def vision_messages(example: SftExample) -> list[dict]:
     return out
 
 
-def vision_sft_dataset(examples: list[SftExample], images: list[list] | None = None):
-    """messages + images (decoded to PIL by the datasets Image feature when a batch is drawn). `images`, per
-    example, overrides the records' own: paths, or PIL images (pages scaled down to fit, see compass.train.image_fit),
-    which travel as PNG bytes."""
+def vision_sft_dataset(examples: list[SftExample]):
+    """messages + images (decoded to PIL by the datasets Image feature when a batch is drawn)."""
     from datasets import Dataset, Image, List
 
-    per_example = [list(e.images) for e in examples] if images is None else images
-    if not any(per_example):
+    rows = {"messages": [vision_messages(e) for e in examples], "images": [[str(p) for p in e.images] for e in examples]}
+    if not any(rows["images"]):
         raise CompassError("the model is a VLM but no record has images; decompose the VLM and train its LLM on text records")
-    rows = {"messages": [vision_messages(e) for e in examples],
-            "images": [[_image_cell(image) for image in row] for row in per_example]}
     return Dataset.from_dict(rows).cast_column("images", List(Image()))
-
-
-def _image_cell(image) -> dict:
-    """One image as the datasets Image feature stores it: a path, or the PNG bytes of an image in memory."""
-    import io
-
-    if isinstance(image, (str, Path)):
-        return {"path": str(image), "bytes": None}
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")  # lossless: the collator sees the very pixels that were counted
-    return {"path": None, "bytes": buffer.getvalue()}
 
 
 # --- DPO -----------------------------------------------------------------------------------------------

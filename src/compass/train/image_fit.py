@@ -41,8 +41,7 @@ class ExampleFit:
 
 @dataclass
 class FittedExamples:
-    examples: list[SftExample]  # images left out of the records where dropped
-    images: list[list]  # per example, in placeholder order: a path (as given) or a PIL image (scaled down)
+    examples: list[SftExample]  # dropped images left out; scaled ones replaced by their files in the image folder
     fits: list[ExampleFit]
 
     def metrics(self) -> dict:
@@ -121,13 +120,15 @@ def with_images(example: SftExample, kept: list[int]) -> SftExample:
     return SftExample(id=example.id, messages=messages, images=[example.images[i] for i in sorted(keep)])
 
 
-def fit_examples(processor, examples: list[SftExample], max_length: int) -> FittedExamples:
+def fit_examples(processor, examples: list[SftExample], max_length: int, image_dir: Path) -> FittedExamples:
     """Every example's page images capped so that its whole conversation fits `max_length` tokens, counted as TRL's
-    vision collator encodes it (the processor's chat template, no added special tokens)."""
+    vision collator encodes it (the processor's chat template, no added special tokens). Scaled pages are written
+    to `image_dir` as PNG (lossless: training sees the very pixels counted), named by their sha256, so the dataset
+    holds paths and memory stays flat however many pages are scaled."""
     from compass.models.processors import fit_images, prompt_tokens
     from compass.train.data import vision_messages
 
-    out_examples, out_images, fits = [], [], []
+    out_examples, fits = [], []
     for example in examples:
         vision_messages(example)  # a record whose marks and images disagree fails here, with its own message
         pages = [_open(path) for path in example.images]
@@ -153,10 +154,27 @@ def fit_examples(processor, examples: list[SftExample], max_length: int) -> Fitt
         fits.append(ExampleFit(example.id, fit.tokens, len(pages), fit.images_kept, dropped, fit.max_long_side,
                                (fit.tokens - text_only) / len(kept) if kept else 0.0,
                                fit.max_long_side is not None or len(kept) != len(pages)))
-        out_examples.append(with_images(example, kept))
-        # pages as given stay paths (decoded per batch); scaled ones travel as the images fit_images made
-        out_images.append(scaled if fit.max_long_side is not None else [example.images[i] for i in kept])
-    return FittedExamples(out_examples, out_images, fits)
+        shown = with_images(example, kept)
+        if fit.max_long_side is not None:
+            shown = SftExample(id=shown.id, messages=shown.messages, images=[_store(i, image_dir) for i in scaled])
+        out_examples.append(shown)
+    return FittedExamples(out_examples, fits)
+
+
+def _store(image, image_dir: Path) -> Path:
+    import hashlib
+    import io
+
+    from compass.io import atomic_open
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    target = Path(image_dir) / f"{hashlib.sha256(data).hexdigest()}.png"
+    if not target.is_file():  # every process of a multi-process run writes the same bytes; the rename is atomic
+        with atomic_open(target, "wb", encoding=None) as fh:
+            fh.write(data)
+    return target
 
 
 def _open(path: Path):
