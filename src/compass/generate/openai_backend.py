@@ -45,6 +45,10 @@ class _Fatal(Exception):
 class _Endpoint:
     url: str  # full .../chat/completions URL
     active: int = 0
+    # consecutive failed attempts and the monotonic time before which it is rested: a dead server refuses at
+    # once, so it always looks least loaded; without resting it would draw every retry of every request
+    failures: int = 0
+    rested_until: float = 0.0
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -70,8 +74,12 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 
     Jitter spreads the retries of many requests that failed together (a server restart) so they do not come
     back as one burst; the lower half is kept so a retry never fires immediately."""
-    cap = min(max_s, base_s * (2 ** (attempt - 1)))
+    cap = backoff_cap(attempt, base_s, max_s)
     return rng.uniform(cap / 2, cap)
+
+
+def backoff_cap(attempt: int, base_s: float, max_s: float) -> float:
+    return min(max_s, base_s * (2 ** (attempt - 1)))
 
 
 class OpenAIBackend:
@@ -218,6 +226,11 @@ class OpenAIBackend:
         except _Fatal as err:
             return self._failed(pool, job, str(err))
         except _Retryable as err:
+            endpoint.failures += 1
+            # rested for the cap of its backoff (no jitter): never shorter than this job's retry delay (the
+            # endpoint's failure count is at least the job's attempt count), so the retry goes elsewhere
+            endpoint.rested_until = time.monotonic() + backoff_cap(endpoint.failures, self.backoff_base_s,
+                                                                   self.backoff_max_s)
             if job.attempts > self.max_retries:
                 return self._failed(pool, job, f"{err} (gave up after {job.attempts} attempts)")
             delay = backoff_delay(job.attempts, self.backoff_base_s, self.backoff_max_s, pool.rng)
@@ -229,6 +242,7 @@ class OpenAIBackend:
             return None
         finally:
             endpoint.active -= 1
+        endpoint.failures = 0
         return GenResult(request.id, text, None, job.attempts, tokens, time.perf_counter() - job.t0, finish, request.meta)
 
     async def _attempt(self, client: httpx.AsyncClient, url: str, payload: bytes) -> tuple[str, int | None, str | None]:
@@ -302,12 +316,17 @@ class _Pool:
         self.jobs.put_nowait(job)
 
     def pick(self) -> _Endpoint:
-        """Least-loaded endpoint; ties go round-robin so equal servers share the work evenly."""
+        """Least-loaded endpoint among those not rested after a failure (when all are, the one whose rest ends
+        first); ties go round-robin so equal servers share the work evenly."""
         n = len(self.endpoints)
+        now = time.monotonic()
+        ready = {id(e) for e in self.endpoints if e.rested_until <= now}
+        if not ready:
+            ready = {id(min(self.endpoints, key=lambda e: e.rested_until))}
         best = None
         for offset in range(n):
             candidate = self.endpoints[(self._next + offset) % n]
-            if best is None or candidate.active < best.active:
+            if id(candidate) in ready and (best is None or candidate.active < best.active):
                 best = candidate
         self._next = (self.endpoints.index(best) + 1) % n
         return best
