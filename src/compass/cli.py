@@ -277,7 +277,7 @@ def build_parser(full: Collection[str] | None = None) -> argparse.ArgumentParser
                      "inputs are done (default 1: one after another)")
     run.set_defaults(handler=cmd_run)
 
-    gather = sub.add_parser("gather", help="join the shard runs of a data stage (--shard I/N) into its unsharded output",
+    gather = sub.add_parser("gather", help="join the shard runs of a stage (--shard I/N: data stages, evidence, doc-questions, distill) into its unsharded output",
                             epilog="example:\n  compass pages --pdfs pdfs --out pages-0 --shard 0/2 && compass pages --pdfs pdfs "
                             "--out pages-1 --shard 1/2\n  compass gather --out pages pages-0 pages-1",
                             formatter_class=argparse.RawDescriptionHelpFormatter)
