@@ -16,9 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/compass demo
 
-# the whole suite: what CI (.ci/run) and the README run
+# the whole suite: what CI (.ci/run) and the README run. One test process per core (each one torch thread);
+# a test module stays on one process (its ledger and fixtures are module-scoped). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # the edit loop: unit tests that build no model and open no browser (under a minute)
 test-fast: $(STAMP)
