@@ -214,6 +214,15 @@ def test_evidence_with_a_missing_page_image_leaves_no_directory(tmp_path, corpus
     with ScriptedServer(evidence_reply, port=port) as server:
         result = run_cli(argv, capsys)
         assert server.completed == 0
-    # a missing image is a FileNotFoundError today (exit 1, not a CompassError's 2): still one line naming the file
-    assert_one_line_error(result, "page-0000.png", code=1)
+    assert_one_line_error(result, "page-0000.png does not exist", code=2)
     assert not out.exists()
+
+
+def test_a_page_image_of_another_type_is_one_line_naming_it(tmp_path):
+    from compass.errors import CompassError
+    from compass.longdoc.evidence import image_data_url
+
+    gif = tmp_path / "page-0000.gif"
+    gif.write_bytes(b"GIF89a")
+    with pytest.raises(CompassError, match=r"page-0000.gif: unsupported type '.gif'; pages must be .jpeg, .jpg, .png"):
+        image_data_url(gif)

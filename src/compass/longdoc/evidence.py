@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from compass.errors import CompassError
 from compass.records import DocQuestion, Page
 from compass.vocab import reply_body
 
@@ -76,9 +77,20 @@ def parse_evidence(text: str) -> tuple[str, float]:
     return evidence.strip(), clamp_score(float(score))
 
 
+IMAGE_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
+
+
 def image_data_url(path: Path) -> str:
-    mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}[path.suffix.lower()]
-    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
+    """A page image as a data: URL for an OpenAI-style request; a missing or unsupported image is one line naming it."""
+    if path.suffix.lower() not in IMAGE_MIME:
+        raise CompassError(f"page image {path}: unsupported type {path.suffix!r}; pages must be "
+                           f"{', '.join(sorted(IMAGE_MIME))} (what `compass pages` writes)")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise CompassError(f"page image {path} does not exist (the pages input names it): rerun `compass pages` "
+                           "for that document or pass the images directory it wrote") from None
+    return f"data:{IMAGE_MIME[path.suffix.lower()]};base64,{base64.b64encode(data).decode('ascii')}"
 
 
 def evidence_messages(question: DocQuestion, image: Path, gold: bool) -> list[dict]:
