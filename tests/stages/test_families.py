@@ -359,3 +359,37 @@ def test_local_generation_caps_pages_to_the_models_positions_and_records_it(tiny
     text_only = prompt_tokens(processor, processor.apply_chat_template(
         [{"role": "user", "content": parts[-1:]}], add_generation_prompt=True, tokenize=False), [])
     assert result.meta["tokens_per_page"] == one - text_only
+
+
+def test_local_generation_feeds_one_bos_where_the_template_writes_it(tiny_families, tmp_path):
+    """Gemma3's template starts with <bos> and its tokenizer adds one too (the real one's post-processor does; the
+    tiny one is given it here): the rendered chat is encoded without added special tokens, so the model sees
+    exactly one BOS (two shift every figure of a Gemma eval)."""
+    import shutil
+
+    from PIL import Image
+
+    from compass.generate.base import GenRequest
+    from compass.generate.local_model import LocalModel
+
+    model_dir = tmp_path / "gemma3"
+    shutil.copytree(tiny_families("gemma3"), model_dir)
+    tokenizer_json = json.loads((model_dir / "tokenizer.json").read_text())
+    [bos_id] = [t["id"] for t in tokenizer_json["added_tokens"] if t["content"] == "<bos>"]
+    bos_first = [{"SpecialToken": {"id": "<bos>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}]
+    tokenizer_json["post_processor"] = {
+        "type": "TemplateProcessing", "single": bos_first, "pair": bos_first + [{"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<bos>": {"id": "<bos>", "ids": [bos_id], "tokens": ["<bos>"]}}}
+    (model_dir / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    Image.new("RGB", (200, 280), (10, 90, 150)).save(tmp_path / "p0.png")
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Net sales?"}]}]
+    request = GenRequest(id="q", messages=messages, max_tokens=2, temperature=0.0, meta={"images": [str(tmp_path / "p0.png")]})
+    model = LocalModel(model_dir, batch_size=1)
+    model._load()
+    assert model.tokenizer("x")["input_ids"][0] == bos_id  # the tokenizer adds BOS, as Gemma's does
+    fed, generate = [], model._model.generate
+    model._model.generate = lambda **kw: (fed.append(kw["input_ids"][0].tolist()), generate(**kw))[1]
+    [result] = list(model.generate([request]))
+    bos = model.tokenizer.bos_token_id
+    assert result.ok and model.chat_prompt(messages).startswith(model.tokenizer.bos_token)
+    assert fed[0][0] == bos and fed[0].count(bos) == 1

@@ -198,7 +198,8 @@ class LocalModel:
         tokenizer.padding_side = "left"  # new tokens must follow each prompt directly
         if self.vlm:
             kwargs = {"images": images} if any(images) else {}
-            encoded = self._processor(text=prompts, padding=True, return_tensors="pt", **kwargs)
+            # the rendered chat already holds the template's BOS (Gemma, Llama): the tokenizer must not add a second
+            encoded = self._processor(text=prompts, padding=True, return_tensors="pt", add_special_tokens=False, **kwargs)
         else:
             encoded = tokenizer(prompts, padding=True, return_tensors="pt", add_special_tokens=False)
         encoded = encoded.to(self.device)
@@ -259,9 +260,9 @@ class LocalModel:
 
         from compass.models.processors import prompt_tokens
 
-        kept, fit = fit_images(self._processor, prompt_for, pages, budget)
+        kept, fit = fit_images(self._processor, prompt_for, pages, budget, add_special_tokens=False)  # as encoded above
         capped = fit.max_long_side is not None or fit.images_kept != len(pages)
-        text_only = prompt_tokens(self._processor, prompt_for(0), [])
+        text_only = prompt_tokens(self._processor, prompt_for(0), [], add_special_tokens=False)
         figures = {"prompt_tokens": fit.tokens,
                    "tokens_per_page": (fit.tokens - text_only) / fit.images_kept if fit.images_kept else 0.0,
                    "image_fit": asdict(fit) if capped else None}
