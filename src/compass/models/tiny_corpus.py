@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 
 SENTENCES_EN = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
-    "How many clips did Natalia sell altogether in April and May?",
-    "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
-    "Betty is saving money for a new wallet which costs $100.",
-    "James writes a 3-page letter to 2 different friends twice a week. How many pages does he write a year?",
-    "A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?",
+    "Keiko packed 36 boxes of tea in June, and then she packed twice as many boxes in July.",
+    "How many boxes did Keiko pack in June and July together?",
+    "Ravi is paid $15 an hour for tutoring. Last week he tutored for 40 minutes a day.",
+    "Mina puts aside money for a bicycle which costs $240.",
+    "Tom sends a 4-page report to 3 colleagues every week. How many pages does he send in a year?",
+    "A scarf needs 3 balls of red wool and a third as much grey wool. How many balls does it need in total?",
     "Find the value of x such that 3x + 7 = 22.",
     "What is the remainder when 2024 is divided by 7?",
     "The sum of two numbers is 45 and their difference is 9. What is the larger number?",
