@@ -263,7 +263,7 @@ def test_smolvlm_without_num2words_is_one_line(tiny_families, tmp_path):
                            "--data", str(data), "--out", str(tmp_path / "sft"), "--max-steps", "1"],
                           capture_output=True, text=True, timeout=120)
     assert (done.returncode, done.stderr) == (
-        2, "error: the SmolVLM processor needs the package 'num2words': pip install 'compass[smolvlm]'\n")
+        2, "error: the SmolVLM processor needs the package 'num2words': pip install 'compass-vlm[smolvlm]'\n")
     assert not (tmp_path / "sft").exists()
 
 

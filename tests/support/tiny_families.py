@@ -243,7 +243,7 @@ def build_idefics3(out: Path, seed: int = 0) -> Path:
 
 def build_smolvlm(out: Path, seed: int = 0) -> Path:
     """SmolVLM (Idefics3's layout, its own processor and template); its processor needs num2words
-    (compass[smolvlm])."""
+    (compass-vlm[smolvlm])."""
     import torch
     from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil
 

@@ -242,3 +242,33 @@ def test_a_job_without_lm_evals_own_tasks_needs_task_files():
 
     with pytest.raises(CompassError, match="builtin_tasks=False needs an include_path"):
         run_job(None, LmEvalJob(tasks=("cma_basics",), builtin_tasks=False), seed=0)
+
+
+def test_cpa_audit_xlsx_reads_as_the_harness_dataset_script_does(tmp_path):
+    """The layout of the harness's jlm_fin_eval/datasets/cpa/CPA_AUDIT.xlsx (index column, q_no, question,
+    statements ア..カ, a_no, choices 1..6, abnormal_flg; rows of our own): rows without a question or with
+    abnormal_flg 1 are skipped, ids count the kept rows, empty statements leave the context, answer is a_no - 1.
+    (On the real file: 398 rows.)"""
+    from openpyxl import Workbook
+
+    sheet_rows = [
+        ["", "q_no", "question", "ア", "イ", "ウ", "エ", "オ", "カ", "a_no", 1, 2, 3, 4, 5, 6, "abnormal_flg"],
+        ["R9_1", 1, "正しいものの組合せを選びなさい。", "監査人は独立である。", "監査は保証である。", "", None, None, None,
+         2, "アイ", "アウ", "アエ", "イウ", "イエ", "ウエ", 0],
+        ["R9_1", 2, None, "空の問題", None, None, None, None, None, 1, "a", "b", "c", "d", "e", "f", 0],
+        ["R9_1", 3, "異常な問題", "x", None, None, None, None, None, "1,2", "a", "b", "c", "d", "e", "f", 1],
+        ["R9_1", 4, "誤っているものを選びなさい。", "ア文", "イ文", "ウ文", "エ文", "オ文", "カ文",
+         6, 1, 2, 3, 4, 5, 6, 0],
+    ]
+    book = Workbook()
+    for row in sheet_rows:
+        book.active.append(row)
+    book.save(tmp_path / "CPA_AUDIT.xlsx")
+    rows = finharness.harness_rows("cpa_audit", tmp_path / "CPA_AUDIT.xlsx")
+    assert rows == [
+        {"id": 0, "question": "正しいものの組合せを選びなさい。", "context": "ア: 監査人は独立である。\nイ: 監査は保証である。",
+         "choices": {"id": [0, 1, 2, 3, 4, 5], "text": ["アイ", "アウ", "アエ", "イウ", "イエ", "ウエ"]}, "answer": 1},
+        {"id": 1, "question": "誤っているものを選びなさい。",
+         "context": "ア: ア文\nイ: イ文\nウ: ウ文\nエ: エ文\nオ: オ文\nカ: カ文",
+         "choices": {"id": [0, 1, 2, 3, 4, 5], "text": ["1", "2", "3", "4", "5", "6"]}, "answer": 5},
+    ]

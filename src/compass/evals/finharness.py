@@ -215,7 +215,7 @@ def _cpa_audit_xlsx_rows(path: Path) -> list[dict]:
     try:
         frame = pd.read_excel(path, index_col=0)
     except ImportError as err:
-        raise CompassError(f"{path}: reading .xlsx needs openpyxl ({err}); pip install openpyxl, or convert the "
+        raise CompassError(f"{path}: reading .xlsx needs openpyxl ({err}); pip install 'compass-vlm[finharness]', or convert the "
                            "sheet to the harness's JSON schema") from None
     rows = []
     for record in frame.to_dict(orient="records"):

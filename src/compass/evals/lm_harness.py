@@ -1,4 +1,4 @@
-"""lm-evaluation-harness as a reference engine (the `lm-eval` extra: pip install 'compass[lm-eval]').
+"""lm-evaluation-harness as a reference engine (the `lm-eval` extra: pip install 'compass-vlm[lm-eval]').
 
 The reference protocols that published tables use (japanese-lm-fin-harness, lm-eval's gsm8k and
 mgsm_native_cot_ja) run through lm-eval itself on the local model: its HFLM loads the model directory once,

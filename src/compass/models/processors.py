@@ -32,7 +32,7 @@ from compass.models.families import family_of
 
 PROCESSOR_CONFIG = "processor_config.json"
 # optional packages a family's processor imports, and the extra that installs them
-EXTRAS = {"smolvlm": [("num2words", "compass[smolvlm]")]}
+EXTRAS = {"smolvlm": [("num2words", "compass-vlm[smolvlm]")]}
 
 
 class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
