@@ -291,6 +291,20 @@ class HashCache:
                 self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", updates)
         return out
 
+    def remember(self, files: list[tuple[Path, str]]) -> None:
+        """Record (file, sha256) pairs whose bytes the caller has just verified (the content store, as it writes a
+        blob), with their stat now, so the next look (`runs show`) reads nothing. Unlike sha256_many this skips the
+        racy-stat rule: an edit within the file system's timestamp tick after this call would go unseen here,
+        not by `compass runs check`, which reads every byte."""
+        rows = []
+        for file, digest in files:
+            key = os.path.abspath(file)
+            st = os.stat(key)
+            rows.append((key, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, digest))
+        if rows:
+            with self._db:
+                self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
     def close(self) -> None:
         self._db.close()
 

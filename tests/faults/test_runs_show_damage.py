@@ -54,3 +54,19 @@ def test_runs_show_names_a_damaged_blob_and_repair_restores_it(tmp_path, capsys)
     shown = run_cli(["runs", "show", manifest.run_id[:8]], capsys)
     assert artifact_line(shown.out, "pdfs/report-0000.pdf").endswith(f"{pdf_sha}  MISSING")
     assert "out pdfs/report-0000.pdf (missing)" in shown.out
+
+
+def test_first_show_of_a_fresh_run_reads_no_blob(tmp_path, capsys, monkeypatch):
+    """The store remembers each blob it writes in the stat cache, so `runs show` right after a run (a checkpoint of
+    16 GB, say) reads none of it; a blob whose stat changes afterwards is read (the test above)."""
+    import compass.io
+
+    out = tmp_path / "fx"
+    assert run_cli(["pdf-fixtures", "--n-docs", "2", "--min-extra-pages", "0", "--max-extra-pages", "0",
+                    "--out", out], capsys).code == 0
+    read = []
+    real = compass.io.sha256_file
+    monkeypatch.setattr(compass.io, "sha256_file", lambda path: read.append(path) or real(path))
+    shown = run_cli(["runs", "show", read_manifest(out).run_id[:8]], capsys)
+    assert shown.code == 0 and "not intact" not in shown.out
+    assert read == []

@@ -106,12 +106,14 @@ def _recording_index(workspace: Workspace) -> Index:
 def _store_files(workspace: Workspace, manifest: Manifest, out_dir: Path):
     """Put outputs (hard-linked) and inputs (copied) into the store; each blob lands by rename."""
     store = ContentStore(workspace.store_dir)
+    stored: list[tuple[Path, str]] = []  # new blobs, remembered in the stat cache so `runs show` need not read them
     out_files: list[tuple[str, str, int]] = []
     for rel, sha in manifest.outputs.items():
         path = out_dir / rel
         if not path.is_file():
             raise CompassError(f"cannot record run {manifest.run_id[:8]}: output {path} is gone")
-        store.put(path, sha, link=True)
+        if store.put(path, sha, link=True):
+            stored.append((store.path(sha), sha))
         out_files.append((rel, sha, path.stat().st_size))
     in_files: list[tuple[str, str, str, int, bool]] = []
     for port, record in manifest.inputs.items():
@@ -121,8 +123,16 @@ def _store_files(workspace: Workspace, manifest: Manifest, out_dir: Path):
             path = base if is_file else base / rel
             if not path.is_file():
                 raise CompassError(f"cannot record run {manifest.run_id[:8]}: input {path} is gone")
-            store.put(path, sha, link=False)
+            if store.put(path, sha, link=False):
+                stored.append((store.path(sha), sha))
             in_files.append((port, rel, sha, path.stat().st_size, is_file))
+    from compass.io import HASH_CACHE_NAME, HashCache
+
+    cache = HashCache(workspace.root / HASH_CACHE_NAME)
+    try:
+        cache.remember(stored)
+    finally:
+        cache.close()
     return out_files, in_files
 
 
