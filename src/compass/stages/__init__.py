@@ -66,7 +66,7 @@ SUMMARIES: dict[str, str] = {
     "compose": "Compose a LLaVA-OneVision VLM from a SigLIP vision tower, a projector and an LLM (dimensions checked).",
     "decompose": "Split a LLaVA-OneVision VLM into its SigLIP vision tower, projector and LLM directories.",
     "sources": "Collect math problems from dataset sources (hub ids or local files) and reasoning-gym into one Problem file.",
-    "sft-sources": "Collect SFT datasets (hub ids or local files, any format of compass.data.sft_formats) into one messages file,",
+    "sft-sources": "Mix SFT datasets (hub ids or local files, any supported format) into one decontaminated messages file.",
     "preference-sources": "Collect real preference data (hub ids or local files) into Pair records, mixed with weights, decontaminated.",
     "decontaminate": "Drop training problems that overlap the evaluation sets, with a report of each drop and its matching eval item.",
     "distill": "Teacher traces: Problem records -> verified Trace records in the <Problem>/<Thinking>/<Answer> format.",

@@ -1,5 +1,7 @@
-"""Collect SFT datasets (hub ids or local files, any format of compass.data.sft_formats) into one messages file,
-mixed with weights, with the rows that overlap the evaluation sets dropped.
+"""Mix SFT datasets (hub ids or local files, any supported format) into one decontaminated messages file.
+
+Each dataset of any format of compass.data.sft_formats is converted into one messages file, mixed with weights,
+with the rows that overlap the evaluation sets dropped.
 
 Each dataset entry is read, converted (format detected or given), weighted (1 = every row once, 0.5 = a seeded
 half, 2 = twice) and decontaminated: an example whose user turns overlap an evaluation problem's question by
