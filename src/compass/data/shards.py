@@ -164,15 +164,20 @@ def concat_files(parts: list[Path], target: Path) -> None:
                 shutil.copyfileobj(fh, out, 1 << 20)
 
 
-def merge_trees(parts: list[Path], target: Path) -> None:
+def merge_trees(parts: list[Path], target: Path, *, same_bytes_ok: bool = False) -> None:
     """Every file under each of `parts` at the same relative path under `target` (hard links where the file
-    system allows, else copies); two shards writing the same path is an error."""
+    system allows, else copies); two shards writing the same path is an error, unless `same_bytes_ok` (files named
+    by their content, e.g. images/<sha256>.png) and the two hold the same bytes."""
+    import filecmp
+
     for part in parts:
         if not part.is_dir():
             continue
         for file in sorted(p for p in part.rglob("*") if p.is_file()):
             dest = target / file.relative_to(part)
             if dest.exists():
+                if same_bytes_ok and filecmp.cmp(file, dest, shallow=False):
+                    continue
                 raise CompassError(f"gather: {file.relative_to(part)} is written by two shards ({part} and an earlier one)")
             dest.parent.mkdir(parents=True, exist_ok=True)
             try:

@@ -16,8 +16,9 @@ def labels_by_source(reports: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def decontaminate_texts(items: Sequence[tuple[str, str, str]], eval_path: Path | None, *, ngram: int, threshold: float,
-                        max_drop_rate: float, what: str) -> tuple[set[str], list[dict[str, Any]]]:
-    """(id, source, text) items -> (ids kept, one report row per dropped item). No eval input: everything kept."""
+                        max_drop_rate: float | None, what: str) -> tuple[set[str], list[dict[str, Any]]]:
+    """(id, source, text) items -> (ids kept, one report row per dropped item). No eval input: everything kept.
+    max_drop_rate None: no check here (a shard's share; its gather checks the whole with check_drop_rate)."""
     from compass.data.decontam import EvalIndex
     from compass.io import iter_jsonl
     from compass.records import Problem
@@ -38,11 +39,19 @@ def decontaminate_texts(items: Sequence[tuple[str, str, str]], eval_path: Path |
             dropped.append({"id": item_id, "source": source, "text": text[:500], "eval_id": match.eval_id,
                             "eval_source": match.eval_source, "method": match.method, "score": match.score,
                             "eval_matches": count})
-    rate = len(dropped) / len(items)
+    if max_drop_rate is not None:
+        check_drop_rate(what, len(items), dropped, max_drop_rate)
+    return kept, dropped
+
+
+def check_drop_rate(what: str, n_items: int, dropped: list[dict[str, Any]], max_drop_rate: float) -> None:
+    """Fail when more than `max_drop_rate` of `n_items` were dropped as overlapping the evaluation sets, or all were."""
+    if n_items == 0:
+        raise CompassError(f"{what}: no examples were loaded")
+    rate = len(dropped) / n_items
     if rate > max_drop_rate:
         first = "; ".join(f"{d['id']} ~ {d['eval_id']} ({d['score']})" for d in dropped[:3])
-        raise CompassError(f"{what}: {len(dropped)} of {len(items)} examples ({rate:.0%}) overlap the evaluation sets, "
+        raise CompassError(f"{what}: {len(dropped)} of {n_items} examples ({rate:.0%}) overlap the evaluation sets, "
                            f"more than max_drop_rate {max_drop_rate:.0%}: {first}")
-    if not kept:
+    if len(dropped) == n_items:
         raise CompassError(f"{what}: every example overlaps the evaluation sets")
-    return kept, dropped

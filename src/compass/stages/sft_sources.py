@@ -9,15 +9,19 @@ word n-grams (compass.data.decontam, the `decontaminate` stage's test) is droppe
 examples.jsonl holds TRL conversational rows {id, messages, images} that `compass sft --data` reads; images are
 copied under images/ by content hash. The metrics name every dataset's hub id and resolved revision, or its local
 files' sha256, beside the row counts; the ledger keeps the output's hashes.
+
+`shard: I/N`: every shard loads the whole mix (the same seeded draw) and decontaminates its contiguous part of the
+examples; the gather joins examples and drop reports in shard order and checks the drop rate over the whole.
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from compass.config import StageConfig
+from compass.data.shards import ShardedStageConfig, ShardRun, concat_files, merge_trees, sum_metrics
 from compass.data.decontam import DEFAULT_NGRAM, DEFAULT_THRESHOLD
 from compass.data.sft_formats import DataSource
 from compass.errors import CompassError
@@ -30,7 +34,7 @@ EXAMPLE = ("compass sft-sources --out work/sft_data --eval work/eval_problems/pr
            "--datasets '[{hub_id: teknium/OpenHermes-2.5, weight: 0.05}, {path: mine.jsonl, format: alpaca}]' --data .")
 
 
-class Config(StageConfig):
+class Config(ShardedStageConfig):
     datasets: list[DataSource] = Field(description="datasets to mix: {hub_id or path, split, revision, format, weight, limit, name}")
     ngram: int = Field(DEFAULT_NGRAM, ge=1, description="decontamination n-gram length (words, numbers, single CJK characters)")
     threshold: float = Field(DEFAULT_THRESHOLD, gt=0, le=1, description="drop when this share of the shorter text's n-grams is in an eval item")
@@ -69,9 +73,14 @@ def run(config: Config, ctx: StageContext) -> dict:
     image_dir = out_dir / OUTPUTS["images"]
     examples, reports = load_mix(config.datasets, inputs.get("data"), config.seed, image_dir)
     labels = labels_by_source(reports)
+    shard = config.shard_spec()
+    if shard is not None:  # this shard's contiguous part; the drop rate is checked over the whole at gather
+        start, stop = shard.bounds(len(examples))
+        examples, labels = examples[start:stop], labels[start:stop]
     kept, dropped = decontaminate_texts(
         [(e.id, label, user_text(e.messages)) for e, label in zip(examples, labels, strict=True)], inputs.get("eval"),
-        ngram=config.ngram, threshold=config.threshold, max_drop_rate=config.max_drop_rate, what="sft-sources")
+        ngram=config.ngram, threshold=config.threshold, max_drop_rate=None if shard else config.max_drop_rate,
+        what="sft-sources")
     rows = []
     per_source = {label: 0 for label in reports}
     for example, label in zip(examples, labels, strict=True):
@@ -95,3 +104,19 @@ def run(config: Config, ctx: StageContext) -> dict:
             sink.reject(row, reason=row["source"])
     return {"examples": sink.kept, "per_source": per_source, "sources": reports, "decontaminated": sink.rejected,
             "decontaminated_by_source": {label: sink.count(label) for label in reports}}
+
+
+def gather(config: Config, shards: list[ShardRun], out_dir: Path) -> dict:
+    """The shards' examples and drop reports in shard order (the unsharded files), their images side by side
+    (named by content: a page two shards copied is one file); the drop rate over the whole."""
+    from compass.data.text_decontam import check_drop_rate
+    from compass.io import iter_jsonl_lines
+
+    dropped = [json.loads(line) for s in shards for _, _, line in iter_jsonl_lines(s.out_dir / OUTPUTS["report"])]
+    counts = sum_metrics([s.metrics for s in shards], ["examples", "per_source", "decontaminated", "decontaminated_by_source"])
+    check_drop_rate("sft-sources", counts["examples"] + counts["decontaminated"], dropped, config.max_drop_rate)
+    for name in ("examples", "report"):
+        concat_files([s.out_dir / OUTPUTS[name] for s in shards], out_dir / OUTPUTS[name])
+    merge_trees([s.out_dir / OUTPUTS["images"] for s in shards], out_dir / OUTPUTS["images"], same_bytes_ok=True)
+    return {"examples": counts["examples"], "per_source": counts["per_source"], "sources": shards[0].metrics["sources"],
+            "decontaminated": counts["decontaminated"], "decontaminated_by_source": counts["decontaminated_by_source"]}
