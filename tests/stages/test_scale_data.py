@@ -18,6 +18,7 @@ from compass.manifest import read_manifest
 from compass.records import Problem
 from compass.runner import execute_stage
 from compass.stagekit import run_stage
+from support.shards import run_sharded
 from compass.stages import decontaminate, pages, pairs, pdf_fixtures, sources
 
 MAX_SIDE = 120
@@ -56,18 +57,6 @@ def test_ordered_map_keeps_input_order_across_processes():
 def test_workers_are_not_in_the_cache_key():
     assert config_hash(pairs.Config(workers=1)) == config_hash(pairs.Config(workers=8)) == config_hash(pairs.Config())
     assert config_hash(pairs.Config(shard="0/2")) != config_hash(pairs.Config())
-
-
-def run_sharded(kind: str, config, inputs: dict, root: Path, count: int) -> Path:
-    """Each shard through the CLI's runner path, then `compass gather`; returns the joined directory."""
-    shard_dirs = []
-    for index in range(count):
-        folder = root / f"shard-{index}"
-        execute_stage(kind, config.model_copy(update={"shard": f"{index}/{count}"}), inputs, folder)
-        shard_dirs.append(folder)
-    joined = root / "joined"
-    assert main(["gather", "--out", str(joined), *map(str, reversed(shard_dirs))]) == 0
-    return joined
 
 
 # --- pairs ---------------------------------------------------------------------------------------------------

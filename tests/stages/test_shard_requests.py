@@ -17,23 +17,12 @@ from compass.manifest import read_manifest
 from compass.records import DocQuestion, Problem
 from compass.runner import execute_stage
 from compass.stagekit import run_stage
+from support.shards import run_sharded
 from compass.stages import distill, doc_questions, evidence, pages, pdf_fixtures
 
 
 def outputs(folder: Path) -> dict[str, str]:
     return hash_tree(folder, exclude=["manifest.json"])
-
-
-def run_sharded(kind: str, config, inputs: dict, root: Path, count: int) -> Path:
-    """Each shard as its own runner call, then `compass gather` (shard dirs given in any order)."""
-    shard_dirs = []
-    for index in range(count):
-        folder = root / f"shard-{index}"
-        execute_stage(kind, config.model_copy(update={"shard": f"{index}/{count}"}), inputs, folder)
-        shard_dirs.append(folder)
-    joined = root / "joined"
-    assert main(["gather", "--out", str(joined), *map(str, reversed(shard_dirs))]) == 0
-    return joined
 
 
 def digest(body: dict) -> int:

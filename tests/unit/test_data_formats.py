@@ -13,6 +13,7 @@ from compass.data.sft_formats import DataSource, load_mix, weighted_take
 from compass.errors import CompassError
 from compass.train.data import read_pairs, read_sft_examples
 from support import data_formats as F
+from support.shards import gather_shards
 from support.traces import synthetic_trace
 from compass.io import sha256_file, write_jsonl
 
@@ -288,17 +289,6 @@ def test_sft_sources_copies_images_in_by_hash_and_the_output_reads_back(tmp_path
     assert examples[0].messages[0]["content"] == "<image>What colour is this?"
 
 
-def _sharded(kind: str, config, inputs: dict, root, count: int):
-    from compass.cli import main
-    from compass.runner import execute_stage
-
-    folders = []
-    for index in range(count):
-        folders.append(root / f"shard-{index}")
-        execute_stage(kind, config.model_copy(update={"shard": f"{index}/{count}"}), inputs, folders[-1])
-    return main(["gather", "--out", str(root / "joined"), *map(str, reversed(folders))]), root / "joined"
-
-
 def test_sft_and_preference_sources_shards_gather_to_the_unsharded_bytes(tmp_path, capsys):
     """3 shards of each (a dropped example in one shard, images every shard copies in by hash) joined by `compass
     gather`: every output file's sha256 and the metrics equal an unsharded run's; the drop rate is the whole's."""
@@ -325,14 +315,14 @@ def test_sft_and_preference_sources_shards_gather_to_the_unsharded_bytes(tmp_pat
     for kind, config in cases:
         whole = execute_stage(kind, config, inputs, tmp_path / kind / "whole")
         assert whole.manifest.metrics["decontaminated"] == 1
-        code, joined = _sharded(kind, config, inputs, tmp_path / kind, 3)
+        code, joined = gather_shards(kind, config, inputs, tmp_path / kind, 3)
         assert code == 0
         assert hash_tree(joined, exclude=["manifest.json"]) == whole.manifest.outputs, kind
         assert read_manifest(joined).metrics == whole.manifest.metrics, kind
     # the drop rate is checked over the whole at gather: 1 of 10 passes 0.2 (1 of its shard's 3 would not), not 0.05
     strict = cases[0][1].model_copy(update={"max_drop_rate": 0.2})
-    assert _sharded("sft-sources", strict, inputs, tmp_path / "strict", 3)[0] == 0
+    assert gather_shards("sft-sources", strict, inputs, tmp_path / "strict", 3)[0] == 0
     capsys.readouterr()
-    code, joined = _sharded("sft-sources", strict.model_copy(update={"max_drop_rate": 0.05}), inputs, tmp_path / "stricter", 3)
+    code, joined = gather_shards("sft-sources", strict.model_copy(update={"max_drop_rate": 0.05}), inputs, tmp_path / "stricter", 3)
     assert code == 2 and not (joined / "manifest.json").exists()
     assert "sft-sources: 1 of 10 examples (10%) overlap the evaluation sets, more than max_drop_rate 5%" in capsys.readouterr().err
